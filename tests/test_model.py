@@ -108,3 +108,13 @@ def test_config_json_round_trip_and_validation():
         ALNetConfig(context="psp")
     with pytest.raises(ValueError, match="unknown"):
         ALNetConfig.from_json('{"bogus": 1}')
+
+
+@pytest.mark.parametrize("context", ["lraspp", "aspp"])
+def test_pooled_override_equals_global_pool(context):
+    model = ALNet(ALNetConfig(context=context)).eval()
+    x = torch.randn(1, 1, 96, 64)
+    with torch.no_grad():
+        pooled = model.deepest_features(x).mean(dim=(2, 3), keepdim=True)
+        assert torch.allclose(model(x), model(x, pooled=pooled), atol=1e-6)
+        assert not torch.allclose(model(x), model(x, pooled=pooled * 0 + 5.0), atol=1e-3)

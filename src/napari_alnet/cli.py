@@ -1,8 +1,10 @@
-"""The ``alnet`` command line."""
+"""The ``alnet`` command line: demo, train, evaluate (segment: see inference)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 import time
 
@@ -28,18 +30,140 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .model import ALNetConfig
+    from .normalization import Normalization
+    from .progress import run_job
+    from .terminal import ProgressBar
+    from .training import TrainConfig, load_pairs, train_job
+    from .weights import ModelMetadata, load_weights, save_weights
+
+    norm = Normalization(kind=args.normalization)
+    config = ALNetConfig(in_channels=args.channels)
+    pairs = load_pairs(args.images, args.masks, norm, args.channels, args.invert_masks)
+    if args.val_images:
+        val = load_pairs(args.val_images, args.val_masks or args.masks, norm, args.channels, args.invert_masks)
+    elif args.holdout:
+        pairs, val = pairs[: -args.holdout], pairs[-args.holdout:]
+    else:
+        val = []
+    if not pairs:
+        raise ValueError("no training pairs left after holding out validation pairs")
+    meta = ModelMetadata(config=config, modality=args.modality, normalization=norm, threshold=0.5,
+                         objects=args.objects, card={"summary": args.summary} if args.summary else {})
+    recipe = TrainConfig(epochs=args.epochs, lr=args.lr, gamma=args.gamma, batch_size=args.batch_size,
+                         crop=args.crop, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
+                         max_minutes=args.max_minutes, device=args.device, threads=args.threads)
+    print(f"training on {len(pairs)} pairs, validating on {len(val)}; "
+          f"{recipe.resolved_steps(pairs)} steps/epoch x {recipe.epochs} epochs", file=sys.stderr)
+    bar = ProgressBar("train", "steps")
+    try:
+        result = run_job(train_job(pairs, val, meta, args.out, recipe, init=args.init, checkpoint=args.checkpoint,
+                                   resume=args.resume), bar)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted; the best weights so far are in {args.out}", file=sys.stderr)
+        return 130
+    bar.close()
+    model, saved = load_weights(result.out)
+    card = dict(saved.card)
+    card["training"] = dict(card.get("training", {})) | {
+        "command": "alnet " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("alnet") else None,
+        "wall_seconds": round(result.wall_seconds, 1), "epochs_done": result.epochs_done,
+        "steps_done": result.steps_done, "stopped": result.stopped, "history": result.history}
+    saved.card = card
+    save_weights(model, saved, result.out, half=args.half)
+    print(f"best epoch {result.best_epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+          + f"; {result.wall_seconds / 60:.1f} min; wrote {result.out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .api import load_model
+    from .evaluation import evaluate_job, pair_files, summarize
+    from .progress import run_job
+    from .terminal import ProgressBar
+
+    model = load_model(args.model, device=args.device)
+    bar = ProgressBar("evaluate", "images")
+    rows = run_job(evaluate_job(model, pair_files(args.images, args.masks), args.invert_masks, args.fov,
+                                args.threshold), bar)
+    bar.close()
+    summary = summarize(rows)
+    if args.json:
+        print(json.dumps({"images": [{"name": r.name, "foreground": r.foreground.as_dict(),
+                                      "background": r.background.as_dict()} for r in rows],
+                          "summary": summary}, indent=2))
+        return 0
+    keys = ("accuracy", "iou", "dice")
+    print(f"{'image':<16}" + "".join(f"{'fg ' + k:>12}" for k in keys) + "".join(f"{'bg ' + k:>12}" for k in keys[1:]))
+    for r in rows:
+        fg, bg = r.foreground.as_dict(), r.background.as_dict()
+        print(f"{r.name:<16}" + "".join(f"{fg[k]:>12.4f}" for k in keys) + "".join(f"{bg[k]:>12.4f}" for k in keys[1:]))
+    fg, bg = summary["foreground"], summary["background"]
+    print(f"{'mean ± std':<16}" + "".join(f"{fg[k]['mean']:>6.4f}±{fg[k]['std']:.3f}"[:12].rjust(12) for k in keys)
+          + "".join(f"{bg[k]['mean']:>6.4f}±{bg[k]['std']:.3f}"[:12].rjust(12) for k in keys[1:]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alnet", description="AL-Net segmentation for EM, fundus and dermoscopy")
     sub = parser.add_subparsers(dest="command", required=True)
+
     demo = sub.add_parser("demo", help="segment a generated EM-like stack with the shipped model")
     demo.add_argument("--slices", type=int, default=3)
     demo.set_defaults(func=_demo)
+
+    tr = sub.add_parser("train", help="train AL-Net (the paper's recipe by default) and write a weight file")
+    tr.add_argument("--images", nargs="+", required=True, help="image files, folders or TIFF stacks")
+    tr.add_argument("--masks", required=True, help="mask folder (paired by file stem) or mask file/stack")
+    tr.add_argument("--val-images", nargs="+", help="validation images (default: --holdout)")
+    tr.add_argument("--val-masks", help="validation masks (default: --masks)")
+    tr.add_argument("--holdout", type=int, default=0, help="hold out the last N training pairs for validation")
+    tr.add_argument("--init", help="start from a built-in model name or weight file (fine-tuning)")
+    tr.add_argument("--invert-masks", action="store_true", help="foreground is mask == 0 (ISBI membranes)")
+    tr.add_argument("--epochs", type=int, default=150)
+    tr.add_argument("--lr", type=float, default=5e-3)
+    tr.add_argument("--gamma", type=float, default=0.95, help="ExponentialLR decay per epoch")
+    tr.add_argument("--batch-size", type=int, default=4)
+    tr.add_argument("--crop", type=int, default=256)
+    tr.add_argument("--steps-per-epoch", type=int, default=0, help="0 = about one pass over the pixels")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget; stops cleanly, keeps best")
+    tr.add_argument("--device", default=None)
+    tr.add_argument("--threads", type=int, default=0)
+    tr.add_argument("--channels", type=int, choices=(1, 3), default=1)
+    tr.add_argument("--modality", default="generic")
+    tr.add_argument("--normalization", choices=("percentile", "dtype_range"), default="percentile")
+    tr.add_argument("--objects", choices=("foreground", "background"), default="foreground",
+                    help="instances are connected foreground, or the regions between foreground (membranes)")
+    tr.add_argument("--summary", default="", help="one-line model card summary")
+    tr.add_argument("--checkpoint", help="resumable state (default: OUT.ckpt)")
+    tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    tr.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    tr.add_argument("--out", required=True)
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="per-image and mean ± std accuracy, IoU and Dice for both classes")
+    ev.add_argument("--model", required=True, help="em | fundus | dermoscopy | weight file")
+    ev.add_argument("--images", nargs="+", required=True)
+    ev.add_argument("--masks", required=True)
+    ev.add_argument("--invert-masks", action="store_true")
+    ev.add_argument("--fov", help="folder of field-of-view masks (paired by stem): score inside them only")
+    ev.add_argument("--threshold", type=float, default=None, help="default: the model's")
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=_evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as exc:
+        print(f"alnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

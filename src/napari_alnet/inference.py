@@ -7,6 +7,7 @@ import torch
 
 from .api import model_metadata
 from .model import ALNet
+from .training.data import to_channels
 
 
 def to_model_input(image: np.ndarray, model: ALNet) -> np.ndarray:
@@ -17,18 +18,10 @@ def to_model_input(image: np.ndarray, model: ALNet) -> np.ndarray:
         raise ValueError(f"image dtype {image.dtype} is not a real numeric type")
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         raise ValueError("image contains NaN or infinite values; replace them before segmenting")
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
-        rgb = image[..., :3]
-        if meta.in_channels == 1:
-            if meta.rgb_to_gray == "refuse":
-                raise ValueError("this model expects a 1-channel (grayscale) image, got RGB")
-            image = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-            return meta.normalization.apply(image)[None]
-        return np.moveaxis(meta.normalization.apply(rgb), -1, 0)
-    if image.ndim != 2:
-        raise ValueError(f"expected a 2D grayscale (Y, X) or RGB (Y, X, 3|4) image, got shape {image.shape}")
-    x = meta.normalization.apply(image)[None]
-    return np.repeat(x, meta.in_channels, axis=0)
+    if image.ndim == 3 and image.shape[-1] in (3, 4) and meta.in_channels == 1 and meta.rgb_to_gray == "refuse":
+        raise ValueError("this model expects a 1-channel (grayscale) image, got RGB")
+    bounds = meta.normalization.bounds(image[..., :3] if image.ndim == 3 else image)
+    return meta.normalization.apply(to_channels(image, meta.in_channels), bounds)
 
 
 @torch.no_grad()

@@ -38,6 +38,9 @@ class ModelMetadata:
     threshold: float = 0.5
     #: How to give an RGB image to a 1-channel model: ``luminance`` converts, ``refuse`` raises.
     rgb_to_gray: str = "luminance"
+    #: Which pixels make up objects for instance labels: ``foreground``, or ``background`` (EM membranes: the
+    #: cells are the regions between the predicted membranes).
+    objects: str = "foreground"
     #: Model card: summary, training provenance, metrics (free-form JSON).
     card: dict[str, Any] = field(default_factory=dict)
 
@@ -59,6 +62,7 @@ class ModelMetadata:
             "normalization": self.normalization.to_json(),
             "threshold": repr(float(self.threshold)),
             "rgb_to_gray": self.rgb_to_gray,
+            "objects": self.objects,
             "card": json.dumps(self.card, sort_keys=True),
         }
 
@@ -70,6 +74,7 @@ class ModelMetadata:
             normalization=Normalization.from_json(meta["normalization"]),
             threshold=float(meta.get("threshold", "0.5")),
             rgb_to_gray=meta.get("rgb_to_gray", "luminance"),
+            objects=meta.get("objects", "foreground"),
             card=json.loads(meta.get("card", "{}")),
         )
 

@@ -35,14 +35,18 @@ class ALNet(nn.Module):
         else:
             self.decoder = UDecoder(skips, config.context_width, config.unet_widths, config.num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for ``x``; ``pooled`` (N, C5, 1, 1) overrides the context module's global average pool of
+        the stride-32 features (tiled inference computes it over the whole image, see ``deepest_features``)."""
         h, w = x.shape[-2:]
-        ph, pw = (-h) % STRIDE, (-w) % STRIDE
-        if ph or pw:
-            x = F.pad(x, [0, pw, 0, ph], mode="replicate")
+        x = pad_to_stride(x)
         *skips, deepest = self.encoder(x)
-        logits = self.decoder(skips, self.context(deepest), tuple(x.shape[-2:]))
+        logits = self.decoder(skips, self.context(deepest, pooled), tuple(x.shape[-2:]))
         return logits[..., :h, :w]
+
+    def deepest_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The stride-32 encoder features of ``x`` (padded to a multiple of 32) that the context module pools."""
+        return self.encoder(pad_to_stride(x))[-1]
 
     @property
     def is_reparameterized(self) -> bool:
@@ -56,6 +60,13 @@ class ALNet(nn.Module):
             if isinstance(module, (RepVGGBlock, ConvBNAct)):
                 module.reparameterize()
         return self
+
+
+def pad_to_stride(x: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad the bottom/right of ``x`` to a multiple of ``STRIDE``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % STRIDE, (-w) % STRIDE
+    return F.pad(x, [0, pw, 0, ph], mode="replicate") if ph or pw else x
 
 
 def count_parameters(model: nn.Module) -> int:

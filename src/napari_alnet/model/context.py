@@ -17,8 +17,10 @@ class LiteRASPP(nn.Module):
         self.features = ConvBNAct(cin, width, 1)
         self.attention = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, width, 1), nn.Hardsigmoid())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x) * self.attention(x)
+    def forward(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """``pooled`` (N, C, 1, 1) replaces the global average of ``x`` (tiled inference passes the image's)."""
+        pooled = self.attention[0](x) if pooled is None else pooled
+        return self.features(x) * self.attention[2](self.attention[1](pooled))
 
 
 class ASPP(nn.Module):
@@ -32,9 +34,11 @@ class ASPP(nn.Module):
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, width, 1), nn.ReLU(inplace=True))
         self.project = ConvBNAct(width * (len(rates) + 2), width, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """``pooled`` (N, C, 1, 1) replaces the global average of ``x`` (tiled inference passes the image's)."""
         outs = [branch(x) for branch in self.branches]
-        outs.append(self.pool(x).expand(-1, -1, x.shape[-2], x.shape[-1]))
+        pooled = self.pool[0](x) if pooled is None else pooled
+        outs.append(self.pool[2](self.pool[1](pooled)).expand(-1, -1, x.shape[-2], x.shape[-1]))
         return self.project(torch.cat(outs, dim=1))
 
 

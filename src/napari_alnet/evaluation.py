@@ -1,0 +1,75 @@
+"""Evaluating a model on image/mask files: per-image and mean +- std scores for both classes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .api import model_metadata
+from .imageio import list_images, read_image
+from .metrics import Scores, segmentation_scores
+from .model import ALNet
+from .progress import Job, Progress
+
+
+@dataclass
+class ImageScores:
+    name: str
+    foreground: Scores
+    background: Scores
+
+
+def pair_files(images: Sequence[str | Path], masks: str | Path) -> list[tuple[Path, Path]]:
+    """(image, mask) file pairs: masks from a folder by stem, or a single mask file for a single image."""
+    files = [f for p in images for f in list_images(p)]
+    if not files:
+        raise ValueError(f"no image files in {', '.join(map(str, images))}")
+    masks = Path(masks)
+    if masks.is_dir():
+        by_stem = {f.stem: f for f in list_images(masks)}
+        missing = [f.name for f in files if f.stem not in by_stem]
+        if missing:
+            raise ValueError(f"no mask in {masks} for: {', '.join(missing[:5])}")
+        return [(f, by_stem[f.stem]) for f in files]
+    if len(files) != 1:
+        raise ValueError(f"{masks}: give a mask folder (paired by stem) for {len(files)} images")
+    return [(files[0], masks)]
+
+
+def evaluate_job(model: ALNet, pairs: Sequence[tuple[Path, Path]], invert: bool = False,
+                 fov: str | Path | None = None, threshold: float | None = None) -> Job[list[ImageScores]]:
+    """Scores per image (foreground = mask > 0, or == 0 with ``invert``); ``fov`` restricts to a FOV mask."""
+    from .inference import predict
+
+    threshold = model_metadata(model).threshold if threshold is None else threshold
+    fov_by_stem = {f.stem: f for f in list_images(fov)} if fov else {}
+    rows = []
+    for i, (image_file, mask_file) in enumerate(pairs):
+        mask = read_image(mask_file)
+        mask = mask[..., 0] if mask.ndim == 3 else mask
+        truth = (mask > 0) != invert
+        pred = predict(model, read_image(image_file)) > threshold
+        if pred.shape != truth.shape:
+            raise ValueError(f"{mask_file}: mask shape {truth.shape} does not match image {pred.shape}")
+        region = None
+        if fov:
+            if image_file.stem not in fov_by_stem:
+                raise ValueError(f"no FOV mask for {image_file.name} in {fov}")
+            region = read_image(fov_by_stem[image_file.stem]) > 0
+            region = region[..., 0] if region.ndim == 3 else region
+        rows.append(ImageScores(image_file.stem, segmentation_scores(pred, truth, region),
+                                segmentation_scores(~pred, ~truth, region)))
+        yield Progress(i + 1, len(pairs), image_file.name)
+    return rows
+
+
+def summarize(rows: Sequence[ImageScores]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and std of every score, per class."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for cls in ("foreground", "background"):
+        table = {k: [getattr(r, cls).as_dict()[k] for r in rows] for k in rows[0].foreground.as_dict()}
+        out[cls] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in table.items()}
+    return out

@@ -1,0 +1,150 @@
+"""Training pairs: loading, pairing by file stem, normalization, random crops with flips/transposes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..imageio import ImageReadError, list_images, read_image
+from ..normalization import Normalization
+
+
+@dataclass
+class Pair:
+    """One training image (C, H, W) float32, normalized; mask (H, W) float32 in {0, 1}; optional ignore (H, W)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    ignore: np.ndarray | None = None
+    name: str = ""
+
+
+def to_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
+    """(C, H, W) from a 2D (H, W) or RGB(A) (H, W, C) image, with ``in_channels`` channels."""
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        rgb = image[..., :3].astype(np.float32)
+        if in_channels == 1:
+            return (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[None]
+        return np.moveaxis(rgb, -1, 0)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2D grayscale or RGB image, got shape {image.shape}")
+    return np.repeat(image[None], in_channels, axis=0)
+
+
+def make_pair(image: np.ndarray, mask: np.ndarray, normalization: Normalization, in_channels: int,
+              invert: bool = False, ignore: np.ndarray | None = None, name: str = "") -> Pair:
+    """Validate and normalize one (image, mask[, ignore]) pair; masks: > 0 is foreground unless ``invert``."""
+    image = np.asarray(image)
+    bounds = normalization.bounds(image)
+    chw = to_channels(image, in_channels)
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] in (3, 4):
+        mask = mask[..., 0]
+    if mask.shape != chw.shape[1:]:
+        raise ValueError(f"{name or 'pair'}: mask shape {mask.shape} does not match image shape {chw.shape[1:]}")
+    fg = mask > 0
+    if invert:
+        fg = ~fg
+    if ignore is not None and np.asarray(ignore).shape != mask.shape:
+        raise ValueError(f"{name or 'pair'}: ignore mask shape {np.asarray(ignore).shape} does not match {mask.shape}")
+    counted = fg if ignore is None else fg[np.asarray(ignore) == 0]
+    if counted.size == 0:
+        raise ValueError(f"{name or 'pair'}: every pixel is ignored; nothing to train on")
+    norm = normalization.apply(chw, bounds).astype(np.float32)
+    return Pair(norm, fg.astype(np.float32), None if ignore is None else (np.asarray(ignore) != 0), name)
+
+
+def pairs_from_arrays(images: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray,
+                      normalization: Normalization | None = None, in_channels: int = 1, invert: bool = False,
+                      ignores: Sequence[np.ndarray | None] | None = None) -> list[Pair]:
+    """Pairs from arrays: lists of 2D images, or stacks (Z, Y, X[, C]) with (Z, Y, X) masks."""
+    normalization = normalization or Normalization()
+    if len(images) != len(masks):
+        raise ValueError(f"{len(images)} images but {len(masks)} masks")
+    ignores = ignores if ignores is not None else [None] * len(images)
+    return [make_pair(im, m, normalization, in_channels, invert, ig, name=f"#{i}")
+            for i, (im, m, ig) in enumerate(zip(images, masks, ignores, strict=True))]
+
+
+def _slices(array: np.ndarray, path: Path) -> list[np.ndarray]:
+    """A file's 2D images: one for a 2D/RGB file, one per slice for a TIFF stack."""
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)):
+        return [array]
+    if array.ndim in (3, 4):
+        return list(array)
+    raise ImageReadError(f"{path}: unsupported image shape {array.shape}")
+
+
+def load_pairs(images: str | Path | Sequence[str | Path], masks: str | Path, normalization: Normalization,
+               in_channels: int, invert: bool = False) -> list[Pair]:
+    """Pairs from image files/folders and a mask folder (paired by file stem) or a mask file/stack."""
+    image_files = [f for p in ([images] if isinstance(images, (str, Path)) else images) for f in list_images(p)]
+    if not image_files:
+        raise ValueError(f"no image files found in {images}")
+    mask_root = Path(masks)
+    if mask_root.is_dir():
+        by_stem = {f.stem: f for f in list_images(mask_root)}
+        missing = [f.name for f in image_files if f.stem not in by_stem]
+        if missing:
+            raise ValueError(f"no mask in {mask_root} for {len(missing)} image(s): {', '.join(missing[:5])}")
+        mask_files = [by_stem[f.stem] for f in image_files]
+    elif len(image_files) == 1:
+        mask_files = [mask_root]
+    else:
+        raise ValueError(f"{mask_root}: give a mask folder (files paired by stem) for {len(image_files)} images")
+    pairs: list[Pair] = []
+    for image_file, mask_file in zip(image_files, mask_files, strict=True):
+        ims, ms = _slices(read_image(image_file), image_file), _slices(read_image(mask_file), mask_file)
+        if len(ims) != len(ms):
+            raise ValueError(f"{image_file.name} has {len(ims)} slices but {mask_file.name} has {len(ms)}")
+        for z, (im, m) in enumerate(zip(ims, ms, strict=True)):
+            name = image_file.stem if len(ims) == 1 else f"{image_file.stem}[{z}]"
+            pairs.append(make_pair(im, m, normalization, in_channels, invert, name=name))
+    return pairs
+
+
+class CropSampler:
+    """Random crops (the paper's translations) with one of the 8 flips/transposes, as training batches."""
+
+    def __init__(self, pairs: Sequence[Pair], crop: int, rng: np.random.Generator) -> None:
+        if not pairs:
+            raise ValueError("no training pairs")
+        self.pairs, self.crop, self.rng = list(pairs), crop, rng
+        sizes = np.array([p.mask.size for p in self.pairs], dtype=np.float64)
+        self.weights = sizes / sizes.sum()
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pair = self.pairs[self.rng.choice(len(self.pairs), p=self.weights)]
+        c = self.crop
+        h, w = pair.mask.shape
+        ph, pw = max(0, c - h), max(0, c - w)
+        image, mask = pair.image, pair.mask
+        ignore = pair.ignore if pair.ignore is not None else np.zeros_like(mask, dtype=bool)
+        if ph or pw:  # small images: pad, and ignore the padding
+            image = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > 1 else "edge")
+            mask = np.pad(mask, ((0, ph), (0, pw)))
+            ignore = np.pad(ignore, ((0, ph), (0, pw)), constant_values=True)
+        y = self.rng.integers(0, mask.shape[0] - c + 1)
+        x = self.rng.integers(0, mask.shape[1] - c + 1)
+        image, mask, ignore = image[:, y:y + c, x:x + c], mask[y:y + c, x:x + c], ignore[y:y + c, x:x + c]
+        k = int(self.rng.integers(8))
+        image, mask, ignore = (dihedral(a, k) for a in (image, mask, ignore))
+        return image, mask, ignore
+
+    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        samples = [self.sample() for _ in range(size)]
+        return tuple(np.ascontiguousarray(np.stack(s)) for s in zip(*samples, strict=True))  # type: ignore[return-value]
+
+
+def dihedral(a: np.ndarray, k: int) -> np.ndarray:
+    """The k-th of the 8 flips/transposes of the last two axes."""
+    if k & 4:
+        a = np.swapaxes(a, -1, -2)
+    if k & 2:
+        a = a[..., ::-1, :]
+    if k & 1:
+        a = a[..., ::-1]
+    return a
