@@ -115,6 +115,9 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
     generator ends the run within one step with the best weights saved.
     """
     config = config or TrainConfig()
+    if not any(_has_foreground(p) for p in train_pairs):
+        raise ValueError(f"all {len(train_pairs)} training masks are empty (no foreground pixel among the labelled "
+                         "ones); check the mask convention (--invert-masks) or the annotations")
     out = Path(out)
     checkpoint = Path(checkpoint) if checkpoint else out.with_name(out.name + ".ckpt")
     device = resolve_device(config.device)
@@ -195,6 +198,11 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
     return TrainResult(out=out, best_epoch=state["best_epoch"], best_metrics=state["best_metrics"],
                        history=state["history"], epochs_done=state["epoch"], steps_done=state["steps"],
                        stopped=stopped, wall_seconds=state["wall"])
+
+
+def _has_foreground(pair: Pair) -> bool:
+    fg = pair.mask > 0.5
+    return bool(fg.any() if pair.ignore is None else fg[~pair.ignore].any())
 
 
 class _BudgetReached(Exception):

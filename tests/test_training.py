@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_alnet import load_model
+from napari_alnet.cli import main as cli_main
+from napari_alnet.losses import dice_bce_loss
+from napari_alnet.model import ALNet
+from napari_alnet.progress import run_job
+from napari_alnet.sample_data import em_like_stack
+from napari_alnet.training import TrainConfig, pairs_from_arrays, train, train_job
+from napari_alnet.training.data import CropSampler, dihedral
+from napari_alnet.weights import ModelMetadata, load_weights
+
+
+@pytest.fixture(scope="module")
+def em_pairs():
+    stack, membranes = em_like_stack(depth=4, size=128, cells=20, seed=1)
+    return pairs_from_arrays(stack, membranes)
+
+
+def test_short_training_lowers_loss_and_reaches_iou(em_pairs, tmp_path):
+    cfg = TrainConfig(epochs=6, crop=96, steps_per_epoch=8, seed=0)
+    result = train(em_pairs[:3], em_pairs[3:], ModelMetadata(), tmp_path / "m.safetensors", cfg)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.best_metrics["iou"] > 0.8
+    model = load_model(tmp_path / "m.safetensors")
+    assert model.metadata.card["training"]["best_epoch"] == result.best_epoch
+
+
+def test_stop_is_honoured_within_one_step_and_resume_continues(em_pairs, tmp_path):
+    out = tmp_path / "m.safetensors"
+    cfg = TrainConfig(epochs=3, crop=64, steps_per_epoch=5, seed=0)
+    seen = []
+
+    def stop_at_7(report):
+        seen.append(report.step)
+        return report.step == 7
+
+    result = train(em_pairs[:3], em_pairs[3:], ModelMetadata(), out, cfg, on_progress=stop_at_7)
+    assert result.stopped == "stopped" and result.steps_done == 7 and max(seen) == 7
+    assert result.epochs_done == 1
+    load_weights(out)  # the best weights so far are there and load
+    resumed = train(em_pairs[:3], em_pairs[3:], ModelMetadata(), out, cfg, resume=True)
+    assert resumed.stopped == "finished" and resumed.epochs_done == 3
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+
+
+def test_closing_the_generator_keeps_best_weights(em_pairs, tmp_path):
+    out = tmp_path / "m.safetensors"
+    job = train_job(em_pairs[:3], [], ModelMetadata(), out, TrainConfig(epochs=2, crop=64, steps_per_epoch=4))
+    for _ in range(2):
+        next(job)
+    job.close()
+    assert out.is_file()
+    load_weights(out)
+
+
+def test_wall_clock_budget_stops_cleanly(em_pairs, tmp_path):
+    cfg = TrainConfig(epochs=1000, crop=64, steps_per_epoch=4, max_minutes=0.02)
+    result = train(em_pairs[:3], em_pairs[3:], ModelMetadata(), tmp_path / "m.safetensors", cfg)
+    assert result.stopped == "budget" and result.epochs_done < 1000 and result.best_metrics
+    assert (tmp_path / "m.safetensors").is_file()
+
+
+def test_training_is_reproducible_on_cpu(em_pairs, tmp_path):
+    cfg = TrainConfig(epochs=1, crop=64, steps_per_epoch=3, seed=3)
+    a = train(em_pairs[:2], [], ModelMetadata(), tmp_path / "a.safetensors", cfg)
+    b = train(em_pairs[:2], [], ModelMetadata(), tmp_path / "b.safetensors", cfg)
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+
+
+def test_ignored_pixels_do_not_change_the_model_gradient():
+    model = ALNet().train()
+    x = torch.randn(2, 1, 64, 64)
+    target = (torch.rand(2, 1, 64, 64) > 0.5).float()
+    ignore = torch.zeros_like(target)
+    ignore[..., 20:40, :] = 1
+    other = target.clone()
+    other[..., 20:40, :] = 1 - other[..., 20:40, :]
+    grads = []
+    for t in (target, other):
+        model.zero_grad()
+        dice_bce_loss(model(x), t, ignore).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for g1, g2 in zip(*grads, strict=True):
+        assert torch.equal(g1, g2)
+
+
+def test_crops_pad_small_images_and_ignore_the_padding():
+    pairs = pairs_from_arrays([np.arange(40 * 30, dtype=np.uint8).reshape(40, 30)], [np.ones((40, 30))])
+    image, mask, ignore = CropSampler(pairs, 64, np.random.default_rng(0)).batch(2)
+    assert image.shape == (2, 1, 64, 64) and mask.shape == ignore.shape == (2, 64, 64)
+    assert ignore.sum(axis=(1, 2)).tolist() == [64 * 64 - 40 * 30] * 2
+    assert len({dihedral(np.arange(4).reshape(2, 2), k).tobytes() for k in range(8)}) == 8
+
+
+def _write_pairs(folder, n=3, size=96, empty=False):
+    from skimage.io import imsave
+
+    stack, membranes = em_like_stack(depth=n, size=size, cells=12, seed=2)
+    (folder / "images").mkdir()
+    (folder / "masks").mkdir()
+    for i, (im, m) in enumerate(zip(stack, membranes, strict=True)):
+        imsave(folder / "images" / f"{i:02d}.png", im, check_contrast=False)
+        label = np.zeros_like(im) if empty else np.where(m, 0, 255).astype(np.uint8)  # ISBI-style: 0 = membrane
+        imsave(folder / "masks" / f"{i:02d}.png", label, check_contrast=False)
+    return folder
+
+
+def test_cli_train_then_evaluate(tmp_path, capsys):
+    data = _write_pairs(tmp_path)
+    out = tmp_path / "model.safetensors"
+    code = cli_main(["train", "--images", str(data / "images"), "--masks", str(data / "masks"), "--invert-masks",
+                     "--holdout", "1", "--epochs", "2", "--steps-per-epoch", "3", "--crop", "64", "--out", str(out),
+                     "--modality", "em", "--objects", "background", "--summary", "test"])
+    assert code == 0 and out.is_file()
+    assert "best epoch" in capsys.readouterr().out
+    card = load_model(out).metadata.card
+    assert card["summary"] == "test" and card["training"]["epochs_done"] == 2 and "wall_seconds" in card["training"]
+    code = cli_main(["evaluate", "--model", str(out), "--images", str(data / "images"), "--masks",
+                     str(data / "masks"), "--invert-masks", "--json"])
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(report["images"]) == 3
+    assert set(report["summary"]) == {"foreground", "background"}
+
+
+def test_cli_train_reports_unpaired_mismatched_and_empty(tmp_path, capsys):
+    data = _write_pairs(tmp_path)
+    (data / "masks" / "01.png").unlink()
+    args = ["train", "--images", str(data / "images"), "--masks", str(data / "masks"), "--out", str(tmp_path / "o")]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "no mask" in err and "01.png" in err
+    from skimage.io import imsave
+
+    imsave(data / "masks" / "01.png", np.zeros((10, 10), np.uint8), check_contrast=False)
+    assert cli_main(args) == 2
+    assert "does not match" in capsys.readouterr().err
+    (tmp_path / "e").mkdir()
+    empty = _write_pairs(tmp_path / "e", empty=True)
+    assert cli_main(["train", "--images", str(empty / "images"), "--masks", str(empty / "masks"),
+                     "--out", str(tmp_path / "o2")]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_run_job_returns_generator_result():
+    def job():
+        yield from ()
+        return 42
+
+    assert run_job(job()) == 42
