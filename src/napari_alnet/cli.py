@@ -31,18 +31,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .imageio import pair_files, select_split
     from .model import ALNetConfig
     from .normalization import Normalization
     from .progress import run_job
     from .terminal import ProgressBar
     from .training import TrainConfig, load_pairs, train_job
+    from .training.loop import tune_threshold
     from .weights import ModelMetadata, load_weights, save_weights
 
     norm = Normalization(kind=args.normalization)
     config = ALNetConfig(in_channels=args.channels)
-    pairs = load_pairs(args.images, args.masks, norm, args.channels, args.invert_masks)
+    files = pair_files(args.images, args.masks)
+    if args.split_csv:
+        keep = set(select_split([image for image, _ in files], args.split_csv, args.subset))
+        files = [pair for pair in files if pair[0] in keep]
+    pairs = load_pairs(files, norm, args.channels, args.invert_masks, args.resize)
     if args.val_images:
-        val = load_pairs(args.val_images, args.val_masks or args.masks, norm, args.channels, args.invert_masks)
+        val_files = pair_files(args.val_images, args.val_masks or args.masks)
+        val = load_pairs(val_files, norm, args.channels, args.invert_masks, args.resize)
     elif args.holdout:
         pairs, val = pairs[: -args.holdout], pairs[-args.holdout:]
     else:
@@ -50,7 +57,8 @@ def _train(args: argparse.Namespace) -> int:
     if not pairs:
         raise ValueError("no training pairs left after holding out validation pairs")
     meta = ModelMetadata(config=config, modality=args.modality, normalization=norm, threshold=0.5,
-                         objects=args.objects, card={"summary": args.summary} if args.summary else {})
+                         objects=args.objects, card={"summary": args.summary} if args.summary else {},
+                         input_size=(args.resize, args.resize) if args.resize else None)
     recipe = TrainConfig(epochs=args.epochs, lr=args.lr, gamma=args.gamma, batch_size=args.batch_size,
                          crop=args.crop, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
                          max_minutes=args.max_minutes, device=args.device, threads=args.threads)
@@ -66,6 +74,9 @@ def _train(args: argparse.Namespace) -> int:
         return 130
     bar.close()
     model, saved = load_weights(result.out)
+    if args.tune_threshold and val:
+        saved.threshold, tuned = tune_threshold(model, val)
+        print(f"threshold tuned on the validation pairs: {saved.threshold:.2f} (IoU {tuned:.4f})", file=sys.stderr)
     card = dict(saved.card)
     card["training"] = dict(card.get("training", {})) | {
         "command": "alnet " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("alnet") else None,
@@ -80,14 +91,18 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .api import load_model
-    from .evaluation import evaluate_job, pair_files, summarize
+    from .evaluation import evaluate_job, summarize
+    from .imageio import pair_files, select_split
     from .progress import run_job
     from .terminal import ProgressBar
 
     model = load_model(args.model, device=args.device)
     bar = ProgressBar("evaluate", "images")
-    rows = run_job(evaluate_job(model, pair_files(args.images, args.masks), args.invert_masks, args.fov,
-                                args.threshold), bar)
+    files = pair_files(args.images, args.masks)
+    if args.split_csv:
+        keep = set(select_split([image for image, _ in files], args.split_csv, args.subset))
+        files = [pair for pair in files if pair[0] in keep]
+    rows = run_job(evaluate_job(model, files, args.invert_masks, args.fov, args.threshold, args.tta), bar)
     bar.close()
     summary = summarize(rows)
     if args.json:
@@ -116,9 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train AL-Net (the paper's recipe by default) and write a weight file")
     tr.add_argument("--images", nargs="+", required=True, help="image files, folders or TIFF stacks")
-    tr.add_argument("--masks", required=True, help="mask folder (paired by file stem) or mask file/stack")
+    tr.add_argument("--masks", nargs="+", required=True,
+                    help="mask folder(s) (paired by file stem) or one mask file/stack for one image")
+    tr.add_argument("--split-csv", help="a name,subset CSV: train only on images of --subset")
+    tr.add_argument("--subset", default="train")
+    tr.add_argument("--resize", type=int, default=0,
+                    help="train at a reduced resolution: images resized to RESIZE x RESIZE (stored in the model)")
+    tr.add_argument("--tune-threshold", action="store_true",
+                    help="store the threshold that maximizes validation IoU instead of 0.5")
     tr.add_argument("--val-images", nargs="+", help="validation images (default: --holdout)")
-    tr.add_argument("--val-masks", help="validation masks (default: --masks)")
+    tr.add_argument("--val-masks", nargs="+", help="validation mask folder(s) (default: --masks)")
     tr.add_argument("--holdout", type=int, default=0, help="hold out the last N training pairs for validation")
     tr.add_argument("--init", help="start from a built-in model name or weight file (fine-tuning)")
     tr.add_argument("--invert-masks", action="store_true", help="foreground is mask == 0 (ISBI membranes)")
@@ -147,7 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="per-image and mean ± std accuracy, IoU and Dice for both classes")
     ev.add_argument("--model", required=True, help="em | fundus | dermoscopy | weight file")
     ev.add_argument("--images", nargs="+", required=True)
-    ev.add_argument("--masks", required=True)
+    ev.add_argument("--masks", nargs="+", required=True, help="mask folder(s), paired by file stem")
+    ev.add_argument("--split-csv", help="a name,subset CSV: evaluate only images of --subset")
+    ev.add_argument("--subset", default="val")
+    ev.add_argument("--tta", action="store_true", help="average the 8 flips/transposes (slower)")
     ev.add_argument("--invert-masks", action="store_true")
     ev.add_argument("--fov", help="folder of field-of-view masks (paired by stem): score inside them only")
     ev.add_argument("--threshold", type=float, default=None, help="default: the model's")

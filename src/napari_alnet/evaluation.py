@@ -22,25 +22,9 @@ class ImageScores:
     background: Scores
 
 
-def pair_files(images: Sequence[str | Path], masks: str | Path) -> list[tuple[Path, Path]]:
-    """(image, mask) file pairs: masks from a folder by stem, or a single mask file for a single image."""
-    files = [f for p in images for f in list_images(p)]
-    if not files:
-        raise ValueError(f"no image files in {', '.join(map(str, images))}")
-    masks = Path(masks)
-    if masks.is_dir():
-        by_stem = {f.stem: f for f in list_images(masks)}
-        missing = [f.name for f in files if f.stem not in by_stem]
-        if missing:
-            raise ValueError(f"no mask in {masks} for: {', '.join(missing[:5])}")
-        return [(f, by_stem[f.stem]) for f in files]
-    if len(files) != 1:
-        raise ValueError(f"{masks}: give a mask folder (paired by stem) for {len(files)} images")
-    return [(files[0], masks)]
-
-
 def evaluate_job(model: ALNet, pairs: Sequence[tuple[Path, Path]], invert: bool = False,
-                 fov: str | Path | None = None, threshold: float | None = None) -> Job[list[ImageScores]]:
+                 fov: str | Path | None = None, threshold: float | None = None, tta: bool = False
+                 ) -> Job[list[ImageScores]]:
     """Scores per image (foreground = mask > 0, or == 0 with ``invert``); ``fov`` restricts to a FOV mask."""
     from .inference import predict
 
@@ -51,7 +35,7 @@ def evaluate_job(model: ALNet, pairs: Sequence[tuple[Path, Path]], invert: bool 
         mask = read_image(mask_file)
         mask = mask[..., 0] if mask.ndim == 3 else mask
         truth = (mask > 0) != invert
-        pred = predict(model, read_image(image_file)) > threshold
+        pred = predict(model, read_image(image_file), **({'tta': True} if tta else {})) > threshold
         if pred.shape != truth.shape:
             raise ValueError(f"{mask_file}: mask shape {truth.shape} does not match image {pred.shape}")
         region = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +46,33 @@ def list_images(path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     raise ImageReadError(f"{path}: no such file or folder")
+
+
+def select_split(files: list[Path], split_csv: str | Path, subset: str) -> list[Path]:
+    """The files whose stem is listed under ``subset`` in a ``name,subset`` CSV (e.g. a dataset's split.csv)."""
+    import csv
+
+    with open(split_csv, newline="") as fh:
+        names = {row[0].rsplit(".", 1)[0] if "." in row[0] else row[0] for row in csv.reader(fh)
+                 if len(row) >= 2 and row[1].strip() == subset}
+    if not names:
+        raise ValueError(f"{split_csv}: no rows with subset {subset!r}")
+    return [f for f in files if f.stem in names]
+
+
+def pair_files(images: Sequence[str | Path], masks: str | Path | Sequence[str | Path]) -> list[tuple[Path, Path]]:
+    """(image, mask) file pairs: masks found by file stem in one or more folders, or one mask file for one image."""
+    files = [f for p in images for f in list_images(p)]
+    if not files:
+        raise ValueError(f"no image files in {', '.join(map(str, images))}")
+    mask_paths = [Path(masks)] if isinstance(masks, (str, Path)) else [Path(m) for m in masks]
+    if all(m.is_dir() for m in mask_paths):
+        by_stem = {f.stem: f for m in mask_paths for f in list_images(m)}
+        missing = [f.name for f in files if f.stem not in by_stem]
+        if missing:
+            where = ", ".join(map(str, mask_paths))
+            raise ValueError(f"no mask in {where} for {len(missing)} image(s): {', '.join(missing[:5])}")
+        return [(f, by_stem[f.stem]) for f in files]
+    if len(files) == 1 and len(mask_paths) == 1 and mask_paths[0].is_file():
+        return [(files[0], mask_paths[0])]
+    raise ValueError(f"{', '.join(map(str, mask_paths))}: give mask folder(s) (paired by stem) for {len(files)} images")

@@ -41,6 +41,9 @@ class ModelMetadata:
     #: Which pixels make up objects for instance labels: ``foreground``, or ``background`` (EM membranes: the
     #: cells are the regions between the predicted membranes).
     objects: str = "foreground"
+    #: Models trained at a fixed reduced resolution (dermoscopy): images are resized to (H, W) for the network
+    #: and the probabilities resized back; ``None`` = native resolution.
+    input_size: tuple[int, int] | None = None
     #: Model card: summary, training provenance, metrics (free-form JSON).
     card: dict[str, Any] = field(default_factory=dict)
 
@@ -63,6 +66,7 @@ class ModelMetadata:
             "threshold": repr(float(self.threshold)),
             "rgb_to_gray": self.rgb_to_gray,
             "objects": self.objects,
+            "input_size": json.dumps(list(self.input_size) if self.input_size else None),
             "card": json.dumps(self.card, sort_keys=True),
         }
 
@@ -75,8 +79,13 @@ class ModelMetadata:
             threshold=float(meta.get("threshold", "0.5")),
             rgb_to_gray=meta.get("rgb_to_gray", "luminance"),
             objects=meta.get("objects", "foreground"),
+            input_size=_size_or_none(json.loads(meta.get("input_size", "null"))),
             card=json.loads(meta.get("card", "{}")),
         )
+
+
+def _size_or_none(value: list[int] | None) -> tuple[int, int] | None:
+    return (int(value[0]), int(value[1])) if value else None
 
 
 def atomic_write(path: Path, write) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..imageio import ImageReadError, list_images, read_image
+from ..imageio import ImageReadError, read_image
 from ..normalization import Normalization
 
 
@@ -78,32 +78,32 @@ def _slices(array: np.ndarray, path: Path) -> list[np.ndarray]:
     raise ImageReadError(f"{path}: unsupported image shape {array.shape}")
 
 
-def load_pairs(images: str | Path | Sequence[str | Path], masks: str | Path, normalization: Normalization,
-               in_channels: int, invert: bool = False) -> list[Pair]:
-    """Pairs from image files/folders and a mask folder (paired by file stem) or a mask file/stack."""
-    image_files = [f for p in ([images] if isinstance(images, (str, Path)) else images) for f in list_images(p)]
-    if not image_files:
-        raise ValueError(f"no image files found in {images}")
-    mask_root = Path(masks)
-    if mask_root.is_dir():
-        by_stem = {f.stem: f for f in list_images(mask_root)}
-        missing = [f.name for f in image_files if f.stem not in by_stem]
-        if missing:
-            raise ValueError(f"no mask in {mask_root} for {len(missing)} image(s): {', '.join(missing[:5])}")
-        mask_files = [by_stem[f.stem] for f in image_files]
-    elif len(image_files) == 1:
-        mask_files = [mask_root]
-    else:
-        raise ValueError(f"{mask_root}: give a mask folder (files paired by stem) for {len(image_files)} images")
+def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normalization, in_channels: int,
+               invert: bool = False, resize: int | None = None) -> list[Pair]:
+    """Normalized pairs from (image file, mask file) pairs (see ``imageio.pair_files``); TIFF stacks give one
+    pair per slice. ``resize`` trains at a reduced resolution: every image is resized to ``resize`` squared."""
     pairs: list[Pair] = []
-    for image_file, mask_file in zip(image_files, mask_files, strict=True):
+    for image_file, mask_file in file_pairs:
         ims, ms = _slices(read_image(image_file), image_file), _slices(read_image(mask_file), mask_file)
         if len(ims) != len(ms):
             raise ValueError(f"{image_file.name} has {len(ims)} slices but {mask_file.name} has {len(ms)}")
         for z, (im, m) in enumerate(zip(ims, ms, strict=True)):
             name = image_file.stem if len(ims) == 1 else f"{image_file.stem}[{z}]"
+            if resize:
+                im, m = resize_pair(im, m, resize)
             pairs.append(make_pair(im, m, normalization, in_channels, invert, name=name))
     return pairs
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image resized (anti-aliased, dtype kept) and mask resized (area-averaged, then > 0.5) to ``size`` squared."""
+    from skimage.transform import resize as sk_resize
+
+    shape = (size, size, *image.shape[2:])
+    small = sk_resize(image, shape, preserve_range=True, anti_aliasing=True).astype(image.dtype)
+    m = mask[..., 0] if mask.ndim == 3 else mask
+    small_mask = sk_resize((m > 0).astype(np.float32), (size, size), anti_aliasing=True) > 0.5
+    return small, small_mask.astype(np.uint8) * 255
 
 
 class CropSampler:

@@ -86,6 +86,18 @@ def evaluate_pairs(model: ALNet, pairs: Sequence[Pair], device: torch.device, th
     return {"iou": float(iou), "accuracy": float(acc), "dice": float(dice), "loss": float(loss)}
 
 
+@torch.no_grad()
+def tune_threshold(model: ALNet, pairs: Sequence[Pair], candidates: Sequence[float] = tuple(np.arange(0.2, 0.81, 0.05))
+                   ) -> tuple[float, float]:
+    """The threshold (and its mean IoU) that maximizes the mean foreground IoU on ``pairs``."""
+    model.eval()
+    probs = [torch.sigmoid(model(torch.from_numpy(p.image)[None]))[0, 0].numpy() for p in pairs]
+    scores = [np.mean([segmentation_scores(pr > t, p.mask > 0.5, None if p.ignore is None else ~p.ignore).iou
+                       for pr, p in zip(probs, pairs, strict=True)]) for t in candidates]
+    best = int(np.argmax(scores))
+    return round(float(candidates[best]), 2), float(scores[best])
+
+
 def _initial_model(init: str | Path | ALNet | None, config: ALNetConfig) -> tuple[ALNet, str]:
     if init is None:
         return ALNet(config), "scratch"
