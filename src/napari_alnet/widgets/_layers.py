@@ -1,0 +1,104 @@
+"""Reading the region to segment from an image layer and writing results into output layers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import napari
+import numpy as np
+from napari.layers import Image, Labels
+
+Region = tuple[int | slice, ...]
+
+CURRENT_SLICE = "current slice"
+WHOLE_STACK = "whole stack"
+
+
+class InputProblem(ValueError):
+    """Input the widget refuses; the message says what is wrong and what to do."""
+
+
+def base_data(layer: Image):
+    """The full-resolution data of ``layer`` (level 0 of a multiscale layer)."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def spatial_shape(layer: Image) -> tuple[int, ...]:
+    """Shape of ``layer`` without its RGB(A) channel axis."""
+    shape = tuple(base_data(layer).shape)
+    return shape[:-1] if layer.rgb else shape
+
+
+def region_for(viewer: napari.Viewer, layer: Image, scope: str, stack_axis: int | None = None) -> Region:
+    """Index of the part of ``layer`` to segment: the displayed YX plane, or a (Z, Y, X) stack.
+
+    The last two axes are Y, X; leading axes are taken at the viewer's current position, except the stack
+    axis for ``whole stack`` (axis 0 of a 3D layer; ``stack_axis`` for 4D+ layers, which must be chosen).
+    """
+    shape = spatial_shape(layer)
+    nd = len(shape)
+    if nd < 2:
+        raise InputProblem(f"layer {layer.name!r} is {nd}D; AL-Net needs a 2D image or a stack of 2D images")
+    if 0 in shape:
+        raise InputProblem(f"layer {layer.name!r} is empty (shape {shape}); choose a layer with pixels")
+    point = np.asarray(layer.world_to_data(viewer.dims.point), dtype=float)[-nd:]
+    index: list[int | slice] = [int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:-2], shape[:-2], strict=True)]
+    if scope == WHOLE_STACK and nd == 3:
+        index[0] = slice(None)
+    elif scope == WHOLE_STACK and nd >= 4:
+        if stack_axis is None or not 0 <= stack_axis < nd - 2:
+            raise InputProblem(f"layer {layer.name!r} has {nd} dimensions {shape} (a time series or multi-channel "
+                               "stack?): choose which axis is the stack in 'Stack axis', or segment the current "
+                               "slice")
+        index[stack_axis] = slice(None)
+    return (*index, slice(None), slice(None))
+
+
+def read_region(layer: Image, region: Region) -> np.ndarray:
+    """A NumPy copy of ``layer``'s data at ``region`` (safe to hand to a worker thread)."""
+    return np.array(base_data(layer)[region])
+
+
+def check_pixels(image: np.ndarray, name: str) -> None:
+    """Refuse empty or constant images (nothing to segment)."""
+    if image.size == 0:
+        raise InputProblem(f"layer {name!r} has no pixels in the chosen region; choose another slice or layer")
+    lo, hi = np.nanmin(image), np.nanmax(image)
+    if lo == hi:
+        raise InputProblem(f"layer {name!r} is constant (every pixel is {lo}) in the chosen region; there is "
+                           "nothing to segment; check that the right layer and slice are chosen")
+
+
+def upsert(viewer: napari.Viewer, name: str, kind: type[Image] | type[Labels], like: Image, dtype: np.dtype,
+           region: Region, values: np.ndarray) -> Image | Labels:
+    """Write ``values`` at ``region`` of the output layer ``name`` (same shape, scale and translate as ``like``).
+
+    The layer is created (zeros elsewhere) if missing or of the wrong type/shape/dtype, else updated in place.
+    """
+    shape = spatial_shape(like)
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if not (isinstance(layer, kind) and not layer.multiscale and isinstance(layer.data, np.ndarray)
+            and layer.data.shape == shape and layer.data.dtype == dtype):
+        layer = None
+    data = layer.data if layer is not None else np.zeros(shape, dtype=dtype)
+    data[region] = values
+    if layer is not None:
+        layer.refresh()
+        if isinstance(layer, Image):
+            layer.reset_contrast_limits()
+        return layer
+    if name in viewer.layers:  # a same-named layer we cannot reuse: replace it
+        viewer.layers.remove(name)
+    kwargs = {"name": name, "scale": like.scale, "translate": like.translate}
+    if kind is Labels:
+        return viewer.add_labels(data, **kwargs)
+    return viewer.add_image(data, colormap="magma", blending="additive", contrast_limits=(0.0, 1.0), **kwargs)
+
+
+def axis_choices(viewer: napari.Viewer, layer: Image | None) -> Sequence[tuple[str, int | None]]:
+    """'Stack axis' choices for a 4D+ layer: its leading axes, labelled as in the viewer."""
+    if layer is None or len(spatial_shape(layer)) < 4:
+        return [("(not needed)", None)]
+    shape = spatial_shape(layer)
+    labels = list(viewer.dims.axis_labels)[-len(shape):]
+    return [("(choose)", None)] + [(f"{labels[i]} ({shape[i]})", i) for i in range(len(shape) - 2)]

@@ -1,0 +1,131 @@
+"""Model and device pickers shared by the widgets; the list follows ``model_registry``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Label
+from napari.utils.notifications import show_error
+
+from .. import model_registry
+from ..devices import available_devices
+from ..model import ALNet
+from ..weights import ModelMetadata, WeightsError, read_weights
+
+log = logging.getLogger(__name__)
+
+LOAD = "Load weights…"
+
+
+def device_picker() -> ComboBox:
+    """'auto' plus the devices available here."""
+    return ComboBox(label="Device", choices=["auto", *available_devices()], value="auto",
+                    tooltip="auto picks cuda, then mps, then cpu")
+
+
+class ModelPicker:
+    """A model ``combo`` (shipped built-ins, loaded files, session fine-tunes, 'Load weights…') and a
+    ``summary`` label with the model card's one-line summary. Add both widgets to a container.
+
+    ``on_change(callback)`` calls ``callback(name, metadata)`` when the choice changes to a usable model.
+    """
+
+    def __init__(self, label: str = "Model") -> None:
+        self.combo = ComboBox(label=label, choices=self._choices, tooltip="built-in models, weight files you "
+                              "loaded and models fine-tuned in this session")
+        self.summary = Label(value="")
+        self._listeners: list[Callable[[str, ModelMetadata], None]] = []
+        self._previous: str | None = self.combo.value
+        self._refreshing = False
+        self.combo.changed.connect(self._on_combo)
+        model_registry.connect(self.refresh)
+        self._describe(self.combo.value)
+
+    @property
+    def value(self) -> str | None:
+        """The chosen model's registry name (None if no model is available yet)."""
+        value = self.combo.value
+        return None if value == LOAD else value
+
+    def on_change(self, callback: Callable[[str, ModelMetadata], None]) -> None:
+        self._listeners.append(callback)
+
+    def select(self, name: str) -> None:
+        """Choose the model ``name`` (a registry entry)."""
+        self.refresh()
+        self.combo.value = name
+
+    def load_file(self, path: str | Path) -> str:
+        """Check ``path`` is an AL-Net weight file, register it and choose it; returns its name."""
+        read_weights(path)  # raises WeightsError with a clear message
+        name = model_registry.register_file(path).name
+        self.select(name)
+        return name
+
+    def load(self, device: str | None = None) -> ALNet:
+        """The chosen model, fused and on ``device`` (WeightsError/ValueError if unusable)."""
+        if self.value is None:
+            raise WeightsError("no model chosen: pick one in 'Model' or use 'Load weights…' to open a "
+                               ".safetensors weight file")
+        return model_registry.load(self.value, device)
+
+    def refresh(self) -> None:
+        """Re-read the registry (called by it on every change)."""
+        self._refreshing = True
+        try:
+            self.combo.reset_choices()
+        finally:
+            self._refreshing = False
+        if self.combo.value != self._previous:
+            self._on_combo(self.combo.value)
+
+    def _choices(self, _widget=None) -> list[tuple[str, str | None]]:
+        entries = model_registry.entries()
+        choices: list[tuple[str, str | None]] = [(_label(e), e.name) for e in entries]
+        if not entries:
+            choices.append(("(no model yet)", None))
+        return [*choices, (LOAD, LOAD)]
+
+    def _on_combo(self, value: str | None) -> None:
+        if self._refreshing:
+            return
+        if value == LOAD:
+            self._ask_file()
+            return
+        self._previous = value
+        meta = self._describe(value)
+        if meta is not None:
+            for callback in self._listeners:
+                callback(value, meta)
+
+    def _ask_file(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(None, "Load AL-Net weights", "", "AL-Net weights (*.safetensors)")
+        if path:
+            try:
+                self.load_file(path)
+                return
+            except WeightsError as exc:
+                show_error(f"Load weights: {exc}")
+        self.combo.value = self._previous  # dialog cancelled or file refused: back to the previous choice
+
+    def _describe(self, name: str | None) -> ModelMetadata | None:
+        if name is None or name == LOAD:
+            self.summary.value = "no model: choose 'Load weights…' to open a .safetensors file"
+            return None
+        try:
+            meta = model_registry.metadata(name)
+        except (WeightsError, ValueError, KeyError, OSError) as exc:
+            self.summary.value = f"unusable: {exc}"
+            return None
+        self.summary.value = meta.summary
+        self.summary.tooltip = meta.summary
+        return meta
+
+
+def _label(entry: model_registry.ModelEntry) -> str:
+    return {"builtin": f"{entry.name} (built-in)", "file": entry.name,
+            "session": f"{entry.name} (fine-tuned)"}[entry.kind]
