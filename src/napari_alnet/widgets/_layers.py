@@ -76,7 +76,7 @@ def upsert(viewer: napari.Viewer, name: str, kind: type[Image] | type[Labels], l
     The layer is created (zeros elsewhere) if missing or of the wrong type/shape/dtype, else updated in place.
     """
     shape = spatial_shape(like)
-    layer = viewer.layers[name] if name in viewer.layers else None
+    layer = next((existing for existing in viewer.layers if existing.name == name), None)
     if not (isinstance(layer, kind) and not layer.multiscale and isinstance(layer.data, np.ndarray)
             and layer.data.shape == shape and layer.data.dtype == dtype):
         layer = None
