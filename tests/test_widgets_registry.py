@@ -1,0 +1,76 @@
+"""The Qt-free session model registry the pickers follow (and the fine-tune dock registers into)."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+
+from napari_alnet import model_registry
+from napari_alnet.model import ALNet
+from napari_alnet.pretrained import BUILTIN_NAMES
+from napari_alnet.weights import ModelMetadata, save_weights
+
+
+@pytest.fixture
+def weights(tmp_path):
+    return save_weights(ALNet(), ModelMetadata(threshold=0.3, card={"summary": "mine"}), tmp_path / "mine.safetensors")
+
+
+def test_register_notifies_and_loads(weights):
+    seen = []
+    listener = lambda: seen.append([e.name for e in model_registry.entries()])  # noqa: E731
+    model_registry.connect(listener)
+    try:
+        entry = model_registry.register("mito", weights)
+        assert entry.kind == "session" and seen[-1][-1] == "mito"
+        model = model_registry.load("mito")
+        assert model.is_reparameterized and not model.training
+        assert model_registry.metadata("mito").summary == "mine"
+        assert model_registry.load("mito") is model  # cached
+        save_weights(ALNet(), ModelMetadata(threshold=0.7), weights)  # re-saved by a fine-tune: reloaded
+        os.utime(weights, (1, 2e9))
+        assert model_registry.load("mito") is not model
+        assert model_registry.metadata("mito").threshold == pytest.approx(0.7)
+    finally:
+        model_registry.unregister("mito")
+        model_registry.disconnect(listener)
+    assert "mito" not in [e.name for e in model_registry.entries()]
+    assert len(seen) == 2
+
+
+def test_file_names_are_unique_and_builtins_protected(weights, tmp_path):
+    other = tmp_path / "sub"
+    other.mkdir()
+    second = save_weights(ALNet(), ModelMetadata(), other / "mine.safetensors")
+    try:
+        a = model_registry.register_file(weights)
+        assert model_registry.register_file(weights) == a
+        b = model_registry.register_file(second)
+        assert (a.name, b.name) == ("mine", "mine (2)") and a.kind == b.kind == "file"
+        with pytest.raises(ValueError, match="built-in"):
+            model_registry.register(BUILTIN_NAMES[0], weights)
+        with pytest.raises(KeyError):
+            model_registry.get("nope")
+    finally:
+        model_registry.unregister("mine")
+        model_registry.unregister("mine (2)")
+
+
+def test_listeners_are_held_weakly(weights):
+    class Listener:
+        calls = 0
+
+        def changed(self):
+            Listener.calls += 1
+
+    listener = Listener()
+    model_registry.connect(listener.changed)
+    del listener
+    gc.collect()
+    try:
+        model_registry.register("weak", weights)
+    finally:
+        model_registry.unregister("weak")
+    assert Listener.calls == 0
