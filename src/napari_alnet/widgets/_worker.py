@@ -79,7 +79,7 @@ class JobRunner:
         self._stop_event = threading.Event()
         self._running = False
         self._saved: list[bool] = []
-        self._handlers: tuple[Callable[[Any], None], Callable[[Progress], None] | None] | None = None
+        self._handlers: tuple[Callable[[Any], None], Callable | None, Callable | None] | None = None
         if cancel_button is not None:
             cancel_button.enabled = False
             cancel_button.changed.connect(self.cancel)
@@ -90,14 +90,20 @@ class JobRunner:
         return self._running
 
     def start(self, job: Job[T], on_done: Callable[[T], None], *,
-              on_progress: Callable[[Progress], None] | None = None) -> bool:
-        """Run ``job``; on success call ``on_done(result)`` in the GUI thread. False if a job is already running."""
+              on_progress: Callable[[Progress], None] | None = None,
+              on_cancelled: Callable[[T | None], None] | None = None) -> bool:
+        """Run ``job``; False (and a notification) if a job is already running.
+
+        In the GUI thread: ``on_progress(report)`` for each report, ``on_done(result)`` on success. On cancel the
+        job returns what it has: ``on_cancelled(partial)`` gets it (e.g. the best weights of a stopped training);
+        without ``on_cancelled`` it is dropped and nothing is applied.
+        """
         if self._running:
             show_info(f"{self.name}: already running; wait or press Cancel")
             return False
         self._stop_event.clear()
         self._running = True
-        self._handlers = (on_done, on_progress)
+        self._handlers = (on_done, on_progress, on_cancelled)
         self._busy(True)
         if self.synchronous:
             self._run_inline(_drive(job, self._stop_event))
@@ -147,11 +153,13 @@ class JobRunner:
     def _on_returned(self, outcome: Outcome) -> None:
         if not self._running:
             return
-        on_done = self._handlers[0] if self._handlers else None
+        on_done, _, on_cancelled = self._handlers or (None, None, None)
         self.last = outcome
         try:
             if outcome.status == "failed":
                 show_error(f"{self.name}: {describe_error(outcome.error)}")
+            elif outcome.status == "cancelled" and on_cancelled is not None:
+                self._guard(on_cancelled, outcome.value)
             elif outcome.status == "cancelled":
                 show_info(f"{self.name}: cancelled; nothing was changed")
             elif on_done is not None:
@@ -175,9 +183,12 @@ class JobRunner:
     def _finish(self, status: str) -> None:
         self._running = False
         self._handlers = None
-        self._busy(False)
-        if self.status is not None and status != "done":
-            self.status.value = status
+        try:
+            self._busy(False)
+            if self.status is not None and status != "done":
+                self.status.value = status
+        except RuntimeError:  # the dock was closed while the job ran: nothing left to restore
+            log.debug("%s: widgets already deleted", self.name)
 
     def _busy(self, busy: bool) -> None:
         if busy:
