@@ -1,0 +1,179 @@
+"""Fine-tuning from annotations painted in napari (Qt-free core of the fine-tune dock).
+
+Two annotation modes on a Labels array with the image's spatial shape:
+- ``dense``: every pixel of an annotated slice is labelled, 0 background and >= 1 foreground; a slice is
+  annotated when it has any nonzero pixel;
+- ``scribbles``: 1 foreground, 2 background, 0 unlabelled (ignored by the masked loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .api import resolve_weights
+from .model import ALNet, ALNetConfig
+from .normalization import Normalization
+from .progress import Job, Progress, StopRequested
+from .training.data import Pair, make_pair
+from .training.loop import TrainConfig, TrainResult, train_job
+from .weights import ModelMetadata, load_weights
+
+MODES = ("dense", "scribbles")
+
+
+class AnnotationError(ValueError):
+    """Annotations that cannot be trained on; the message says what is wrong and what to do."""
+
+
+def as_stack(array: np.ndarray, rgb: bool) -> np.ndarray:
+    """(Z, Y, X[, C]) view of a 2D or 3D image / labels array."""
+    spatial = array.ndim - (1 if rgb else 0)
+    return array[None] if spatial == 2 else array
+
+
+def annotated_slices(labels: np.ndarray) -> list[int]:
+    """Indices of the slices of a (Z, Y, X) or (Y, X) labels array that hold any nonzero pixel."""
+    stack = labels[None] if labels.ndim == 2 else labels
+    return [z for z in range(stack.shape[0]) if np.any(stack[z])]
+
+
+def check_annotations(image_shape: tuple[int, ...], labels: np.ndarray, mode: str, rgb: bool = False) -> list[int]:
+    """Validate annotations against the image; returns the annotated slice indices or raises AnnotationError."""
+    if mode not in MODES:
+        raise AnnotationError(f"annotation mode must be one of {MODES}, got {mode!r}")
+    spatial = tuple(image_shape[:-1]) if rgb else tuple(image_shape)
+    if tuple(labels.shape) != spatial:
+        raise AnnotationError(f"the annotations have shape {tuple(labels.shape)} but the image's spatial shape is "
+                              f"{spatial}; paint them in a Labels layer created for this image")
+    if labels.ndim not in (2, 3):
+        raise AnnotationError(f"annotations must be 2D or a 3D stack, got {labels.ndim}D")
+    slices = annotated_slices(labels)
+    if not slices:
+        raise AnnotationError("the annotations are empty: paint foreground (and background) on a few slices first")
+    values = np.unique(labels)
+    if mode == "scribbles":
+        extra = [int(v) for v in values if v not in (0, 1, 2)]
+        if extra:
+            raise AnnotationError(f"scribble mode uses 1 = foreground, 2 = background, 0 = unlabelled; found label "
+                                  f"values {extra[:5]}. Repaint with labels 1 and 2, or use dense mode")
+        if not (np.any(values == 1) and np.any(values == 2)):
+            missing = "foreground (1)" if not np.any(values == 1) else "background (2)"
+            raise AnnotationError(f"only one class is painted: add some {missing} scribbles")
+    else:
+        stack = labels[None] if labels.ndim == 2 else labels
+        if all(np.all(stack[z] > 0) for z in slices):
+            raise AnnotationError("only foreground is painted on the annotated slices: in dense mode every pixel "
+                                  "of a slice is labelled, background 0 and foreground >= 1")
+    return slices
+
+
+def annotation_pairs(image: np.ndarray, labels: np.ndarray, mode: str, slices: Sequence[int],
+                     normalization: Normalization, in_channels: int, rgb: bool = False) -> list[Pair]:
+    """Training pairs (copies) from the chosen annotated slices."""
+    images, labs = as_stack(np.asarray(image), rgb), as_stack(np.asarray(labels), False)
+    pairs = []
+    for z in slices:
+        lab = np.array(labs[z])
+        if mode == "scribbles":
+            mask, ignore = (lab == 1), (lab == 0)
+        else:
+            mask, ignore = (lab > 0), None
+        pairs.append(make_pair(np.array(images[z]), mask, normalization, in_channels, ignore=ignore, name=f"z={z}"))
+    return pairs
+
+
+@dataclass
+class FinetuneRequest:
+    """Everything a fine-tune run needs; arrays are copied when the request is made."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    mode: str = "dense"
+    slices: list[int] | None = None
+    base: str | Path | None = "em"  # built-in name, weight file, or None = scratch
+    out: Path = Path("finetuned.safetensors")
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 4
+    crop: int = 256
+    steps_per_epoch: int = 25
+    holdout: int | None = None  # slice index kept for validation
+    preview_slice: int | None = None
+    rgb: bool = False
+    seed: int = 0
+    image_name: str = "image"
+    max_minutes: float = 0.0
+    card: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.image = np.array(self.image, copy=True)
+        self.labels = np.array(self.labels, copy=True)
+
+
+def base_metadata(base: str | Path | None, rgb: bool) -> ModelMetadata:
+    """Metadata to start from: the base model's, or defaults for a scratch model."""
+    if base is None:
+        return ModelMetadata(config=ALNetConfig(in_channels=3 if rgb else 1))
+    _, meta = load_weights(resolve_weights(base))
+    return meta
+
+
+def finetune_job(request: FinetuneRequest) -> Job[TrainResult]:
+    """Fine-tune on the request's annotations; yields training Progress (with a ``preview`` probability map
+    in ``metrics`` after each epoch when ``preview_slice`` is set); returns the TrainResult."""
+    slices = check_annotations(request.image.shape, request.labels, request.mode, request.rgb)
+    chosen = [z for z in (request.slices if request.slices is not None else slices) if z in slices]
+    if not chosen:
+        raise AnnotationError("no annotated slice is selected for training")
+    meta = base_metadata(request.base, request.rgb)
+    pairs = annotation_pairs(request.image, request.labels, request.mode, chosen, meta.normalization,
+                             meta.in_channels, request.rgb)
+    val = [p for z, p in zip(chosen, pairs, strict=True) if z == request.holdout]
+    train = [p for z, p in zip(chosen, pairs, strict=True) if z != request.holdout]
+    if not train:
+        raise AnnotationError("the only annotated slice is held out for validation; annotate one more slice")
+    meta.card = {"summary": f"fine-tuned from {request.base or 'scratch'} on {request.image_name} "
+                            f"({request.mode}, slices {', '.join(map(str, chosen))})",
+                 "finetune": {"base": str(request.base) if request.base else "scratch", "image_layer":
+                              request.image_name, "slices": chosen, "mode": request.mode, "epochs": request.epochs,
+                              "seed": request.seed, "holdout": request.holdout}} | request.card
+    meta.threshold = 0.5
+    config = TrainConfig(epochs=request.epochs, lr=request.lr, gamma=0.95, batch_size=request.batch_size,
+                         crop=request.crop, steps_per_epoch=request.steps_per_epoch, seed=request.seed,
+                         max_minutes=request.max_minutes)
+    job = train_job(train, val, meta, request.out, config, init=request.base)
+    preview_stack = as_stack(request.image, request.rgb)
+    try:
+        report = next(job)
+        while True:
+            if request.preview_slice is not None and report.message.endswith("done"):
+                report.metrics["preview"] = _preview(request.out, preview_stack[request.preview_slice])
+            try:
+                yield report
+            except StopRequested:
+                report = job.throw(StopRequested())
+                continue
+            report = next(job)
+    except StopIteration as done:
+        return done.value
+    finally:
+        job.close()
+
+
+def _preview(weights: Path, image: np.ndarray) -> np.ndarray:
+    """Probabilities of the best weights so far on one slice."""
+    from .api import load_model
+    from .inference import predict
+
+    with torch.no_grad():
+        model: ALNet = load_model(weights, device="cpu")
+        return predict(model, image)
+
+
+__all__ = ["MODES", "AnnotationError", "FinetuneRequest", "Progress", "annotated_slices", "annotation_pairs",
+           "check_annotations", "finetune_job"]

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_alnet import load_model, predict
+from napari_alnet.finetune import AnnotationError, FinetuneRequest, annotation_pairs, check_annotations, finetune_job
+from napari_alnet.metrics import segmentation_scores
+from napari_alnet.model import ALNet
+from napari_alnet.normalization import Normalization
+from napari_alnet.progress import run_job
+from napari_alnet.sample_data import em_like_stack
+from napari_alnet.weights import ModelMetadata, save_weights
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return em_like_stack(depth=4, size=128, cells=20, seed=5)
+
+
+@pytest.fixture()
+def base(tmp_path):
+    return save_weights(ALNet(), ModelMetadata(), tmp_path / "base.safetensors")
+
+
+def scribbles_from(truth: np.ndarray, rng: np.random.Generator, fraction: float = 0.15) -> np.ndarray:
+    """Sparse labels: a random fraction of pixels, 1 on foreground, 2 on background, 0 elsewhere."""
+    keep = rng.random(truth.shape) < fraction
+    return np.where(keep, np.where(truth, 1, 2), 0).astype(np.uint8)
+
+
+def iou_of(model_path, image, truth) -> float:
+    model = load_model(model_path)
+    return segmentation_scores(predict(model, image) > 0.5, truth).iou
+
+
+@pytest.mark.parametrize("mode", ["dense", "scribbles"])
+def test_finetune_improves_iou(mode, stack, base, tmp_path):
+    images, truth = stack
+    labels = np.zeros(images.shape, np.uint8)
+    rng = np.random.default_rng(0)
+    for z in (0, 1):
+        labels[z] = truth[z].astype(np.uint8) if mode == "dense" else scribbles_from(truth[z], rng)
+    out = tmp_path / f"{mode}.safetensors"
+    before = iou_of(base, images[3], truth[3])
+    request = FinetuneRequest(images, labels, mode=mode, base=base, out=out, epochs=6, lr=5e-3, crop=96,
+                              steps_per_epoch=8, image_name="em")
+    result = run_job(finetune_job(request))
+    after = iou_of(out, images[3], truth[3])
+    assert after > before + 0.2 and after > 0.6, (before, after)
+    card = load_model(out).metadata.card
+    assert card["finetune"]["slices"] == [0, 1] and card["finetune"]["mode"] == mode
+    assert result.epochs_done == 6
+
+
+def test_unlabelled_pixels_do_not_reach_the_training_pairs(stack):
+    images, truth = stack
+    labels = scribbles_from(truth[0], np.random.default_rng(1))
+    (pair,) = annotation_pairs(images[0], labels, "scribbles", [0], Normalization(), 1)
+    assert np.array_equal(pair.ignore, labels == 0)
+    assert np.array_equal(pair.mask > 0, labels == 1)
+
+
+def test_stop_mid_epoch_keeps_best_weights_and_preview(stack, base, tmp_path):
+    images, truth = stack
+    labels = np.zeros(images.shape, np.uint8)
+    labels[0], labels[1] = truth[0], truth[1]
+    out = tmp_path / "stopped.safetensors"
+    request = FinetuneRequest(images, labels, base=base, out=out, epochs=5, crop=64, steps_per_epoch=4,
+                              holdout=1, preview_slice=2)
+    previews = []
+
+    def watch(report):
+        if "preview" in report.metrics:
+            previews.append(report.metrics["preview"])
+        return report.step == 6  # mid second epoch
+
+    result = run_job(finetune_job(request), watch)
+    assert result.stopped == "stopped" and result.steps_done == 6
+    assert previews and previews[0].shape == images.shape[1:]
+    model = load_model(out)
+    assert model.metadata.card["finetune"]["holdout"] == 1
+
+
+def test_annotations_are_copied_when_training_starts(stack, base, tmp_path):
+    images, truth = stack
+    labels = np.zeros(images.shape, np.uint8)
+    labels[0] = truth[0]
+    request = FinetuneRequest(images, labels, base=base, out=tmp_path / "m.safetensors", epochs=1, crop=64,
+                              steps_per_epoch=2)
+    labels[:] = 0  # the user keeps painting (here: erases everything) after pressing Fine-tune
+    images[:] = 0
+    result = run_job(finetune_job(request))
+    assert result.epochs_done == 1
+    assert request.labels[0].any()
+
+
+@pytest.mark.parametrize("labels,mode,message", [
+    (np.zeros((2, 16, 16), np.uint8), "dense", "empty"),
+    (np.ones((2, 8, 8), np.uint8), "dense", "shape"),
+    (np.full((2, 16, 16), 3, np.uint8), "scribbles", "values"),
+    (np.pad(np.ones((2, 4, 4), np.uint8), ((0, 0), (0, 12), (0, 12))), "scribbles", "background"),
+    (np.ones((2, 16, 16), np.uint8), "dense", "only foreground"),
+])
+def test_bad_annotations_are_refused_with_a_clear_message(labels, mode, message):
+    with pytest.raises(AnnotationError, match=message):
+        check_annotations((2, 16, 16), labels, mode)
