@@ -1,4 +1,4 @@
-"""The ``alnet`` command line: demo, train, evaluate (segment: see inference)."""
+"""The ``alnet`` command line: demo, segment, train, evaluate."""
 
 from __future__ import annotations
 
@@ -10,23 +10,105 @@ import time
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .api import load_model
-    from .inference import predict
-    from .model import ALNet
-    from .pretrained import shipped_models
-    from .sample_data import em_like_stack
+    from pathlib import Path
 
-    stack, _ = em_like_stack(depth=args.slices, size=512, cells=240)
-    if "em" in shipped_models():
-        model, what = load_model("em", device="cpu"), "the shipped 'em' model"
-    else:
-        model, what = ALNet().reparameterize(), "an untrained AL-Net (no 'em' weights shipped yet)"
+    import numpy as np
+    from skimage import io
+
+    from .api import load_model, model_metadata
+    from .batch import segment_files_job
+    from .metrics import segmentation_scores
+    from .model import ALNet
+    from .postprocess import instance_labels
+    from .pretrained import shipped_models
+    from .progress import run_job
+    from .sample_data import em_like_stack
+    from .stack_reader import PixelSize, open_slices
+    from .stack_writer import TiffStackWriter
+    from .terminal import ProgressBar
+
     start = time.perf_counter()
-    probs = [predict(model, image) for image in stack]
-    elapsed = time.perf_counter() - start
-    fg = sum(float((p > 0.5).mean()) for p in probs) / len(probs)
-    print(f"segmented a generated EM-like stack {stack.shape} with {what} in {elapsed:.2f} s "
-          f"({elapsed / len(stack) * 1000:.0f} ms/slice); foreground fraction {fg:.3f}")
+    out = Path(args.out)
+    cells = max(8, round(240 * (args.size / 512) ** 2))
+    stack, truth = em_like_stack(depth=args.slices, size=args.size, cells=cells)
+    source = out / "em_like_stack.tif"
+    with TiffStackWriter(source, stack.shape, stack.dtype, PixelSize(0.004, 0.004, 0.05, "um")) as writer:
+        for plane in stack:
+            writer.write(plane)
+        writer.finish()
+    if "em" in shipped_models():
+        model, what = load_model("em", device=args.device), "the shipped 'em' model"
+    else:
+        model, what = ALNet().reparameterize(), "an UNTRAINED AL-Net (no 'em' weights are shipped in this install)"
+    bar = ProgressBar("demo", "slices")
+    job = segment_files_job([source], out, model, overwrite=True, device=args.device)
+    try:
+        summary = run_job(job, bar)
+    finally:
+        job.close()
+        bar.close()
+    if summary.failures:
+        raise ValueError(summary.failures[0][1])
+    labels_path = out / "em_like_stack_labels.tif"
+    with open_slices(labels_path) as reader:
+        labels = np.stack([reader[z] for z in range(len(reader))]).astype(bool)
+    mid = len(stack) // 2
+    objects = model_metadata(model).objects
+    cells_found = int(instance_labels(labels[mid].astype(np.float32), 0.5, objects).max())
+    dice = segmentation_scores(labels, truth).dice
+    overlay = np.repeat(stack[mid][..., None], 3, axis=-1).astype(np.float32)
+    overlay[labels[mid]] = 0.5 * overlay[labels[mid]] + 0.5 * np.array([255, 40, 40], np.float32)
+    overlay_path = out / "em_like_stack_overlay.png"
+    io.imsave(overlay_path, overlay.astype(np.uint8), check_contrast=False)
+    seg = summary.seconds
+    print(f"segmented a generated EM-like stack {stack.shape} (Z, Y, X) with {what} on {summary.device}: "
+          f"{seg:.2f} s ({seg / len(stack) * 1000:.0f} ms/slice), {time.perf_counter() - start:.2f} s in all")
+    print(f"membrane pixels {labels.mean():.3f} (truth {truth.mean():.3f}), membrane Dice vs the generated truth "
+          f"{dice:.3f}; slice {mid}: {cells_found} {'cells' if objects == 'background' else 'objects'} "
+          f"(the stack has {cells})")
+    print(f"wrote {source}\n      {labels_path}  (uint8 labels, 1 = membrane)\n      {overlay_path}  "
+          f"(slice {mid}, membranes in red)")
+    return 0
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from .api import load_model
+    from .batch import segment_files_job
+    from .progress import run_job
+    from .terminal import ProgressBar
+
+    model = load_model(args.model, device=args.device)
+    bar = ProgressBar("segment", "slices")
+
+    def report(progress) -> None:
+        failure = progress.metrics.get("failure")
+        if failure:
+            bar.close()
+            print(f"alnet segment: error: {failure[1]}", file=sys.stderr)
+        bar(progress)
+
+    job = segment_files_job(args.inputs, args.out, model, tile=args.tile, threshold=args.threshold,
+                            probabilities=args.probabilities, instances=args.instances, overwrite=args.overwrite)
+    try:
+        summary = run_job(job, report)
+    except KeyboardInterrupt:
+        job.close()
+        bar.close()
+        print("alnet segment: interrupted; outputs written so far are complete, no partial file was left",
+              file=sys.stderr)
+        return 130
+    bar.close()
+    rate = summary.slices / summary.seconds if summary.seconds else 0.0
+    print(f"segmented {summary.slices} slices into {len(summary.written)} files in {summary.seconds:.1f} s "
+          f"({rate:.2f} slices/s) on {summary.device}; output folder {args.out}")
+    if summary.skipped:
+        print(f"kept {len(summary.skipped)} existing outputs (--overwrite replaces them): "
+              + ", ".join(p.name for p in summary.skipped))
+    if summary.failures:
+        print(f"{len(summary.failures)} input(s) failed:", file=sys.stderr)
+        for _path, message in summary.failures:
+            print(f"  {message}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -126,8 +208,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="segment a generated EM-like stack with the shipped model")
+    demo.add_argument("-o", "--out", default="alnet-demo", help="output folder (default ./alnet-demo)")
     demo.add_argument("--slices", type=int, default=3)
+    demo.add_argument("--size", type=int, default=512, help="slice width and height in pixels")
+    demo.add_argument("--device", default=None, help="auto (default: CUDA > MPS > CPU), cuda, mps or cpu")
     demo.set_defaults(func=_demo)
+
+    seg = sub.add_parser("segment", help="segment images and TIFF stacks into label (and probability) TIFFs",
+                         description="For each input STEM.ext write OUTDIR/STEM_labels.tif (and STEM_prob.tif). "
+                         "Stacks are streamed slice by slice. Exit code 1 if any input failed.")
+    seg.add_argument("inputs", nargs="+", metavar="INPUT", help="TIFF/OME-TIFF stacks, PNG/JPEG images, or folders")
+    seg.add_argument("-o", "--out", required=True, metavar="OUTDIR")
+    seg.add_argument("--model", default="em", help="em | fundus | dermoscopy | weight file (default em)")
+    seg.add_argument("--device", default=None, help="auto (default: CUDA > MPS > CPU), cuda, mps or cpu")
+    seg.add_argument("--tile", type=int, default=None,
+                     help="tile size (multiple of 32, >= 544); default: whole slices up to 2048 x 2048")
+    seg.add_argument("--threshold", type=float, default=None, help="default: the model's")
+    seg.add_argument("--probabilities", action="store_true", help="also write STEM_prob.tif (float32)")
+    seg.add_argument("--instances", action="store_true",
+                     help="label objects (int32 ids; EM: the cells between membranes) instead of the mask")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs never)")
+    seg.set_defaults(func=_segment)
 
     tr = sub.add_parser("train", help="train AL-Net (the paper's recipe by default) and write a weight file")
     tr.add_argument("--images", nargs="+", required=True, help="image files, folders or TIFF stacks")

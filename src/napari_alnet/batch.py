@@ -1,0 +1,192 @@
+"""Batch segmentation of image files and TIFF stacks into label (and probability) TIFFs, streamed slice by slice.
+
+Used by ``alnet segment`` and the Batch widget. For each input ``STEM.ext`` it writes ``OUTDIR/STEM_labels.tif``
+(uint8 semantic mask, or int32 instance ids with ``instances``) and, with ``probabilities``, ``OUTDIR/STEM_prob.tif``
+(float32). Inputs are never overwritten; existing outputs are kept unless ``overwrite``; outputs appear only
+complete (temporary file + rename). A file that cannot be segmented is reported and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .api import model_metadata
+from .imageio import list_images
+from .inference import predict_job, prepare_model
+from .model import ALNet
+from .postprocess import instance_labels, semantic_labels
+from .progress import Job, Progress, StopRequested
+from .stack_reader import SliceReader, count_slices, open_slices
+from .stack_writer import TiffStackWriter
+
+#: Slices read and segmented together.
+SLICES_PER_BATCH = 4
+
+
+@dataclass
+class BatchSummary:
+    """What a batch did: files ``written``, existing outputs ``skipped`` (kept), ``failures`` (input, one-line
+    message), slices segmented, wall time, whether it was ``stopped`` early and the device used."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+    slices: int = 0
+    seconds: float = 0.0
+    stopped: bool = False
+    device: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.stopped
+
+
+def output_paths(path: Path, outdir: Path, probabilities: bool) -> dict[str, Path]:
+    """``{"labels": OUTDIR/STEM_labels.tif[, "prob": OUTDIR/STEM_prob.tif]}`` for an input file."""
+    paths = {"labels": outdir / f"{path.stem}_labels.tif"}
+    if probabilities:
+        paths["prob"] = outdir / f"{path.stem}_prob.tif"
+    return paths
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files from files and folders (folders: their image files, sorted), and the inputs that are neither."""
+    files, failures = [], []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found = list_images(item)
+            if not found:
+                failures.append((item, f"{item}: folder holds no .tif/.tiff/.png/.jpg/.jpeg images"))
+            files.extend(found)
+        elif item.is_file():
+            files.append(item)
+        else:
+            failures.append((item, f"{item}: no such file or folder"))
+    return files, failures
+
+
+def segment_files_job(inputs: list[Path], outdir: Path, model: ALNet, *, tile: int | None = None,
+                      threshold: float | None = None, probabilities: bool = False, instances: bool = False,
+                      overwrite: bool = False, device: str | torch.device | None = None) -> Job[BatchSummary]:
+    """Segment every input (files or folders) into ``outdir``; yields ``Progress`` in slices, returns the summary.
+
+    ``threshold``: default the model's; ``instances``: label connected objects per the model's ``objects``
+    metadata instead of the semantic mask. A ``StopRequested`` thrown in stops after cleaning up the file in
+    progress and returns the summary with ``stopped=True``. Failures are also reported as they happen, in a
+    ``Progress`` whose ``metrics["failure"]`` is ``(path, message)``.
+    """
+    start = time.perf_counter()
+    outdir = Path(outdir)
+    files, failures = expand_inputs(inputs)
+    summary = BatchSummary(failures=list(failures))
+    meta = model_metadata(model)
+    threshold = meta.threshold if threshold is None else float(threshold)
+    net, dev = prepare_model(model, device)
+    model.last_device = summary.device = str(dev)
+    sizes = [count_slices(f) for f in files]
+    total, done = sum(sizes), 0
+    inputs_resolved = {f.resolve() for f in files}
+    claimed: dict[Path, Path] = {}
+    try:
+        for path, size in zip(files, sizes, strict=True):
+            targets, problem = _targets(path, outdir, probabilities, overwrite, inputs_resolved, claimed, summary)
+            if problem is None and targets:
+                try:
+                    with open_slices(path) as reader:
+                        done = yield from _segment(reader, targets, net, dev, tile, threshold, instances,
+                                                   meta.objects, done, total, summary)
+                except StopRequested:
+                    raise
+                except Exception as exc:  # one file's failure must not end the batch
+                    problem = one_line(exc)
+            if problem is not None:
+                summary.failures.append((path, problem))
+                done += size
+                yield Progress(done, total, f"failed: {path.name}", {"failure": (path, problem)})
+            elif not targets:
+                done += size
+                yield Progress(done, total, f"skipped {path.name}: outputs exist")
+    except StopRequested:
+        summary.stopped = True
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line (our errors already name the file; others get their type)."""
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {text}"
+
+
+def _targets(path: Path, outdir: Path, probabilities: bool, overwrite: bool, inputs: set[Path],
+             claimed: dict[Path, Path], summary: BatchSummary) -> tuple[dict[str, Path], str | None]:
+    """The outputs to write for ``path`` (existing ones kept unless ``overwrite``), or a reason to refuse."""
+    targets = {}
+    for kind, out in output_paths(path, outdir, probabilities).items():
+        resolved = out.resolve()
+        if resolved in inputs:
+            return {}, f"{path}: its output {out} is one of the inputs; refusing to overwrite an input"
+        if resolved in claimed:
+            return {}, f"{path}: its output {out} is also the output of {claimed[resolved]} (same file stem)"
+        claimed[resolved] = path
+        if out.exists() and not overwrite:
+            summary.skipped.append(out)
+            continue
+        targets[kind] = out
+    return targets, None
+
+
+def _segment(reader: SliceReader, targets: dict[str, Path], net: ALNet, dev: torch.device, tile: int | None,
+             threshold: float, instances: bool, objects: str, done: int, total: int,
+             summary: BatchSummary) -> Job[int]:
+    """Stream one file through the network into its target files; returns the updated slice count."""
+    label_dtype = np.int32 if instances else np.uint8
+    writers: dict[str, TiffStackWriter] = {}
+    try:
+        for kind, out in targets.items():
+            dtype = np.float32 if kind == "prob" else label_dtype
+            writers[kind] = TiffStackWriter(out, reader.shape, dtype, reader.pixel_size, compress=kind != "prob")
+        next_id = 0
+        for z0 in range(0, len(reader), SLICES_PER_BATCH):
+            planes = np.stack([reader[z] for z in range(z0, min(z0 + SLICES_PER_BATCH, len(reader)))])
+            job = predict_job(net, planes, device=dev, tile=tile, batch_size=SLICES_PER_BATCH, rgb=reader.rgb)
+            probs = yield from _relay(job, done, total, f"{reader.path.name}: slice {z0 + 1}/{len(reader)}")
+            for prob in probs:
+                if "labels" in writers:
+                    if instances:
+                        lab = instance_labels(prob, threshold, objects)
+                        writers["labels"].write(np.where(lab > 0, lab + next_id, 0))
+                        next_id += int(lab.max())
+                    else:
+                        writers["labels"].write(semantic_labels(prob, threshold))
+                if "prob" in writers:
+                    writers["prob"].write(prob)
+            done += len(planes)
+            summary.slices += len(planes)
+            yield Progress(done, total, f"{reader.path.name}: slice {z0 + len(planes)}/{len(reader)}")
+        for kind in list(writers):
+            summary.written.append(writers.pop(kind).finish())
+        return done
+    finally:
+        for writer in writers.values():
+            writer.abort()
+
+
+def _relay(job: Job[np.ndarray], done: int, total: int, message: str) -> Job[np.ndarray]:
+    """Run an inner prediction job, re-yielding its batches as progress at slice count ``done``."""
+    try:
+        while True:
+            try:
+                next(job)
+            except StopIteration as end:
+                return end.value
+            yield Progress(done, total, message)
+    finally:
+        job.close()

@@ -1,0 +1,144 @@
+"""Writing a TIFF stack slice by slice, atomically: one series, compressed, BigTIFF when large, pixel size kept.
+
+tifffile writes one compressed series from an iterator only, so a background thread runs ``TiffWriter.write`` on
+planes handed over through a small queue (memory stays at a few slices). The data go to a hidden temporary file
+next to the target, renamed over it by ``finish()``; ``abort()`` (or leaving the ``with`` block on an exception,
+Ctrl-C included) removes it, so the target never holds a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .stack_reader import PixelSize
+
+#: Beyond this many bytes of image data a file is written as BigTIFF.
+BIGTIFF_BYTES = 2**32 - 2**25
+_IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
+_RESUNITS = {"um": "MICROMETER", "mm": "MILLIMETER", "cm": "CENTIMETER", "inch": "INCH"}
+
+
+class TiffStackWriter:
+    """Write a (Z, Y, X) or (Y, X) ``shape`` of ``dtype`` to ``path`` one (Y, X) plane at a time.
+
+    uint8/uint16/float32 stacks are ImageJ hyperstacks (Z spacing and unit in ImageJ metadata); other dtypes and
+    BigTIFF files keep the pixel size in resolution tags and tifffile's JSON metadata. ``compress``: zlib.
+    """
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype, pixel_size: PixelSize = PixelSize(),
+                 compress: bool = True) -> None:
+        self.path = Path(path)
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.planes = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        self.written = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._cancel = threading.Event()
+        self._error: BaseException | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.parent / f".{self.path.name}.{secrets.token_hex(4)}.part"
+        os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies, unlike mkstemp
+        self._options = _options(self.shape, self.dtype, pixel_size, compress)
+        self._thread = threading.Thread(target=self._run, name=f"write {self.path.name}", daemon=True)
+        self._thread.start()
+
+    def _planes(self):
+        for _ in range(self.planes):
+            while True:
+                if self._cancel.is_set():
+                    raise _Cancelled
+                try:
+                    yield self._queue.get(timeout=0.1)
+                    break
+                except queue.Empty:
+                    continue
+
+    def _run(self) -> None:
+        import tifffile
+
+        try:
+            bigtiff = self._options.pop("bigtiff")
+            imagej = self._options.pop("imagej")
+            with tifffile.TiffWriter(self.tmp, bigtiff=bigtiff, imagej=imagej) as tif:
+                tif.write(self._planes(), shape=self.shape, dtype=self.dtype, photometric="minisblack",
+                          maxworkers=1, **self._options)
+        except BaseException as exc:  # reported to the writing thread
+            self._error = exc
+
+    def write(self, plane: np.ndarray) -> None:
+        """Queue the next (Y, X) plane (blocks while two planes are pending)."""
+        plane = np.ascontiguousarray(plane, self.dtype)
+        if plane.shape != self.shape[-2:]:
+            raise ValueError(f"{self.path}: plane shape {plane.shape} does not match {self.shape[-2:]}")
+        if self.written >= self.planes:
+            raise ValueError(f"{self.path}: all {self.planes} planes are already written")
+        while True:
+            self._raise_error()
+            try:
+                self._queue.put(plane, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self.written += 1
+
+    def finish(self) -> Path:
+        """Wait for the data, then rename the temporary file to ``path``; returns ``path``."""
+        if self.written != self.planes:
+            self.abort()
+            raise ValueError(f"{self.path}: only {self.written} of {self.planes} planes were written")
+        self._thread.join()
+        try:
+            self._raise_error()
+            os.replace(self.tmp, self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+        return self.path
+
+    def abort(self) -> None:
+        """Stop writing and remove the temporary file (the target is left as it was)."""
+        self._cancel.set()
+        self._thread.join(timeout=30)
+        self.tmp.unlink(missing_ok=True)
+
+    def _raise_error(self) -> None:
+        if self._error is not None and not isinstance(self._error, _Cancelled):
+            raise OSError(f"{self.path}: writing failed ({type(self._error).__name__}: {self._error})") \
+                from self._error
+        if not self._thread.is_alive() and self.written < self.planes and self._error is None:
+            raise OSError(f"{self.path}: the writer stopped early")
+
+    def __enter__(self) -> TiffStackWriter:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None or self.tmp.exists():
+            self.abort()
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _options(shape: tuple[int, ...], dtype: np.dtype, px: PixelSize, compress: bool) -> dict:
+    bigtiff = int(np.prod(shape)) * dtype.itemsize > BIGTIFF_BYTES
+    imagej = dtype.type in _IMAGEJ_DTYPES and not bigtiff
+    options: dict = {"bigtiff": bigtiff, "imagej": imagej}
+    if compress:
+        options["compression"] = "zlib"
+    axes = "ZYX" if len(shape) == 3 else "YX"
+    metadata: dict = {"axes": axes}
+    if px.z is not None and len(shape) == 3:
+        metadata["spacing"] = px.z
+    if px.unit:
+        metadata["unit"] = px.unit
+    if px.x and px.y:
+        options["resolution"] = (1.0 / px.x, 1.0 / px.y)
+        if not imagej:
+            options["resolutionunit"] = _RESUNITS.get(px.unit, "NONE")
+    options["metadata"] = metadata
+    return options
