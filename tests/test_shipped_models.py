@@ -1,0 +1,36 @@
+"""Real-data checks of the shipped weights (marked slow; skipped with the reason when ../shared/data is absent)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_alnet import load_model
+from napari_alnet.evaluation import evaluate_job, summarize
+from napari_alnet.imageio import pair_files
+from napari_alnet.pretrained import shipped_models
+from napari_alnet.progress import run_job
+
+from conftest import require_data
+
+pytestmark = pytest.mark.slow
+
+
+def _scores(name: str, files, **kw):
+    if name not in shipped_models():
+        pytest.fail(f"the built-in model {name!r} is not shipped in this installation")
+    model = load_model(name, device="cpu")
+    rows = run_job(evaluate_job(model, files, **kw))
+    return rows, summarize(rows)
+
+
+def test_em_model_beats_the_paper_on_isbi_test_slices():
+    root = require_data("isbi2012") / "train"
+    files = pair_files([root / "images" / f"{i:02d}.png" for i in range(21, 30)], root / "labels")
+    # labels: 255 = cell interior, 0 = membrane; the model's foreground is the membrane
+    rows, summary = _scores("em", files, invert=True)
+    assert len(rows) == 9
+    interior = summary["background"]
+    assert interior["accuracy"]["mean"] > 0.9406
+    assert interior["iou"]["mean"] > 0.8963
+    assert np.isfinite(summary["foreground"]["dice"]["mean"])
