@@ -8,6 +8,7 @@ from pathlib import Path
 
 from magicgui.widgets import ComboBox, Label
 from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
 
 from .. import model_registry
 from ..devices import available_devices
@@ -36,6 +37,8 @@ class ModelPicker:
         self.combo = ComboBox(label=label, choices=self._choices, tooltip="built-in models, weight files you "
                               "loaded and models fine-tuned in this session")
         self.summary = Label(value="")
+        self.summary.native.setWordWrap(True)
+        self.summary.native.setAlignment(Qt.AlignmentFlag.AlignLeft)
         self._listeners: list[Callable[[str, ModelMetadata], None]] = []
         self._previous: str | None = self.combo.value
         self._refreshing = False

@@ -1,0 +1,8 @@
+"""napari docks; thin layers over the Qt-free core (``widgets._worker`` is the one way to run work)."""
+
+from __future__ import annotations
+
+from .batch import BatchWidget
+from .segment import SegmentWidget
+
+__all__ = ["BatchWidget", "SegmentWidget"]
