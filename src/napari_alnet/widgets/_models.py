@@ -83,6 +83,8 @@ class ModelPicker:
             self._refreshing = False
         if self.combo.value != self._previous:
             self._on_combo(self.combo.value)
+        else:  # same name, maybe a re-saved file: refresh its summary
+            self._describe(self.combo.value)
 
     def _choices(self, _widget=None) -> list[tuple[str, str | None]]:
         entries = model_registry.entries()
