@@ -95,6 +95,8 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: ALNet, *, tile: i
     inputs_resolved = {f.resolve() for f in files}
     claimed: dict[Path, Path] = {}
     try:
+        for path, problem in failures:
+            yield Progress(0, total, f"failed: {path.name}", {"failure": (path, problem)})
         for path, size in zip(files, sizes, strict=True):
             targets, problem = _targets(path, outdir, probabilities, overwrite, inputs_resolved, claimed, summary)
             if problem is None and targets:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 import time
@@ -77,6 +78,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .progress import run_job
     from .terminal import ProgressBar
 
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # unreadable files get our one-line error instead
     model = load_model(args.model, device=args.device)
     bar = ProgressBar("segment", "slices")
 

@@ -160,8 +160,8 @@ def _predict(model: ALNet, stack: np.ndarray, meta: ModelMetadata, device, tile:
         batch_size = batch_limit(out.shape[1:], batch_size)
         total = -(-depth // batch_size)
         for step, z in enumerate(range(0, depth, batch_size), 1):
-            x = np.stack([slice_input(s, meta) for s in stack[z:z + batch_size]])
-            out[z:z + len(x)] = ctx.probs(x)
+            x = np.stack([_pad(slice_input(s, meta)) for s in stack[z:z + batch_size]])  # pad before any flip
+            out[z:z + len(x)] = ctx.probs(x)[:, : out.shape[1], : out.shape[2]]
             yield Progress(step, total, f"slice {min(z + batch_size, depth)}/{depth}")
     else:
         tiles = plan_tiles(out.shape[1:], tile, overlap)

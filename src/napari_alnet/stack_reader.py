@@ -108,6 +108,10 @@ def _open_tiff(path: Path) -> SliceReader:
         series = tif.series[0]
         axes, shape = series.axes, tuple(series.shape)
         depth, rgb, colour = _layout(path, axes, shape)
+        declared = (tif.imagej_metadata or {}).get("images", depth) if tif.is_imagej else depth
+        if declared != depth:
+            raise ImageReadError(f"{path}: is truncated or corrupt (its ImageJ metadata declares {declared} images, "
+                                 f"{depth} can be read)")
         plane_shape = (shape[axes.index("Y")], shape[axes.index("X")], *((shape[axes.index(colour)],) if rgb else ()))
         pages = series.pages
         if colour != "C" and len(pages) == depth and pages[0] is not None and pages[0].axes in ("YX", "YXS", "SYX"):

@@ -1,0 +1,194 @@
+"""The inference engine: tiling equivalence, shapes, dtypes, channels, stacks, progress/stop, devices, TTA."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from model_factory import calibrated_model, texture
+from napari_alnet import predict
+from napari_alnet.inference import dihedral, predict_job, to_model_input, undo_dihedral, used_device
+from napari_alnet.model import ALNet
+from napari_alnet.progress import run_job
+from napari_alnet.tiling import CONTEXT_MARGIN, blend_window, choose_tile, min_tile, plan_tiles
+
+
+@pytest.fixture(scope="module")
+def model():
+    return calibrated_model()
+
+
+def _as_uint8(img: np.ndarray) -> np.ndarray:
+    return np.round(img * 255).astype(np.uint8)
+
+
+def test_tiled_matches_whole_image_and_needs_the_image_context(model):
+    img = texture((600, 640), seed=1)
+    whole = predict(model, img)
+    assert whole.std() > 0.1 and 0.05 < np.median(whole) < 0.95  # not saturated: the comparison means something
+    tiled = predict(model, img, tile=576)
+    assert len(plan_tiles(img.shape, 576, 64)) == 4
+    assert np.abs(tiled - whole)[16:-16, 16:-16].max() < 1e-3
+    # Without the whole image's pooled context a tile differs by far more (so the check above can fail).
+    x = torch.from_numpy(to_model_input(img, model))[None]
+    with torch.inference_mode():
+        alone = torch.sigmoid(model(x[..., :576, :576]))[0, 0].numpy()
+    assert np.abs(alone - whole[:576, :576])[: -CONTEXT_MARGIN, : -CONTEXT_MARGIN].max() > 3e-3
+
+
+def test_tiled_row_of_tiles_with_tta_matches_whole_image(model):
+    img = texture((32, 700), seed=2)
+    assert len(plan_tiles(img.shape, 640, 64)) == 2
+    assert np.abs(predict(model, img, tile=640) - predict(model, img)).max() < 1e-3
+    tta_tiled, tta_whole = predict(model, img, tile=640, tta=True), predict(model, img, tta=True)
+    assert tta_tiled.shape == img.shape and np.abs(tta_tiled - tta_whole).max() < 1e-3
+
+
+def test_tile_plan_cores_partition_and_weights_cover():
+    for shape, tile, overlap in [((1500, 1300), 640, 64), ((700, 2000), 544, 0), ((2100, 900), 1024, 96)]:
+        tiles = plan_tiles(shape, tile, overlap)
+        padded = tuple(-(-n // 32) * 32 for n in shape)
+        cover, weight = np.zeros(padded, int), np.zeros(padded, np.float32)
+        for t in tiles:
+            assert t.y % 32 == 0 and t.x % 32 == 0 and t.y + t.size[0] <= padded[0] and t.x + t.size[1] <= padded[1]
+            y0, y1, x0, x1 = t.core
+            cover[y0:y1, x0:x1] += 1
+            w = blend_window(t, overlap)
+            weight[t.window] += w
+            # cores and non-zero weights stay out of the discarded margin at inner edges
+            assert (not t.edges[0] or y0 - t.y >= CONTEXT_MARGIN) and (not t.edges[2] or x0 - t.x >= CONTEXT_MARGIN)
+            assert not t.edges[0] or not w[:CONTEXT_MARGIN].any()
+            assert not t.edges[3] or not w[:, -CONTEXT_MARGIN:].any()
+        assert (cover == 1).all()
+        assert weight.min() > 0.5
+    assert min_tile(64) == 544
+    with pytest.raises(ValueError, match="at least 544"):
+        plan_tiles((2000, 2000), 512, 64)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        choose_tile((3000, 3000), 600)
+    assert choose_tile((2048, 2048), None) is None and choose_tile((2049, 2048), None) == 1536
+    assert choose_tile((500, 500), 576) is None
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (33, 700), (605, 700)])
+def test_odd_shapes(model, shape):
+    img = (texture(shape, 3) * 4000).astype(np.uint16) if min(shape) > 1 else np.full(shape, 7, np.uint16)
+    prob = predict(model, img)
+    assert prob.shape == shape and prob.dtype == np.float32
+    assert np.isfinite(prob).all() and prob.min() >= 0 and prob.max() <= 1
+
+
+def test_every_dtype_same_content_same_result(model):
+    img8 = _as_uint8(texture((64, 64), 4))
+    ref = predict(model, img8)
+    assert ref.std() > 0.05
+    assert np.array_equal(predict(model, img8.astype(np.uint16)), ref)
+    for image in (img8.astype(np.uint16) * 257, img8.astype(np.int32) - 1000, img8.astype(np.float32) / 255,
+                  img8.astype(np.float64), img8.astype(np.int64) * 3):
+        np.testing.assert_allclose(predict(model, image), ref, atol=1e-5, err_msg=str(image.dtype))
+    assert np.abs(predict(model, 255 - img8) - ref).max() > 1e-2  # the content matters
+    assert predict(model, img8 > 128).shape == (64, 64)  # bool is accepted
+
+
+def test_nan_inf_and_bad_shapes_refused(model):
+    img = texture((40, 40), 5)
+    img[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        predict(model, img)
+    stack = np.stack([texture((40, 40), 5)] * 3)
+    stack[1, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"slice 1"):
+        predict(model, stack)
+    with pytest.raises(ValueError, match=r"expected an image shaped \(Y, X\)"):
+        predict(model, np.zeros((2, 3, 4, 5, 6)))
+    with pytest.raises(ValueError, match="empty"):
+        predict(model, np.zeros((0, 5)))
+    with pytest.raises(ValueError, match="not a real numeric"):
+        predict(model, np.zeros((8, 8), complex))
+    with pytest.raises(ValueError, match="rgb=True needs"):
+        predict(model, np.zeros((2, 8, 8)), rgb=True)
+
+
+def test_rgb_image_on_grayscale_model_converted_or_refused(model):
+    rgb = _as_uint8(texture((48, 56, 3), 6))
+    gray = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    norm = model.metadata.normalization
+    # as in training: bounds from the RGB values, then luminance
+    np.testing.assert_allclose(to_model_input(rgb, model)[0], norm.apply(gray, norm.bounds(rgb)), atol=1e-5)
+    prob = predict(model, rgb)
+    assert prob.shape == (48, 56) and prob.std() > 0.01
+    rgba = np.concatenate([rgb, np.full((48, 56, 1), 9, np.uint8)], axis=-1)
+    np.testing.assert_allclose(predict(model, rgba), prob, atol=1e-6)
+    assert predict(model, rgb, rgb=False).shape == (48, 56, 3)  # forced: a stack of 48 slices 56 x 3
+    strict = calibrated_model(rgb_to_gray="refuse", modality="em")
+    with pytest.raises(ValueError, match=r"expects grayscale \(1-channel\) images .* got an RGB image"):
+        predict(strict, rgb)
+    assert predict(strict, gray).shape == (48, 56)
+
+
+def test_grayscale_image_on_rgb_model_replicated():
+    rgb_model = calibrated_model(3)
+    gray = _as_uint8(texture((40, 48), 7))
+    x = to_model_input(gray, rgb_model)
+    assert x.shape == (3, 40, 48) and np.array_equal(x[0], x[1]) and np.array_equal(x[0], x[2])
+    np.testing.assert_allclose(x[0], to_model_input(gray, calibrated_model(1))[0])
+    prob = predict(rgb_model, gray)
+    assert prob.shape == (40, 48) and prob.std() > 0.01
+    assert np.abs(predict(rgb_model, _as_uint8(texture((40, 48, 3), 8))) - prob).max() > 1e-2
+    assert predict(rgb_model, np.stack([gray, gray[::-1]])).shape == (2, 40, 48)
+
+
+def test_stack_equals_slices_for_any_batch_size(model):
+    stack = (texture((5, 48, 64), 9) * 1000).astype(np.uint16)
+    per_slice = np.stack([predict(model, s) for s in stack])
+    for batch_size in (1, 2, 4):  # batched convolutions may round differently: 1e-4
+        np.testing.assert_allclose(predict(model, stack, batch_size=batch_size), per_slice, atol=1e-4)
+    rgb_stack = _as_uint8(texture((2, 32, 32, 3), 10))
+    assert predict(model, rgb_stack).shape == (2, 32, 32)
+
+
+def test_progress_per_batch_and_prompt_stop(model):
+    stack = texture((6, 64, 64), 11)
+    reports = []
+    run_job(predict_job(model, stack, batch_size=2), reports.append)
+    assert [(r.step, r.total) for r in reports] == [(1, 3), (2, 3), (3, 3)]
+    seen = []
+    start = time.perf_counter()
+    result = run_job(predict_job(model, np.repeat(stack, 20, axis=0), batch_size=1), lambda r: seen.append(r) or True)
+    assert result is None and len(seen) == 1 and time.perf_counter() - start < 5
+    # stop in the middle of a tiled slice
+    assert run_job(predict_job(model, texture((32, 700), 2), tile=640), lambda r: r.step >= 2) is None
+
+
+def test_no_torch_mode_leaks_while_a_job_is_suspended(model):
+    job = predict_job(model, texture((2, 32, 32), 12), batch_size=1)
+    next(job)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    job.close()
+
+
+def test_training_form_model_left_alone_and_device_reported():
+    net = ALNet()
+    img = texture((40, 40), 13)
+    prob = predict(net, img, device="cpu")
+    assert not net.is_reparameterized and net.training
+    np.testing.assert_allclose(prob, predict(copy.deepcopy(net).reparameterize(), img), atol=1e-5)
+    fused = calibrated_model()
+    predict(fused, img, device="cpu")
+    assert used_device(fused) == "cpu" and fused.last_device == "cpu"
+    with pytest.raises(ValueError, match="not available"):
+        predict(fused, img, device="cuda:7" if not torch.cuda.is_available() else "mps:9")
+
+
+def test_tta_is_equivariant_and_plain_inference_is_not(model):
+    x = torch.arange(24.0).reshape(1, 1, 4, 6)
+    for k in range(8):
+        assert torch.equal(undo_dihedral(dihedral(x, k), k), x)
+    img = texture((64, 64), 14)
+    tta = predict(model, img, tta=True)
+    np.testing.assert_allclose(predict(model, img.T.copy(), tta=True), tta.T, atol=1e-5)
+    assert np.abs(predict(model, img.T.copy()) - predict(model, img).T).max() > 1e-3
