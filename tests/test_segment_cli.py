@@ -161,6 +161,16 @@ def test_stop_mid_stack_returns_promptly_without_partial_file(tmp_path, weights)
     assert list(out.iterdir()) == []
 
 
+def test_unusable_tile_size_refused_up_front(tmp_path, weights, capsys):
+    src = _write_stack(tmp_path / "s.tif", _stack(1, 9))
+    with pytest.raises(SystemExit):
+        _segment(src, "-o", tmp_path / "out", "--model", weights, "--tile", "512")
+    assert "at least 544" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="multiple of 32"):
+        next(segment_files_job([src], tmp_path / "out", load_model(weights, device="cpu"), tile=1000))
+    assert not (tmp_path / "out").exists()
+
+
 def test_bigtiff_for_large_outputs_keeps_pixel_size(tmp_path, weights, monkeypatch):
     monkeypatch.setattr(stack_writer, "BIGTIFF_BYTES", 1000)
     src = _write_stack(tmp_path / "s.tif", _stack(2, 8))

@@ -24,6 +24,7 @@ from .postprocess import instance_labels, semantic_labels
 from .progress import Job, Progress, StopRequested
 from .stack_reader import SliceReader, count_slices, open_slices
 from .stack_writer import TiffStackWriter
+from .tiling import check_tile
 
 #: Slices read and segmented together.
 SLICES_PER_BATCH = 4
@@ -83,6 +84,8 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: ALNet, *, tile: i
     ``Progress`` whose ``metrics["failure"]`` is ``(path, message)``.
     """
     start = time.perf_counter()
+    if tile is not None:
+        check_tile(tile)
     outdir = Path(outdir)
     files, failures = expand_inputs(inputs)
     summary = BatchSummary(failures=list(failures))

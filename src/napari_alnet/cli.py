@@ -205,6 +205,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tile_size(text: str) -> int:
+    from .tiling import check_tile
+
+    try:
+        return check_tile(int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alnet", description="AL-Net segmentation for EM, fundus and dermoscopy")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("-o", "--out", required=True, metavar="OUTDIR")
     seg.add_argument("--model", default="em", help="em | fundus | dermoscopy | weight file (default em)")
     seg.add_argument("--device", default=None, help="auto (default: CUDA > MPS > CPU), cuda, mps or cpu")
-    seg.add_argument("--tile", type=int, default=None,
+    seg.add_argument("--tile", type=_tile_size, default=None,
                      help="tile size (multiple of 32, >= 544); default: whole slices up to 2048 x 2048")
     seg.add_argument("--threshold", type=float, default=None, help="default: the model's")
     seg.add_argument("--probabilities", action="store_true", help="also write STEM_prob.tif (float32)")

@@ -52,6 +52,14 @@ class Tile:
                 slice((x0 - self.x) // STRIDE, (x1 - self.x) // STRIDE))
 
 
+def check_tile(tile: int, overlap: int = 64) -> int:
+    """``tile`` if it is a usable tile size (a multiple of 32, at least ``min_tile(overlap)``), else ``ValueError``."""
+    if tile < STRIDE or tile % STRIDE:
+        raise ValueError(f"tile size must be a positive multiple of {STRIDE}, got {tile}")
+    check_overlap(tile, overlap)
+    return tile
+
+
 def choose_tile(shape: tuple[int, int], tile: int | None) -> int | None:
     """The tile size to use for a (Y, X) image, or ``None`` to run it whole."""
     padded = (ceil_to(shape[0]), ceil_to(shape[1]))
@@ -78,7 +86,8 @@ def check_overlap(tile: int, overlap: int) -> int:
         raise ValueError(f"overlap must be >= 0, got {overlap}")
     if tile < min_tile(overlap):
         raise ValueError(f"tile size {tile} is too small: AL-Net's context reaches about {CONTEXT_MARGIN} px, so "
-                         f"with overlap {overlap} tiles must be at least {min_tile(overlap)} px (or use tile=None)")
+                         f"with overlap {overlap} tiles must be at least {min_tile(overlap)} px "
+                         "(or leave the tile size automatic)")
     return ceil_to(overlap)
 
 
