@@ -20,14 +20,19 @@ from pathlib import Path
 RSS_LIMIT = 1.3
 
 
-def make_stack(path: Path, depth: int, size: int) -> None:
-    """An EM-like uint8 ImageJ stack of ``depth`` slices (10 generated slices, repeated), written plane by plane."""
+def em_slices(size: int):
+    """10 generated EM-like uint8 slices of ``size`` x ``size``."""
     from napari_alnet.sample_data import em_like_stack
+
+    return em_like_stack(depth=10, size=size, cells=max(8, round(240 * (size / 512) ** 2)))[0]
+
+
+def make_stack(path: Path, depth: int, slices) -> None:
+    """An uncompressed ImageJ stack of ``depth`` slices (``slices`` repeated), written plane by plane."""
     from napari_alnet.stack_reader import PixelSize
     from napari_alnet.stack_writer import TiffStackWriter
 
-    slices, _ = em_like_stack(depth=min(depth, 10), size=size, cells=max(8, round(240 * (size / 512) ** 2)))
-    with TiffStackWriter(path, (depth, size, size), slices.dtype, PixelSize(0.004, 0.004, 0.05, "um"),
+    with TiffStackWriter(path, (depth, *slices.shape[1:]), slices.dtype, PixelSize(0.004, 0.004, 0.05, "um"),
                          compress=False) as writer:
         for z in range(depth):
             writer.write(slices[z % len(slices)])
@@ -55,9 +60,21 @@ def worker(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     if summary.failures:
         raise SystemExit(f"benchmark input failed: {summary.failures}")
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"slices": summary.slices, "seconds": seconds, "peak_rss_mb": peak_mb, "model": name,
+    print(json.dumps({"slices": summary.slices, "seconds": seconds, "peak_rss_mb": peak_rss_mb(), "model": name,
                       "device": summary.device}))
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process image: VmHWM on Linux (``ru_maxrss`` survives ``execve``, so it would include the
+    parent's peak before the fork), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def main() -> None:
@@ -74,10 +91,11 @@ def main() -> None:
         worker(args)
         return
     rows = []
+    slices = em_slices(args.size)
     with tempfile.TemporaryDirectory(prefix="alnet-bench-") as tmp:
         for depth in args.depths:
             stack = Path(tmp) / f"stack{depth}.tif"
-            make_stack(stack, depth, args.size)
+            make_stack(stack, depth, slices)
             cmd = [sys.executable, __file__, "--worker", str(stack), "--out", str(Path(tmp) / f"out{depth}"),
                    "--threads", str(args.threads), "--model", args.model]
             if args.labels_only:
