@@ -1,0 +1,377 @@
+"""The 'Fine-tune (AL-Net)' dock: train AL-Net on slices the user annotated in a Labels layer.
+
+Everything is checked in the GUI thread before training starts (a notification says what is wrong and what to
+do; nothing starts). The request copies image and annotations, so painting during training changes nothing in
+the run. The best weights are written to the output file as they improve; after finishing or Stop the model is
+registered (every model picker lists it at once) and the file works with ``alnet segment --model FILE``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+)
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
+
+from .. import model_registry
+from ..finetune import MODES, AnnotationError, FinetuneRequest, annotated_slices, check_annotations, finetune_job
+from ..pretrained import BUILTIN_NAMES
+from ..progress import Progress
+from ..training.loop import TrainResult
+from ..weights import WeightsError
+from ._curve import CurveWidget
+from ._layers import CURRENT_SLICE, InputProblem, base_data, region_for, spatial_shape, upsert
+from ._models import ModelPicker
+from ._slices import SliceList, embed
+from ._worker import JobRunner, unwrap
+
+NAME = "Fine-tune (AL-Net)"
+NO_HOLDOUT = "(none)"
+LOSS, IOU = "loss", "val IoU"
+
+
+class FinetuneWidget(Container):
+    """Choose an image, its annotations and a starting model; press Fine-tune; watch the curve; Stop any time.
+
+    Scripting/tests: set the widgets' values, then ``start()`` (threaded) or ``run_blocking()`` (inline);
+    ``runner`` is the ``JobRunner``, ``request`` the last started ``FinetuneRequest``, ``result`` its
+    ``TrainResult`` and ``model_name`` the registry name of the saved model.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = unwrap(viewer)
+        self.image = ComboBox(label="Image", choices=self._image_choices, tooltip="the image that was annotated")
+        self.labels = ComboBox(label="Annotations", choices=self._labels_choices,
+                               tooltip="a Labels layer with the image's shape holding your annotations")
+        self.new_labels = PushButton(text="New annotations layer",
+                                     tooltip="an empty Labels layer matching the image (shape, scale, translate)")
+        self.mode = RadioButtons(label="Mode", choices=list(MODES), value="dense", orientation="horizontal",
+                                 tooltip="dense: whole slices, 0 = background, ≥1 = foreground; scribbles: "
+                                         "1 = foreground, 2 = background, 0 = unlabelled (ignored)")
+        self.slice_list = SliceList()
+        self.slice_box = embed(self.slice_list, "Slices")
+        self.refresh_button = PushButton(text="Refresh slices")
+        self.models = ModelPicker("Start from")
+        self.scratch = CheckBox(text="Train from scratch (random weights)", value=self.models.value is None)
+        self.epochs = SpinBox(label="Epochs", min=1, max=1000, value=10)
+        self.steps = SpinBox(label="Steps / epoch", min=1, max=10_000, value=25)
+        self.lr = FloatSpinBox(label="Learning rate", min=0.0001, max=0.1, step=0.0001, value=0.001)
+        self.batch_size = SpinBox(label="Batch size", min=1, max=64, value=4)
+        self.crop = SpinBox(label="Crop size", min=32, max=1024, step=32, value=256,
+                            tooltip="edge of the random training crops in pixels")
+        self.holdout = ComboBox(label="Hold out", choices=self._holdout_choices,
+                                tooltip="an annotated slice kept out of training to measure validation IoU")
+        self.preview = CheckBox(text="Live preview of the current slice", value=True,
+                                tooltip="after each epoch, predict the current slice into a preview layer")
+        self.output = FileEdit(label="Save to", mode="w", filter="AL-Net weights (*.safetensors)")
+        self.start_button = PushButton(text="Fine-tune")
+        self.stop_button = PushButton(text="Stop", tooltip="stop now and keep the best weights so far")
+        self.progress = ProgressBar(label="")
+        self.status = Label(value="")
+        self.curve = CurveWidget(fixed={IOU: (0.0, 1.0)})
+        self.report = Label(value="")
+        self.report.native.setWordWrap(True)
+        self.extend([self.image, self.labels, self.new_labels, self.mode, self.slice_box, self.refresh_button,
+                     self.models.combo, self.models.summary, self.scratch, self.epochs, self.steps, self.lr,
+                     self.batch_size, self.crop, self.holdout, self.preview, self.output, self.start_button,
+                     self.stop_button, self.progress, self.status, embed(self.curve), self.report])
+        self.runner = JobRunner(NAME, progress_bar=self.progress, status=self.status, cancel_button=self.stop_button,
+                                controls=[self.image, self.labels, self.new_labels, self.mode, self.slice_box,
+                                          self.refresh_button, self.models.combo, self.scratch, self.epochs,
+                                          self.steps, self.lr, self.batch_size, self.crop, self.holdout,
+                                          self.preview, self.output, self.start_button])
+        self.request: FinetuneRequest | None = None
+        self.result: TrainResult | None = None
+        self.model_name: str | None = None
+        self._watched: Labels | None = None
+        self._suggested: Path | None = None
+        self._refresh_timer = QTimer()
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(300)
+        self._refresh_timer.timeout.connect(self.refresh_slices)
+        self.start_button.changed.connect(self.start)
+        self.new_labels.changed.connect(self.add_annotations_layer)
+        self.refresh_button.changed.connect(self.refresh_slices)
+        self.image.changed.connect(self._on_image)
+        self.labels.changed.connect(self._on_labels)
+        self.scratch.changed.connect(self._on_scratch)
+        self.slice_list.itemChanged.connect(self._reset_holdout)
+        for event in ("inserted", "removed", "reordered"):
+            getattr(self.viewer.layers.events, event).connect(self._on_layers)
+        self._on_layers()
+        self._on_scratch()
+
+    # --- public -------------------------------------------------------------------------------------------------
+
+    def start(self, *_) -> bool:
+        """Check everything and start fine-tuning in a worker; False (with a notification) if refused."""
+        try:
+            request = self.make_request()
+        except (InputProblem, WeightsError, ValueError) as exc:  # AnnotationError is a ValueError
+            show_warning(f"Fine-tune: {exc}")
+            return False
+        self.request, self.result = request, None
+        self.curve.clear()
+        self.report.value = ""
+        self.status.value = f"fine-tuning on slices {', '.join(map(str, request.slices or []))}…"
+        image = self.image.value
+        return self.runner.start(finetune_job(request), self._finished, on_cancelled=self._finished,
+                                 on_progress=lambda report: self._progress(report, image))
+
+    def run_blocking(self) -> bool:
+        """``start()`` inline (no thread): for scripts and tests."""
+        synchronous, self.runner.synchronous = self.runner.synchronous, True
+        try:
+            return self.start()
+        finally:
+            self.runner.synchronous = synchronous
+
+    def make_request(self) -> FinetuneRequest:
+        """The request for the current choices (copies image and annotations); raises with a message to show."""
+        image, labels = self.image.value, self.labels.value
+        if image is None:
+            raise InputProblem("no image layer; open an image (File > Open) or a sample (File > Open Sample > "
+                               "napari-alnet), then choose it in 'Image'")
+        if labels is None:
+            raise InputProblem("no annotations layer; press 'New annotations layer', paint a few slices, then "
+                               "press Fine-tune")
+        if image.multiscale:
+            raise InputProblem(f"layer {image.name!r} is multiscale; fine-tuning needs a single-resolution image")
+        data, annotations = np.asarray(base_data(image)), np.asarray(base_data(labels))
+        slices = check_annotations(data.shape, annotations, self.mode.value, bool(image.rgb))
+        self.refresh_slices()
+        chosen = [z for z in self.slice_list.checked() if z in slices]
+        if not chosen:
+            raise AnnotationError("no annotated slice is ticked in 'Slices': tick the slices to train on")
+        holdout = self.holdout.value
+        if holdout is not None and chosen == [holdout]:
+            raise AnnotationError(f"the only ticked slice ({holdout}) is held out for validation; annotate or "
+                                  "tick another slice, or set 'Hold out' to (none)")
+        base = self._base()
+        out = self._output_path(base)
+        preview = None
+        if self.preview.value:
+            region = region_for(self.viewer, image, CURRENT_SLICE)
+            preview = int(region[0]) if len(region) == 3 else 0
+        return FinetuneRequest(data, annotations, mode=self.mode.value, slices=chosen, base=base, out=out,
+                               epochs=self.epochs.value, lr=float(self.lr.value), batch_size=self.batch_size.value,
+                               crop=self.crop.value, steps_per_epoch=self.steps.value, holdout=holdout,
+                               preview_slice=preview, rgb=bool(image.rgb), image_name=image.name)
+
+    def add_annotations_layer(self, *_) -> Labels | None:
+        """Add an empty Labels layer matching the image and choose it (brush ready to paint label 1)."""
+        image = self.image.value
+        if image is None:
+            show_warning("Fine-tune: no image layer to annotate; open an image first")
+            return None
+        layer = self.viewer.add_labels(np.zeros(spatial_shape(image), np.uint8), name=f"{image.name} annotations",
+                                       scale=image.scale, translate=image.translate)
+        layer.selected_label = 1
+        self.labels.value = layer
+        self.viewer.layers.selection.active = layer
+        layer.mode = "paint"
+        return layer
+
+    def refresh_slices(self, *_) -> None:
+        """Re-detect the annotated slices (any nonzero pixel) of the chosen annotations layer."""
+        self._refresh_timer.stop()
+        layer = self.labels.value
+        data = np.asarray(base_data(layer)) if layer is not None else None
+        if data is None or data.ndim not in (2, 3):
+            self.slice_list.set_slices([])
+        else:
+            self.slice_list.set_slices(annotated_slices(data), data.shape[0] if data.ndim == 3 else 1)
+        self._reset_holdout()
+
+    # --- running --------------------------------------------------------------------------------------------------
+
+    def _progress(self, report: Progress, image: Image) -> None:
+        metrics = report.metrics
+        if "loss" in metrics:
+            self.curve.add(LOSS, report.step, metrics["loss"])
+        if "val_iou" in metrics:
+            self.curve.add(IOU, report.step, metrics["val_iou"])
+        preview = metrics.get("preview")
+        request = self.request
+        if preview is not None and request is not None and image in self.viewer.layers:
+            region = (request.preview_slice, slice(None), slice(None)) if request.labels.ndim == 3 else (
+                slice(None), slice(None))
+            upsert(self.viewer, f"{image.name} (fine-tune preview)", Image, image, np.dtype(np.float32), region,
+                   np.asarray(preview, np.float32))
+
+    def _finished(self, result: TrainResult | None) -> None:
+        """Register the saved model and say where it is (also after Stop: the best weights are kept)."""
+        self.result = result
+        if result is None or result.best_epoch < 0 or not Path(result.out).is_file():
+            self.report.value = "stopped before any weights were saved; nothing was written"
+            show_info(f"Fine-tune: {self.report.value}")
+            return
+        steps = self.request.steps_per_epoch if self.request is not None else 1
+        ious = [(row["epoch"] * steps, row["val_iou"]) for row in result.history if "val_iou" in row]
+        if ious:  # the epoch reports are authoritative (a live report can arrive after the end)
+            self.curve.set(IOU, ious)
+        out = Path(result.out)
+        out.with_name(out.name + ".ckpt").unlink(missing_ok=True)  # resumable state: the dock does not resume
+        self.model_name = _register(out)
+        state = "stopped" if result.stopped != "finished" else "finished"
+        self.report.value = (f"{state} after {result.epochs_done} epoch(s), {result.wall_seconds:.0f} s; "
+                             f"best: {_describe(result.best_metrics)} (epoch {result.best_epoch + 1}). "
+                             f"Saved to {out}; '{self.model_name}' is now in the Segment model list")
+        self.report.tooltip = str(out)
+        show_info(f"Fine-tune: {self.report.value}")
+
+    # --- checks ---------------------------------------------------------------------------------------------------
+
+    def _base(self) -> str | None:
+        if self.scratch.value:
+            return None
+        name = self.models.value
+        if name is None:
+            raise WeightsError("no starting model: choose one in 'Start from', load a .safetensors file with "
+                               "'Load weights…', or tick 'Train from scratch'")
+        model_registry.metadata(name)  # raises WeightsError with a clear message if the file is unusable
+        return model_registry.get(name).source
+
+    def _output_path(self, base: str | None) -> Path:
+        value = self.output.value
+        if value is None or str(value) in ("", "."):
+            raise InputProblem("no output file: choose where to save the model in 'Save to'")
+        out = Path(value).expanduser()
+        if out.is_dir():
+            raise InputProblem(f"{out} is a folder; choose a file name ending in .safetensors in 'Save to'")
+        if not out.suffix:
+            out = out.with_suffix(".safetensors")
+        if out.suffix != ".safetensors" or out.is_dir():
+            raise InputProblem(f"the output file {out.name!r} must be a file ending in .safetensors; change "
+                               "'Save to'")
+        if base is not None and out.exists() and out.resolve() == Path(base).expanduser().resolve():
+            raise InputProblem(f"{out.name} is the starting model's file; choose another name so it is kept")
+        parent = out.parent
+        existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+        if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise InputProblem(f"cannot write to {parent}; choose a folder you can write to in 'Save to'")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputProblem(f"cannot create the folder {parent} ({exc.strerror}); choose another in "
+                               "'Save to'") from exc
+        return out
+
+    # --- keeping the pickers current -----------------------------------------------------------------------------
+
+    def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _labels_choices(self, _widget=None) -> list[tuple[str, Labels]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
+
+    def _holdout_choices(self, _widget=None) -> list[tuple[str, int | None]]:
+        slices = self.slice_list.checked() if hasattr(self, "slice_list") else []
+        return [(NO_HOLDOUT, None)] + [(f"z = {z}", z) for z in slices]
+
+    def _reset_holdout(self, *_) -> None:
+        """Hold-out choices in slice order (magicgui appends new choices), keeping the choice if still ticked."""
+        value = self.holdout.value
+        with self.holdout.changed.blocked():
+            self.holdout.native.clear()
+            self.holdout.reset_choices()
+            if value in self.holdout.choices:
+                self.holdout.value = value
+        if self.holdout.value != value:
+            self.holdout.changed.emit(self.holdout.value)
+
+    def _on_layers(self, event=None) -> None:
+        """Follow layers being added, removed and renamed."""
+        for layer in self.viewer.layers:
+            layer.events.name.disconnect(self._on_rename)
+            layer.events.name.connect(self._on_rename)
+        if event is not None and getattr(event, "type", "") == "removed":
+            event.value.events.name.disconnect(self._on_rename)
+        self._on_rename()
+
+    def _on_rename(self, *_) -> None:
+        self.image.reset_choices()
+        self.labels.reset_choices()
+        self._on_image()
+        self._on_labels()
+
+    def _on_image(self, *_) -> None:
+        """Prefer annotations that fit the image, and suggest an output file named after it."""
+        image = self.image.value
+        if image is None:
+            return
+        fits = [layer for layer in self.viewer.layers
+                if isinstance(layer, Labels) and tuple(layer.data.shape) == spatial_shape(image)]
+        if fits and self.labels.value not in fits:
+            self.labels.value = fits[-1]
+        current = self.output.value
+        if current is None or str(current) in ("", ".") or Path(current) == self._suggested:
+            self._suggested = _suggest_output(image.name)
+            self.output.value = self._suggested
+
+    def _on_labels(self, *_) -> None:
+        """Watch the chosen annotations layer (painting refreshes the slice list, debounced)."""
+        layer = self.labels.value
+        if layer is not self._watched:
+            for old in [self._watched] if self._watched is not None else []:
+                old.events.data.disconnect(self._schedule_refresh)
+                old.events.paint.disconnect(self._schedule_refresh)
+            if layer is not None:
+                layer.events.data.connect(self._schedule_refresh)
+                layer.events.paint.connect(self._schedule_refresh)
+            self._watched = layer
+            self.refresh_slices()
+
+    def _schedule_refresh(self, *_) -> None:
+        self._refresh_timer.start()
+
+    def _on_scratch(self, *_) -> None:
+        self.models.combo.enabled = not self.scratch.value
+
+
+def _suggest_output(image_name: str) -> Path:
+    """``~/alnet-models/<image>-finetuned.safetensors``, numbered so an existing file is never proposed."""
+    stem = re.sub(r"[^\w.-]+", "-", image_name).strip("-.") or "image"
+    folder = Path.home() / "alnet-models"
+    path, n = folder / f"{stem}-finetuned.safetensors", 2
+    while path.exists():
+        path, n = folder / f"{stem}-finetuned-{n}.safetensors", n + 1
+    return path
+
+
+def _register(out: Path) -> str:
+    """Register ``out`` under a name derived from its file name (re-registering the same file keeps its name)."""
+    source = str(out.resolve())
+    taken = {e.name: e.source for e in model_registry.entries()}
+    name, n = out.stem, 2
+    while name in BUILTIN_NAMES or (name in taken and taken[name] != source):
+        name, n = f"{out.stem} ({n})", n + 1
+    try:
+        return model_registry.register(name, out).name
+    except ValueError as exc:  # should not happen: names are made unique above
+        show_error(f"Fine-tune: saved to {out} but could not add it to the model list: {exc}")
+        return name
+
+
+def _describe(metrics: dict[str, float]) -> str:
+    if "iou" in metrics:
+        return f"validation IoU {metrics['iou']:.3f}, Dice {metrics.get('dice', float('nan')):.3f}"
+    return f"training loss {metrics.get('loss', float('nan')):.3f}"

@@ -1,0 +1,227 @@
+"""The Fine-tune dock in a real napari viewer (pytest-qt + make_napari_viewer, under Xvfb); tiny runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_alnet import load_model, model_registry
+from napari_alnet.model import ALNet
+from napari_alnet.sample_data import em_like_stack
+from napari_alnet.weights import ModelMetadata, save_weights
+from napari_alnet.widgets import SegmentWidget
+from napari_alnet.widgets.finetune import IOU, LOSS, FinetuneWidget
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def base_file(tmp_path_factory) -> Path:
+    """A tiny untrained base model."""
+    path = tmp_path_factory.mktemp("base") / "base.safetensors"
+    return save_weights(ALNet(), ModelMetadata(card={"summary": "untrained base"}), path)
+
+
+@pytest.fixture(scope="module")
+def stack() -> tuple[np.ndarray, np.ndarray]:
+    return em_like_stack(depth=3, size=64, cells=8, seed=1)
+
+
+@pytest.fixture
+def notes(monkeypatch) -> list[str]:
+    """Messages the dock sends to napari notifications."""
+    seen: list[str] = []
+    for module in ("finetune", "_worker", "_models"):
+        for name in ("show_warning", "show_error", "show_info"):
+            monkeypatch.setattr(f"napari_alnet.widgets.{module}.{name}", lambda msg, _s=seen: _s.append(str(msg)),
+                                raising=False)
+    return seen
+
+
+@pytest.fixture(autouse=True)
+def _forget_registered_models():
+    before = {e.name for e in model_registry.entries()}
+    yield
+    for entry in model_registry.entries():
+        if entry.name not in before:
+            model_registry.unregister(entry.name)
+
+
+@pytest.fixture
+def dock(make_napari_viewer, base_file, tmp_path) -> FinetuneWidget:
+    """The dock opened through the manifest, starting from the tiny base, with a few-step recipe."""
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-alnet", "Fine-tune (AL-Net)")
+    assert isinstance(widget, FinetuneWidget)
+    widget.models.load_file(base_file)
+    widget.scratch.value = False
+    widget.epochs.value, widget.steps.value, widget.batch_size.value, widget.crop.value = 2, 2, 2, 64
+    widget.output.value = tmp_path / "mito.safetensors"
+    return widget
+
+
+def annotate(dock: FinetuneWidget, stack, slices=(0, 1), mode: str = "dense"):
+    """Add the image and an annotations layer with dense masks or sparse scribbles on ``slices``."""
+    images, truth = stack
+    image = dock.viewer.add_image(images, name="em", scale=(2.0, 1.0, 1.0))
+    layer = dock.add_annotations_layer()
+    rng = np.random.default_rng(0)
+    for z in slices:
+        if mode == "dense":
+            layer.data[z] = truth[z]
+        else:
+            keep = rng.random(truth[z].shape) < 0.2
+            layer.data[z] = np.where(keep, np.where(truth[z], 1, 2), 0)
+    dock.mode.value = mode
+    dock.refresh_button.changed.emit(True)
+    return image, layer
+
+
+def wait(qtbot, dock: FinetuneWidget) -> None:
+    qtbot.waitUntil(lambda: not dock.runner.running, timeout=WAIT_MS)
+
+
+def test_dock_follows_layers_and_annotated_slices(dock, stack, qtbot):
+    viewer = dock.viewer
+    assert dock.image.value is None and dock.labels.value is None
+    image = viewer.add_image(stack[0], name="my stack", scale=(2.0, 1.0, 1.0), translate=(0.0, 5.0, 5.0))
+    assert dock.image.value is image
+    layer = dock.add_annotations_layer()
+    assert dock.labels.value is layer and layer.data.shape == (3, 64, 64)
+    np.testing.assert_allclose(layer.scale, image.scale)
+    np.testing.assert_allclose(layer.translate, image.translate)
+    assert dock.slice_list.slices() == []
+    layer.paint((1, 20, 20), 1)  # a brush stroke: the list follows (debounced)
+    qtbot.waitUntil(lambda: dock.slice_list.slices() == [1], timeout=5000)
+    layer.data[2, :5, :5] = 1
+    dock.refresh_button.changed.emit(True)
+    assert dock.slice_list.slices() == [1, 2]
+    dock.slice_list.set_checked(1, False)
+    layer.paint((0, 30, 30), 1)
+    qtbot.waitUntil(lambda: dock.slice_list.slices() == [0, 1, 2], timeout=5000)
+    assert dock.slice_list.checked() == [0, 2]  # unticked slices stay unticked
+    assert dock.holdout.choices == (None, 0, 2)
+    dock.scratch.value = True
+    assert not dock.models.combo.enabled
+    viewer.layers.remove(layer)
+    assert dock.labels.value is None and dock.slice_list.slices() == []
+
+
+@pytest.mark.parametrize("mode", ["dense", "scribbles"])
+def test_run_in_worker_saves_and_registers_the_model(dock, stack, qtbot, notes, mode):
+    viewer = dock.viewer
+    annotate(dock, stack, (0, 1, 2), mode)
+    dense = mode == "dense"
+    dock.holdout.value = 2 if dense else None
+    dock.preview.value = dense
+    viewer.dims.set_current_step(0, 1)
+    assert dock.start()
+    assert dock.runner.worker is not None and not dock.start_button.enabled
+    wait(qtbot, dock)
+    assert dock.runner.last.status == "done", notes
+    out = Path(dock.output.value)
+    card = load_model(out).metadata.card["finetune"]
+    assert card["mode"] == mode and card["slices"] == [0, 1, 2] and card["image_layer"] == "em"
+    assert Path(card["base"]).name == "base.safetensors"
+    assert not out.with_name(out.name + ".ckpt").exists()
+    assert len(dock.curve.series[LOSS]) >= 3
+    assert len(dock.curve.series.get(IOU, [])) == (2 if dense else 0)
+    assert dock.model_name == "mito" and str(out) in notes[-1]
+    labels = [dock.models.combo.native.itemText(i) for i in range(dock.models.combo.native.count())]
+    assert "mito (fine-tuned)" in labels
+    segment = SegmentWidget(viewer)
+    assert "mito" in segment.models.combo.choices
+    if dense:
+        assert "validation IoU" in dock.report.value
+        preview = viewer.layers["em (fine-tune preview)"].data
+        assert preview.shape == (3, 64, 64) and preview[1].any() and not preview[0].any()
+    assert dock.start_button.enabled and not dock.stop_button.enabled
+
+
+def test_stop_keeps_the_best_weights(dock, stack, qtbot, notes):
+    viewer = dock.viewer
+    annotate(dock, stack)
+    dock.epochs.value, dock.preview.value = 50, False
+    assert dock.start()
+    dock.runner.worker.yielded.connect(lambda report: report.step >= 3 and dock.runner.cancel())
+    wait(qtbot, dock)
+    assert dock.runner.last.status == "cancelled", notes
+    result = dock.result
+    assert result.stopped == "stopped" and result.steps_done < 100
+    out = Path(dock.output.value)
+    assert load_model(out).metadata.card["finetune"]["slices"] == [0, 1]
+    assert dock.report.value.startswith("stopped") and dock.model_name == "mito"
+    segment = SegmentWidget(viewer)  # the saved model segments in the Segment dock
+    segment.models.select("mito")
+    assert segment.run_blocking()
+    assert viewer.layers["em (mito)"].data.shape == (3, 64, 64)
+
+
+def test_painting_during_training_does_not_change_the_run(dock, stack, qtbot, notes):
+    _image, layer = annotate(dock, stack)
+    snapshot = layer.data.copy()
+    dock.preview.value = False
+    assert dock.start()
+
+    def repaint(report):
+        if report.step == 1:
+            layer.data[:] = 0  # the user erases everything and annotates another slice meanwhile
+            layer.paint((2, 10, 10), 1)
+
+    dock.runner.worker.yielded.connect(repaint)
+    wait(qtbot, dock)
+    assert dock.runner.last.status == "done", notes
+    assert not layer.data[:2].any()
+    assert np.array_equal(dock.request.labels, snapshot)
+    assert load_model(Path(dock.output.value)).metadata.card["finetune"]["slices"] == [0, 1]
+    dock.refresh_slices()
+    assert dock.slice_list.slices() == [2]  # the list follows the layer, the finished run did not
+
+
+def test_bad_input_gives_a_notification_and_starts_nothing(dock, stack, notes, tmp_path, base_file):
+    viewer = dock.viewer
+
+    def refused(expected: str) -> None:
+        before = [layer.name for layer in viewer.layers]
+        assert not dock.start()
+        assert expected in notes[-1], notes[-1]
+        assert dock.runner.last is None and not dock.runner.running
+        assert [layer.name for layer in viewer.layers] == before
+        assert not list(tmp_path.rglob("*.safetensors"))  # no file written
+
+    refused("no image layer")
+    images, truth = stack
+    viewer.add_image(images, name="em")
+    refused("no annotations layer")
+    layer = dock.add_annotations_layer()
+    refused("empty")
+    layer.data[0] = truth[0]
+    dock.refresh_slices()
+    dock.slice_list.set_checked(0, False)
+    refused("no annotated slice is ticked")
+    dock.slice_list.set_checked(0, True)
+    dock.holdout.value = 0
+    refused("held out")
+    dock.holdout.value = None
+    dock.mode.value = "scribbles"
+    refused("background")  # dense masks read as scribbles: foreground 1 only
+    layer.data[1, :4, :4] = 3
+    refused("values")
+    dock.mode.value = "dense"
+    small = viewer.add_labels(np.ones((3, 32, 32), np.uint8), name="small")
+    dock.labels.value = small
+    refused("shape")
+    dock.labels.value = layer
+    dock.output.value = tmp_path
+    refused("folder")
+    (tmp_path / "file.txt").write_text("x")
+    dock.output.value = tmp_path / "file.txt" / "m.safetensors"
+    refused("cannot write")
+    dock.output.value = tmp_path / "m.tif"
+    refused(".safetensors")
+    dock.output.value = base_file
+    assert not dock.start() and "starting model" in notes[-1]
+    assert np.array_equal(layer.data[0], truth[0])  # nothing lost
