@@ -92,15 +92,19 @@ def test_corrupt_tiff_among_good_files(tmp_path, weights, capsys):
     (folder / "c.tif").write_bytes(truncated.read_bytes()[:6000])
     io.imsave(folder / "d.png", (texture((30, 30), 5) * 255).astype(np.uint8), check_contrast=False)
     (folder / "notes.txt").write_text("not an image")
+    holes = texture((3, 20, 20), 6)
+    holes[2, 5, 5] = np.nan
+    tifffile.imwrite(folder / "e.tif", holes, photometric="minisblack")
     out = tmp_path / "out"
     rc = _segment(folder, tmp_path / "missing.tif", "-o", out, "--model", weights)
     err = capsys.readouterr().err
     assert rc == 1
     assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "d_labels.tif"]
-    for name in ("b.tif", "c.tif", "missing.tif"):
+    for name in ("b.tif", "c.tif", "e.tif", "missing.tif"):
         lines = [line for line in err.splitlines() if name in line and "error" in line]
         assert lines, f"no error line for {name} in:\n{err}"
-    assert "3 input(s) failed" in err and "truncated" in next(line for line in err.splitlines() if "c.tif" in line)
+    assert "4 input(s) failed" in err and "truncated" in next(line for line in err.splitlines() if "c.tif" in line)
+    assert "slice 2: the image contains NaN" in next(line for line in err.splitlines() if "e.tif" in line)
 
 
 def test_existing_output_kept_unless_overwrite(tmp_path, weights, capsys):

@@ -18,7 +18,7 @@ import torch
 
 from .api import model_metadata
 from .imageio import list_images
-from .inference import predict_job, prepare_model
+from .inference import check_pixels, predict_job, prepare_model
 from .model import ALNet
 from .postprocess import instance_labels, semantic_labels
 from .progress import Job, Progress, StopRequested
@@ -110,7 +110,7 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: ALNet, *, tile: i
                 except StopRequested:
                     raise
                 except Exception as exc:  # one file's failure must not end the batch
-                    problem = one_line(exc)
+                    problem = one_line(exc, path)
             if problem is not None:
                 summary.failures.append((path, problem))
                 done += size
@@ -124,10 +124,12 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: ALNet, *, tile: i
     return summary
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception as one line (our errors already name the file; others get their type)."""
+def one_line(exc: BaseException, path: Path) -> str:
+    """An exception as one line naming ``path`` (unexpected exception types are named too)."""
     text = " ".join(str(exc).split())
-    return text if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {text}"
+    if not isinstance(exc, (ValueError, OSError)):
+        text = f"{type(exc).__name__}: {text}"
+    return text if str(path) in text else f"{path}: {text}"
 
 
 def _targets(path: Path, outdir: Path, probabilities: bool, overwrite: bool, inputs: set[Path],
@@ -160,7 +162,7 @@ def _segment(reader: SliceReader, targets: dict[str, Path], net: ALNet, dev: tor
             writers[kind] = TiffStackWriter(out, reader.shape, dtype, reader.pixel_size, compress=kind != "prob")
         next_id = 0
         for z0 in range(0, len(reader), SLICES_PER_BATCH):
-            planes = np.stack([reader[z] for z in range(z0, min(z0 + SLICES_PER_BATCH, len(reader)))])
+            planes = np.stack([_checked(reader, z) for z in range(z0, min(z0 + SLICES_PER_BATCH, len(reader)))])
             job = predict_job(net, planes, device=dev, tile=tile, batch_size=SLICES_PER_BATCH, rgb=reader.rgb)
             probs = yield from _relay(job, done, total, f"{reader.path.name}: slice {z0 + 1}/{len(reader)}")
             for prob in probs:
@@ -182,6 +184,14 @@ def _segment(reader: SliceReader, targets: dict[str, Path], net: ALNet, dev: tor
     finally:
         for writer in writers.values():
             writer.abort()
+
+
+def _checked(reader: SliceReader, z: int) -> np.ndarray:
+    """Slice ``z``, with NaN/inf or a non-numeric dtype reported for that slice."""
+    try:
+        return check_pixels(reader[z])
+    except ValueError as exc:
+        raise ValueError(f"slice {z}: {exc}" if reader.is_stack else str(exc)) from exc
 
 
 def _relay(job: Job[np.ndarray], done: int, total: int, message: str) -> Job[np.ndarray]:
