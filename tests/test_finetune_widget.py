@@ -86,11 +86,11 @@ def wait(qtbot, dock: FinetuneWidget) -> None:
 
 def test_dock_follows_layers_and_annotated_slices(dock, stack, qtbot):
     viewer = dock.viewer
-    assert dock.image.value is None and dock.labels.value is None
+    assert dock.image.value is None and dock.annotations.value is None
     image = viewer.add_image(stack[0], name="my stack", scale=(2.0, 1.0, 1.0), translate=(0.0, 5.0, 5.0))
     assert dock.image.value is image
     layer = dock.add_annotations_layer()
-    assert dock.labels.value is layer and layer.data.shape == (3, 64, 64)
+    assert dock.annotations.value is layer and layer.data.shape == (3, 64, 64)
     np.testing.assert_allclose(layer.scale, image.scale)
     np.testing.assert_allclose(layer.translate, image.translate)
     assert dock.slice_list.slices() == []
@@ -107,7 +107,7 @@ def test_dock_follows_layers_and_annotated_slices(dock, stack, qtbot):
     dock.scratch.value = True
     assert not dock.models.combo.enabled
     viewer.layers.remove(layer)
-    assert dock.labels.value is None and dock.slice_list.slices() == []
+    assert dock.annotations.value is None and dock.slice_list.slices() == []
 
 
 @pytest.mark.parametrize("mode", ["dense", "scribbles"])
@@ -212,9 +212,9 @@ def test_bad_input_gives_a_notification_and_starts_nothing(dock, stack, notes, t
     refused("values")
     dock.mode.value = "dense"
     small = viewer.add_labels(np.ones((3, 32, 32), np.uint8), name="small")
-    dock.labels.value = small
+    dock.annotations.value = small
     refused("shape")
-    dock.labels.value = layer
+    dock.annotations.value = layer
     dock.output.value = tmp_path
     refused("folder")
     (tmp_path / "file.txt").write_text("x")
@@ -225,3 +225,22 @@ def test_bad_input_gives_a_notification_and_starts_nothing(dock, stack, notes, t
     dock.output.value = base_file
     assert not dock.start() and "starting model" in notes[-1]
     assert np.array_equal(layer.data[0], truth[0])  # nothing lost
+
+
+def test_2d_image_inline_with_preview_and_menu_entry(dock, stack):
+    import npe2
+
+    import napari_alnet
+
+    manifest = npe2.PluginManifest.from_file(Path(napari_alnet.__file__).parent / "napari.yaml")
+    menu = [item.command for item in manifest.contributions.menus["napari/layers/segment"]]
+    assert "napari-alnet.finetune_widget" in menu
+    images, truth = stack
+    dock.viewer.add_image(images[0], name="slice")
+    layer = dock.add_annotations_layer()
+    layer.data[:] = truth[0]
+    dock.epochs.value = dock.steps.value = 1
+    assert dock.run_blocking()
+    assert dock.runner.last.status == "done"
+    assert dock.viewer.layers["slice (fine-tune preview)"].data.shape == (64, 64)
+    assert "training loss" in dock.report.value and dock.model_name == "mito"

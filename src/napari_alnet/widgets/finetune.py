@@ -59,7 +59,7 @@ class FinetuneWidget(Container):
         super().__init__(labels=True)
         self.viewer = unwrap(viewer)
         self.image = ComboBox(label="Image", choices=self._image_choices, tooltip="the image that was annotated")
-        self.labels = ComboBox(label="Annotations", choices=self._labels_choices,
+        self.annotations = ComboBox(label="Annotations", choices=self._annotation_choices,
                                tooltip="a Labels layer with the image's shape holding your annotations")
         self.new_labels = PushButton(text="New annotations layer",
                                      tooltip="an empty Labels layer matching the image (shape, scale, translate)")
@@ -89,12 +89,12 @@ class FinetuneWidget(Container):
         self.curve = CurveWidget(fixed={IOU: (0.0, 1.0)})
         self.report = Label(value="")
         self.report.native.setWordWrap(True)
-        self.extend([self.image, self.labels, self.new_labels, self.mode, self.slice_box, self.refresh_button,
+        self.extend([self.image, self.annotations, self.new_labels, self.mode, self.slice_box, self.refresh_button,
                      self.models.combo, self.models.summary, self.scratch, self.epochs, self.steps, self.lr,
                      self.batch_size, self.crop, self.holdout, self.preview, self.output, self.start_button,
                      self.stop_button, self.progress, self.status, embed(self.curve), self.report])
         self.runner = JobRunner(NAME, progress_bar=self.progress, status=self.status, cancel_button=self.stop_button,
-                                controls=[self.image, self.labels, self.new_labels, self.mode, self.slice_box,
+                                controls=[self.image, self.annotations, self.new_labels, self.mode, self.slice_box,
                                           self.refresh_button, self.models.combo, self.scratch, self.epochs,
                                           self.steps, self.lr, self.batch_size, self.crop, self.holdout,
                                           self.preview, self.output, self.start_button])
@@ -111,7 +111,7 @@ class FinetuneWidget(Container):
         self.new_labels.changed.connect(self.add_annotations_layer)
         self.refresh_button.changed.connect(self.refresh_slices)
         self.image.changed.connect(self._on_image)
-        self.labels.changed.connect(self._on_labels)
+        self.annotations.changed.connect(self._on_labels)
         self.scratch.changed.connect(self._on_scratch)
         self.slice_list.itemChanged.connect(self._reset_holdout)
         for event in ("inserted", "removed", "reordered"):
@@ -146,7 +146,7 @@ class FinetuneWidget(Container):
 
     def make_request(self) -> FinetuneRequest:
         """The request for the current choices (copies image and annotations); raises with a message to show."""
-        image, labels = self.image.value, self.labels.value
+        image, labels = self.image.value, self.annotations.value
         if image is None:
             raise InputProblem("no image layer; open an image (File > Open) or a sample (File > Open Sample > "
                                "napari-alnet), then choose it in 'Image'")
@@ -185,7 +185,7 @@ class FinetuneWidget(Container):
         layer = self.viewer.add_labels(np.zeros(spatial_shape(image), np.uint8), name=f"{image.name} annotations",
                                        scale=image.scale, translate=image.translate)
         layer.selected_label = 1
-        self.labels.value = layer
+        self.annotations.value = layer
         self.viewer.layers.selection.active = layer
         layer.mode = "paint"
         return layer
@@ -193,7 +193,7 @@ class FinetuneWidget(Container):
     def refresh_slices(self, *_) -> None:
         """Re-detect the annotated slices (any nonzero pixel) of the chosen annotations layer."""
         self._refresh_timer.stop()
-        layer = self.labels.value
+        layer = self.annotations.value
         data = np.asarray(base_data(layer)) if layer is not None else None
         if data is None or data.ndim not in (2, 3):
             self.slice_list.set_slices([])
@@ -280,7 +280,7 @@ class FinetuneWidget(Container):
     def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
 
-    def _labels_choices(self, _widget=None) -> list[tuple[str, Labels]]:
+    def _annotation_choices(self, _widget=None) -> list[tuple[str, Labels]]:
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
 
     def _holdout_choices(self, _widget=None) -> list[tuple[str, int | None]]:
@@ -309,7 +309,7 @@ class FinetuneWidget(Container):
 
     def _on_rename(self, *_) -> None:
         self.image.reset_choices()
-        self.labels.reset_choices()
+        self.annotations.reset_choices()
         self._on_image()
         self._on_labels()
 
@@ -320,8 +320,8 @@ class FinetuneWidget(Container):
             return
         fits = [layer for layer in self.viewer.layers
                 if isinstance(layer, Labels) and tuple(layer.data.shape) == spatial_shape(image)]
-        if fits and self.labels.value not in fits:
-            self.labels.value = fits[-1]
+        if fits and self.annotations.value not in fits:
+            self.annotations.value = fits[-1]
         current = self.output.value
         if current is None or str(current) in ("", ".") or Path(current) == self._suggested:
             self._suggested = _suggest_output(image.name)
@@ -329,7 +329,7 @@ class FinetuneWidget(Container):
 
     def _on_labels(self, *_) -> None:
         """Watch the chosen annotations layer (painting refreshes the slice list, debounced)."""
-        layer = self.labels.value
+        layer = self.annotations.value
         if layer is not self._watched:
             for old in [self._watched] if self._watched is not None else []:
                 old.events.data.disconnect(self._schedule_refresh)
