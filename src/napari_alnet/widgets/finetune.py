@@ -123,6 +123,9 @@ class FinetuneWidget(Container):
 
     def start(self, *_) -> bool:
         """Check everything and start fine-tuning in a worker; False (with a notification) if refused."""
+        if self.runner.running:
+            show_info(f"{NAME}: already running; wait, or press Stop (the best weights are kept)")
+            return False
         try:
             request = self.make_request()
         except (InputProblem, WeightsError, ValueError) as exc:  # AnnotationError is a ValueError
