@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import require_data
 from napari_alnet import load_model
 from napari_alnet.evaluation import evaluate_job, summarize
 from napari_alnet.imageio import pair_files
 from napari_alnet.pretrained import shipped_models
 from napari_alnet.progress import run_job
-
-from conftest import require_data
 
 pytestmark = pytest.mark.slow
 

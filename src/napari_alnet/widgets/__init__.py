@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .batch import BatchWidget
+from .finetune import FinetuneWidget
 from .segment import SegmentWidget
 
-__all__ = ["BatchWidget", "SegmentWidget"]
+__all__ = ["BatchWidget", "FinetuneWidget", "SegmentWidget"]

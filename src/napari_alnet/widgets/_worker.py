@@ -133,6 +133,11 @@ class JobRunner:
             self._on_returned(done.value)
 
     def _on_progress(self, report: Progress) -> None:
+        # The widget's callback runs first: napari's progress-bar update below processes Qt events, which may
+        # deliver the job's "returned" signal and clear the handlers before this report reaches the widget.
+        callback = self._handlers[1] if self._handlers else None
+        if callback is not None:
+            self._guard(callback, report)
         if self.progress_bar is not None:
             self.progress_bar.max = max(report.total, 1)
             self.progress_bar.value = min(report.step, max(report.total, 1))
@@ -146,9 +151,6 @@ class JobRunner:
             pbar.update(0)
             if report.message:
                 pbar.set_description(f"{self.name}: {report.message}")
-        callback = self._handlers[1] if self._handlers else None
-        if callback is not None:
-            self._guard(callback, report)
 
     def _on_returned(self, outcome: Outcome) -> None:
         if not self._running:
