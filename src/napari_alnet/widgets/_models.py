@@ -26,6 +26,13 @@ def device_picker() -> ComboBox:
                     tooltip="auto picks cuda, then mps, then cpu")
 
 
+def tile_picker() -> ComboBox:
+    """Tile edge for big images: automatic, or one of the sizes the tiler accepts (>= its minimum)."""
+    sizes = [1024, 1536, 2048, 3072]
+    return ComboBox(label="Tile size", choices=[("automatic", 0)] + [(f"{s} px", s) for s in sizes], value=0,
+                    tooltip="automatic: whole image up to 2048 x 2048, tiles of 1536 beyond")
+
+
 class ModelPicker:
     """A model ``combo`` (shipped built-ins, loaded files, session fine-tunes, 'Load weights…') and a
     ``summary`` label with the model card's one-line summary. Add both widgets to a container.

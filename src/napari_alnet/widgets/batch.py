@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import napari
-from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_info, show_warning
 
 from .. import batch
 from ..batch import BatchSummary
 from ..progress import Progress
 from ..weights import WeightsError
-from ._models import ModelPicker, device_picker
+from ._models import ModelPicker, device_picker, tile_picker
 from ._worker import JobRunner, unwrap
 
 
@@ -31,8 +31,7 @@ class BatchWidget(Container):
         self.outdir = FileEdit(label="Output folder", mode="d", value="")
         self.models = ModelPicker()
         self.device = device_picker()
-        self.tile = SpinBox(label="Tile size", min=0, max=8192, step=64, value=0,
-                            tooltip="tile edge in pixels for big images (0 = automatic)")
+        self.tile = tile_picker()
         self.threshold = FloatSpinBox(label="Threshold", min=0.0, max=0.99, step=0.05, value=0.0,
                                       tooltip="0 = the model's own threshold")
         self.probabilities = CheckBox(text="Also write probabilities", value=False)

@@ -16,7 +16,6 @@ from magicgui.widgets import (
     ProgressBar,
     PushButton,
     RadioButtons,
-    SpinBox,
 )
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_warning
@@ -35,7 +34,7 @@ from ._layers import (
     spatial_shape,
     upsert,
 )
-from ._models import ModelPicker, device_picker
+from ._models import ModelPicker, device_picker, tile_picker
 from ._worker import JobRunner, unwrap
 
 
@@ -68,8 +67,7 @@ class SegmentWidget(Container):
                                   orientation="horizontal")
         self.stack_axis = ComboBox(label="Stack axis", choices=self._axis_choices,
                                    tooltip="for 4D+ layers (e.g. time series): the axis that is the stack")
-        self.tile = SpinBox(label="Tile size", min=0, max=8192, step=64, value=0,
-                            tooltip="tile edge in pixels for big images (0 = automatic)")
+        self.tile = tile_picker()
         self.threshold = FloatSlider(label="Threshold", min=0.01, max=0.99, step=0.01, value=0.5,
                                      tooltip="re-thresholds the last result instantly (the network is not re-run)")
         self.probabilities = CheckBox(text="Probability layer", value=False)
