@@ -192,3 +192,18 @@ def test_tta_is_equivariant_and_plain_inference_is_not(model):
     tta = predict(model, img, tta=True)
     np.testing.assert_allclose(predict(model, img.T.copy(), tta=True), tta.T, atol=1e-5)
     assert np.abs(predict(model, img.T.copy()) - predict(model, img).T).max() > 1e-3
+
+
+def test_models_with_a_fixed_input_size_run_there_and_return_full_size(tmp_path):
+    from napari_alnet import load_model, predict
+    from napari_alnet.model import ALNet, ALNetConfig
+    from napari_alnet.weights import ModelMetadata, save_weights
+
+    meta = ModelMetadata(config=ALNetConfig(in_channels=3), input_size=(64, 64))
+    model = load_model(save_weights(ALNet(meta.config), meta, tmp_path / "m.safetensors"))
+    seen = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    image = np.random.default_rng(0).integers(0, 255, (100, 150, 3), dtype=np.uint8)
+    prob = predict(model, image)
+    assert prob.shape == (100, 150) and prob.dtype == np.float32
+    assert seen == [(64, 64)]

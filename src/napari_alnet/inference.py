@@ -129,11 +129,13 @@ def predict_job(model: ALNet, image: np.ndarray, *, device: str | torch.device |
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     spatial = image.shape[-3:-1] if is_rgb else image.shape[-2:]
+    stack = image if is_stack else image[None]
+    if meta.input_size is not None:  # a model trained at a fixed reduced resolution
+        return _guarded(_predict_resized(model, stack, meta, device, batch_size, tta, is_stack))
     tile = choose_tile(spatial, tile)
     if tile is not None:
         check_overlap(tile, overlap)
-    return _guarded(_predict(model, image if is_stack else image[None], meta, device, tile, overlap, batch_size,
-                             tta, is_stack))
+    return _guarded(_predict(model, stack, meta, device, tile, overlap, batch_size, tta, is_stack))
 
 
 def predict(model: ALNet, image: np.ndarray, **kwargs) -> np.ndarray:
@@ -188,6 +190,20 @@ def _predict(model: ALNet, stack: np.ndarray, meta: ModelMetadata, device, tile:
                 yield Progress(step, total, f"slice {z + 1}/{depth}: tiles")
             out[z] = (acc / wsum)[: out.shape[1], : out.shape[2]]
     return out if is_stack else out[0]
+
+
+def _predict_resized(model: ALNet, stack: np.ndarray, meta: ModelMetadata, device, batch_size: int, tta: bool,
+                     is_stack: bool) -> Job[np.ndarray]:
+    """Run at the model's ``input_size`` and bring the probabilities back to the image's size (bilinear)."""
+    from skimage.transform import resize
+
+    size = tuple(meta.input_size)
+    small = np.stack([resize(s, size + s.shape[2:], preserve_range=True, anti_aliasing=True).astype(np.float32)
+                      for s in stack])
+    probs = yield from _predict(model, small, meta, device, None, 0, batch_size, tta, True)
+    full = torch.nn.functional.interpolate(torch.from_numpy(probs)[:, None], size=stack.shape[1:3],
+                                           mode="bilinear", align_corners=False)[:, 0].numpy()
+    return full if is_stack else full[0]
 
 
 class Context:
