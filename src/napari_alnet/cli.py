@@ -168,7 +168,7 @@ def _train(args: argparse.Namespace) -> int:
         "steps_done": result.steps_done, "stopped": result.stopped, "history": result.history}
     saved.card = card
     save_weights(model, saved, result.out, half=args.half)
-    print(f"best epoch {result.best_epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+    print(f"best epoch {result.best_epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
           + f"; {result.wall_seconds / 60:.1f} min; wrote {result.out}")
     return 0
 
@@ -200,8 +200,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         fg, bg = r.foreground.as_dict(), r.background.as_dict()
         print(f"{r.name:<16}" + "".join(f"{fg[k]:>12.4f}" for k in keys) + "".join(f"{bg[k]:>12.4f}" for k in keys[1:]))
     fg, bg = summary["foreground"], summary["background"]
-    print(f"{'mean ± std':<16}" + "".join(f"{fg[k]['mean']:>6.4f}±{fg[k]['std']:.3f}"[:12].rjust(12) for k in keys)
-          + "".join(f"{bg[k]['mean']:>6.4f}±{bg[k]['std']:.3f}"[:12].rjust(12) for k in keys[1:]))
+    for stat in ("mean", "std"):
+        print(f"{stat:<16}" + "".join(f"{fg[k][stat]:>12.4f}" for k in keys)
+              + "".join(f"{bg[k][stat]:>12.4f}" for k in keys[1:]))
     return 0
 
 

@@ -53,7 +53,7 @@ class TrainResult:
     """What a training run produced: the best weights file and the history of epoch reports."""
 
     out: Path
-    best_epoch: int
+    best_epoch: int  # 1-based; 0 = none scored
     best_metrics: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     epochs_done: int = 0
@@ -146,7 +146,7 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
     sampler = CropSampler(train_pairs, config.crop, rng)
     steps = config.resolved_steps(train_pairs)
     total = steps * config.epochs
-    state = {"epoch": 0, "steps": 0, "best_epoch": -1, "best_score": -math.inf, "best_metrics": {}, "history": [],
+    state = {"epoch": 0, "steps": 0, "best_epoch": 0, "best_score": -math.inf, "best_metrics": {}, "history": [],
              "wall": 0.0}
     if resume and checkpoint.is_file():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
@@ -165,8 +165,8 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
         metrics = evaluate_pairs(model, val_pairs, device, config.threshold) if val_pairs else {"loss": epoch_loss}
         score = metrics["iou"] if val_pairs else -epoch_loss
         if score > state["best_score"]:
-            state.update(best_score=score, best_epoch=state["epoch"], best_metrics=metrics)
-            card = dict(metadata.card) | {"training": card_base | {"best_epoch": state["epoch"],
+            state.update(best_score=score, best_epoch=state["epoch"] + 1, best_metrics=metrics)
+            card = dict(metadata.card) | {"training": card_base | {"best_epoch": state["epoch"] + 1,
                                                                     "val_metrics": metrics}}
             meta = ModelMetadata(**(asdict_shallow(metadata) | {"card": card}))
             save_weights(model, meta, out)
