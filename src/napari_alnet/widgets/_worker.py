@@ -118,6 +118,14 @@ class JobRunner:
         worker.start()
         return True
 
+    def run_inline(self, start: Callable[[], bool]) -> bool:
+        """Call ``start`` (a widget's launch method) with its job run inline, not in a thread: for scripts/tests."""
+        synchronous, self.synchronous = self.synchronous, True
+        try:
+            return start()
+        finally:
+            self.synchronous = synchronous
+
     def cancel(self, *_: Any) -> None:
         """Ask the running job to stop at its next step (it returns what it has; nothing is applied)."""
         if self._running:

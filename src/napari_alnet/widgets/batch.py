@@ -94,11 +94,7 @@ class BatchWidget(Container):
 
     def run_blocking(self) -> bool:
         """``start()`` inline (no thread): for scripts and tests."""
-        synchronous, self.runner.synchronous = self.runner.synchronous, True
-        try:
-            return self.start()
-        finally:
-            self.runner.synchronous = synchronous
+        return self.runner.run_inline(self.start)
 
     def _done(self, summary: BatchSummary | None) -> None:
         """Show the summary: files written, outputs kept, failures (also after Cancel: finished files stay)."""

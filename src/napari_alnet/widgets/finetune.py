@@ -141,11 +141,7 @@ class FinetuneWidget(Container):
 
     def run_blocking(self) -> bool:
         """``start()`` inline (no thread): for scripts and tests."""
-        synchronous, self.runner.synchronous = self.runner.synchronous, True
-        try:
-            return self.start()
-        finally:
-            self.runner.synchronous = synchronous
+        return self.runner.run_inline(self.start)
 
     def make_request(self) -> FinetuneRequest:
         """The request for the current choices (copies image and annotations); raises with a message to show."""

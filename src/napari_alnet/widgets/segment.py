@@ -142,11 +142,7 @@ class SegmentWidget(Container):
 
     def run_blocking(self) -> bool:
         """``segment()`` inline (no thread): for scripts and tests."""
-        synchronous, self.runner.synchronous = self.runner.synchronous, True
-        try:
-            return self.segment()
-        finally:
-            self.runner.synchronous = synchronous
+        return self.runner.run_inline(self.segment)
 
     def output_name(self, kind: str = "labels") -> str | None:
         """Name of the output layer (``labels``, ``instances`` or ``probabilities``) of the last run."""
