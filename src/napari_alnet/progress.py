@@ -40,12 +40,12 @@ def run_job(job: Job[T], on_progress: Callable[[Progress], bool | None] | None =
         while True:
             report = next(job)
             if on_progress is not None and on_progress(report):
-                return _stop(job)
+                return stop_job(job)
     except StopIteration as done:
         return done.value
 
 
-def _stop(job: Job[T]) -> T:
+def stop_job(job: Job[T]) -> T:
     """Ask ``job`` to stop: throw ``StopRequested`` into it and return what it returns."""
     try:
         job.throw(StopRequested())

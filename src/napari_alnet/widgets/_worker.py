@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..progress import Job, Progress, _stop
+from ..progress import Job, Progress, stop_job
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +48,7 @@ def _drive(job: Job[T], stop: threading.Event) -> Generator[Progress, None, Outc
     try:
         while True:
             if stop.is_set():
-                return Outcome("cancelled", _stop(job))
+                return Outcome("cancelled", stop_job(job))
             report = next(job)
             yield report
     except StopIteration as done:
