@@ -21,6 +21,13 @@ def test_em_model_ships_with_its_card():
                for name in training["train_pairs"] + training["val_pairs"])  # never trained on the test slices
 
 
+def test_dermoscopy_model_ships_rgb_at_a_fixed_input_size():
+    assert "dermoscopy" in shipped_models()
+    meta = load_model("dermoscopy", device="cpu").metadata
+    assert meta.in_channels == 3 and meta.input_size == (192, 192) and meta.modality == "dermoscopy"
+    assert not set(meta.card["training"]["train_pairs"]) & set(meta.card["training"]["val_pairs"])
+
+
 @pytest.mark.parametrize("name", BUILTIN_NAMES)
 def test_builtin_names_load_or_say_they_are_not_shipped(name):
     if builtin_path(name).is_file():

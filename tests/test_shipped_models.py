@@ -8,7 +8,7 @@ import pytest
 from conftest import require_data
 from napari_alnet import load_model
 from napari_alnet.evaluation import evaluate_job, summarize
-from napari_alnet.imageio import pair_files
+from napari_alnet.imageio import pair_files, select_split
 from napari_alnet.pretrained import shipped_models
 from napari_alnet.progress import run_job
 
@@ -35,3 +35,14 @@ def test_em_model_on_isbi_test_slices():
     assert interior["iou"]["mean"] > 0.8963
     assert interior["accuracy"]["mean"] > 0.92
     assert np.isfinite(summary["foreground"]["dice"]["mean"])
+
+
+def test_dermoscopy_model_beats_the_paper_on_isic_val():
+    root = require_data("isic2018")
+    files = pair_files([root / "images"], root / "masks")
+    keep = set(select_split([image for image, _ in files], root / "split.csv", "val"))
+    rows, summary = _scores("dermoscopy", [pair for pair in files if pair[0] in keep])
+    assert len(rows) == 400
+    lesion = summary["foreground"]
+    assert lesion["accuracy"]["mean"] > 0.9312
+    assert lesion["iou"]["mean"] > 0.7947
