@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,7 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
             state.update(best_score=score, best_epoch=state["epoch"] + 1, best_metrics=metrics)
             card = dict(metadata.card) | {"training": card_base | {"best_epoch": state["epoch"] + 1,
                                                                     "val_metrics": metrics}}
-            meta = ModelMetadata(**(asdict_shallow(metadata) | {"card": card}))
+            meta = replace(metadata, card=card)
             save_weights(model, meta, out)
         return metrics
 
@@ -219,12 +219,6 @@ def _has_foreground(pair: Pair) -> bool:
 
 class _BudgetReached(Exception):
     pass
-
-
-def asdict_shallow(meta: ModelMetadata) -> dict[str, Any]:
-    from dataclasses import fields
-
-    return {f.name: getattr(meta, f.name) for f in fields(meta)}
 
 
 def _save_checkpoint(path: Path, model: ALNet, optimizer, scheduler, state: dict, rng: np.random.Generator) -> None:
