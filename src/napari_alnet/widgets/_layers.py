@@ -102,3 +102,12 @@ def axis_choices(viewer: napari.Viewer, layer: Image | None) -> Sequence[tuple[s
     shape = spatial_shape(layer)
     labels = list(viewer.dims.axis_labels)[-len(shape):]
     return [("(choose)", None)] + [(f"{labels[i]} ({shape[i]})", i) for i in range(len(shape) - 2)]
+
+
+def follow_renames(viewer, on_rename, event=None) -> None:
+    """Keep ``on_rename`` connected to every layer's name event; call on layers inserted/removed/reordered."""
+    for layer in viewer.layers:
+        layer.events.name.disconnect(on_rename)
+        layer.events.name.connect(on_rename)
+    if event is not None and getattr(event, "type", "") == "removed":
+        event.value.events.name.disconnect(on_rename)

@@ -37,7 +37,7 @@ from ..progress import Progress
 from ..training.loop import TrainResult
 from ..weights import WeightsError
 from ._curve import CurveWidget
-from ._layers import CURRENT_SLICE, InputProblem, base_data, region_for, spatial_shape, upsert
+from ._layers import CURRENT_SLICE, InputProblem, base_data, follow_renames, region_for, spatial_shape, upsert
 from ._models import ModelPicker
 from ._slices import SliceList, embed
 from ._worker import JobRunner, unwrap
@@ -299,11 +299,7 @@ class FinetuneWidget(Container):
 
     def _on_layers(self, event=None) -> None:
         """Follow layers being added, removed and renamed."""
-        for layer in self.viewer.layers:
-            layer.events.name.disconnect(self._on_rename)
-            layer.events.name.connect(self._on_rename)
-        if event is not None and getattr(event, "type", "") == "removed":
-            event.value.events.name.disconnect(self._on_rename)
+        follow_renames(self.viewer, self._on_rename, event)
         self._on_rename()
 
     def _on_rename(self, *_) -> None:

@@ -29,6 +29,7 @@ from ._layers import (
     Region,
     axis_choices,
     check_pixels,
+    follow_renames,
     read_region,
     region_for,
     spatial_shape,
@@ -187,13 +188,10 @@ class SegmentWidget(Container):
 
     def _on_layers(self, event=None) -> None:
         """Follow layers being added, removed and renamed."""
-        for layer in self.viewer.layers:
-            layer.events.name.disconnect(self._on_rename)
-            layer.events.name.connect(self._on_rename)
-        if event is not None and getattr(event, "type", "") == "removed":
-            event.value.events.name.disconnect(self._on_rename)
-            if self._result is not None and event.value is self._result.source:
-                self._result = None
+        follow_renames(self.viewer, self._on_rename, event)
+        removed = event is not None and getattr(event, "type", "") == "removed"
+        if removed and self._result is not None and event.value is self._result.source:
+            self._result = None
         self._on_rename()
 
     def _on_rename(self, *_) -> None:
