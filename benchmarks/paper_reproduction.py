@@ -92,9 +92,7 @@ def accuracy() -> None:
                     "foreground", pair_files([DATA / "stare" / "images" / f"{n}.png" for n in stare_test],
                                              DATA / "stare" / "masks")) for scope in ("whole image", "FOV")],
         "dermoscopy": [("ISIC val (400)", "lesion", {}, "foreground",
-                        [p for p in pair_files([isic / "images"], isic / "masks")
-                         if p[0] in set(select_split([f for f, _ in pair_files([isic / "images"], isic / "masks")],
-                                                     isic / "split.csv", "val"))])],
+                        select_split(pair_files([isic / "images"], isic / "masks"), isic / "split.csv", "val"))],
     }
     for name, runs in jobs.items():
         if name not in shipped_models():

@@ -128,8 +128,7 @@ def _train(args: argparse.Namespace) -> int:
     config = ALNetConfig(in_channels=args.channels)
     files = pair_files(args.images, args.masks)
     if args.split_csv:
-        keep = set(select_split([image for image, _ in files], args.split_csv, args.subset))
-        files = [pair for pair in files if pair[0] in keep]
+        files = select_split(files, args.split_csv, args.subset)
     pairs = load_pairs(files, norm, args.channels, args.invert_masks, args.resize)
     if args.val_images:
         val_files = pair_files(args.val_images, args.val_masks or args.masks)
@@ -184,8 +183,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     bar = ProgressBar("evaluate", "images")
     files = pair_files(args.images, args.masks)
     if args.split_csv:
-        keep = set(select_split([image for image, _ in files], args.split_csv, args.subset))
-        files = [pair for pair in files if pair[0] in keep]
+        files = select_split(files, args.split_csv, args.subset)
     rows = run_job(evaluate_job(model, files, args.invert_masks, args.fov, args.threshold, args.tta), bar)
     bar.close()
     summary = summarize(rows)

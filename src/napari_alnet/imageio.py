@@ -48,16 +48,15 @@ def list_images(path: str | Path) -> list[Path]:
     raise ImageReadError(f"{path}: no such file or folder")
 
 
-def select_split(files: list[Path], split_csv: str | Path, subset: str) -> list[Path]:
-    """The files whose stem is listed under ``subset`` in a ``name,subset`` CSV (e.g. a dataset's split.csv)."""
+def select_split(pairs: list[tuple[Path, Path]], split_csv: str | Path, subset: str) -> list[tuple[Path, Path]]:
+    """The (image, mask) pairs whose image stem is listed under ``subset`` in a ``name,subset`` CSV (split.csv)."""
     import csv
 
     with open(split_csv, newline="") as fh:
-        names = {row[0].rsplit(".", 1)[0] if "." in row[0] else row[0] for row in csv.reader(fh)
-                 if len(row) >= 2 and row[1].strip() == subset}
+        names = {Path(row[0]).stem for row in csv.reader(fh) if len(row) >= 2 and row[1].strip() == subset}
     if not names:
         raise ValueError(f"{split_csv}: no rows with subset {subset!r}")
-    return [f for f in files if f.stem in names]
+    return [pair for pair in pairs if pair[0].stem in names]
 
 
 def pair_files(images: Sequence[str | Path], masks: str | Path | Sequence[str | Path]) -> list[tuple[Path, Path]]:

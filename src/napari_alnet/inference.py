@@ -18,9 +18,9 @@ import torch
 from .api import model_metadata
 from .devices import resolve_device
 from .model import ALNet
+from .normalization import to_channels
 from .progress import Job, Progress, StopRequested, run_job
 from .tiling import STRIDE, Tile, batch_limit, blend_window, ceil_to, check_overlap, choose_tile, plan_tiles
-from .training.data import to_channels
 from .weights import ModelMetadata
 
 SHAPES = "(Y, X), (Y, X, 3|4) RGB(A), (Z, Y, X) or (Z, Y, X, 3|4)"

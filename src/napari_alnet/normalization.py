@@ -55,3 +55,15 @@ class Normalization:
         scale = 1.0 / (hi - lo) if hi > lo else 1.0
         out = (image.astype(np.float32) - np.float32(lo)) * np.float32(scale)
         return (out - np.float32(self.mean)) / np.float32(self.std)
+
+
+def to_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
+    """(C, H, W) from a 2D (H, W) or RGB(A) (H, W, C) image, with ``in_channels`` channels."""
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        rgb = image[..., :3].astype(np.float32)
+        if in_channels == 1:
+            return (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[None]
+        return np.moveaxis(rgb, -1, 0)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2D grayscale or RGB image, got shape {image.shape}")
+    return np.repeat(image[None], in_channels, axis=0)

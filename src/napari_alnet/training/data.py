@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..imageio import ImageReadError, read_image
-from ..normalization import Normalization
+from ..normalization import Normalization, to_channels
 
 
 @dataclass
@@ -20,18 +20,6 @@ class Pair:
     mask: np.ndarray
     ignore: np.ndarray | None = None
     name: str = ""
-
-
-def to_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
-    """(C, H, W) from a 2D (H, W) or RGB(A) (H, W, C) image, with ``in_channels`` channels."""
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
-        rgb = image[..., :3].astype(np.float32)
-        if in_channels == 1:
-            return (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[None]
-        return np.moveaxis(rgb, -1, 0)
-    if image.ndim != 2:
-        raise ValueError(f"expected a 2D grayscale or RGB image, got shape {image.shape}")
-    return np.repeat(image[None], in_channels, axis=0)
 
 
 def make_pair(image: np.ndarray, mask: np.ndarray, normalization: Normalization, in_channels: int,
