@@ -26,10 +26,12 @@ VARIANTS = {
     "AL-Net (LR-ASPP + A-Decoder)": {},
     "ASPP + A-Decoder (Table 3)": {"context": "aspp"},
     "LR-ASPP + U-Decoder (Table 4)": {"decoder": "unet"},
+    "baseline: U-Net decoder, no context": {"context": "none", "decoder": "unet"},
 }
 PAPER_SPEED = {"AL-Net (LR-ASPP + A-Decoder)": "3.45 M; 34.3 ms (512), 36.2 ms (605x700)",
                "ASPP + A-Decoder (Table 3)": "~1/3 more params; 42.4 ms (512)",
-               "LR-ASPP + U-Decoder (Table 4)": "16.5 % slower than A-Decoder (~41 ms, 512)"}
+               "LR-ASPP + U-Decoder (Table 4)": "16.5 % slower than A-Decoder (~41 ms, 512)",
+               "baseline: U-Net decoder, no context": "3.45 M (Table 5: \"equivalent\" to AL-Net)"}
 PAPER_ACCURACY = {"em": (0.9406, 0.8963), "fundus": (0.9728, 0.6851), "dermoscopy": (0.9312, 0.7947)}
 
 

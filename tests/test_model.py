@@ -82,7 +82,8 @@ def test_any_input_size_gives_logits_of_same_size(size):
     assert out.shape == (1, 1, *size)
 
 
-@pytest.mark.parametrize("context,decoder", [("aspp", "asymmetric"), ("lraspp", "unet"), ("aspp", "unet")])
+@pytest.mark.parametrize("context,decoder", [("aspp", "asymmetric"), ("lraspp", "unet"), ("aspp", "unet"),
+                                            ("none", "unet")])
 def test_ablation_variants_run_and_fuse(context, decoder):
     model = ALNet(ALNetConfig(context=context, decoder=decoder, num_classes=2))
     randomize_bn(model)
@@ -118,3 +119,11 @@ def test_pooled_override_equals_global_pool(context):
         pooled = model.deepest_features(x).mean(dim=(2, 3), keepdim=True)
         assert torch.allclose(model(x), model(x, pooled=pooled), atol=1e-6)
         assert not torch.allclose(model(x), model(x, pooled=pooled * 0 + 5.0), atol=1e-3)
+
+
+def test_baseline_without_context_is_local():
+    """The "baseline" has no global pooling: the image-wide pooled override cannot change its output."""
+    model = ALNet(ALNetConfig(context="none", decoder="unet")).eval()
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x, pooled=torch.full((1, 320, 1, 1), 5.0)))

@@ -8,7 +8,7 @@ from torch import nn
 
 from .blocks import ConvBNAct, RepVGGBlock
 from .config import ALNetConfig
-from .context import ASPP, LiteRASPP
+from .context import ASPP, LiteRASPP, NoContext
 from .decoders import ADecoder, UDecoder
 from .encoder import RepVGGEncoder
 
@@ -26,8 +26,10 @@ class ALNet(nn.Module):
         deep = config.stage_widths[-1]
         if config.context == "lraspp":
             self.context = LiteRASPP(deep, config.context_width)
-        else:
+        elif config.context == "aspp":
             self.context = ASPP(deep, config.context_width, config.aspp_rates)
+        else:
+            self.context = NoContext(deep, config.context_width)
         skips = config.stage_widths[:4]
         if config.decoder == "asymmetric":
             self.decoder = ADecoder(skips, config.context_width, config.decoder_width, config.num_classes,

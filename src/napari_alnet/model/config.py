@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
-CONTEXTS = ("lraspp", "aspp")
+CONTEXTS = ("lraspp", "aspp", "none")
 DECODERS = ("asymmetric", "unet")
 
 
@@ -22,7 +22,7 @@ class ALNetConfig:
     stage_depths: tuple[int, ...] = (1, 2, 4, 14, 1)
     #: Reduced RepVGG-A1 widths (A1 itself: 64, 64, 128, 256, 1280).
     stage_widths: tuple[int, ...] = (48, 48, 96, 144, 320)
-    #: ``lraspp`` (the paper) or ``aspp`` (ablation, Table 3).
+    #: ``lraspp`` (the paper), ``aspp`` (ablation, Table 3) or ``none`` (the paper's "baseline", with ``unet``).
     context: str = "lraspp"
     context_width: int = 128
     aspp_rates: tuple[int, ...] = (6, 12, 18)

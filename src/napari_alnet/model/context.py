@@ -1,4 +1,4 @@
-"""Context modules on the stride-32 features: Lite R-ASPP (the paper) and ASPP (ablation)."""
+"""Context modules on the stride-32 features: Lite R-ASPP (the paper), ASPP and none (ablations)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,18 @@ class ASPP(nn.Module):
         pooled = self.pool[0](x) if pooled is None else pooled
         outs.append(self.pool[2](self.pool[1](pooled)).expand(-1, -1, x.shape[-2], x.shape[-1]))
         return self.project(torch.cat(outs, dim=1))
+
+
+class NoContext(nn.Module):
+    """No context module (the paper's "baseline"): a 1x1 conv+BN+ReLU that only matches the decoder's width."""
+
+    def __init__(self, cin: int, width: int) -> None:
+        super().__init__()
+        self.project = ConvBNAct(cin, width, 1)
+
+    def forward(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """``pooled`` is accepted for a uniform interface and ignored: nothing here is global."""
+        return self.project(x)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
