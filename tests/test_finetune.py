@@ -105,3 +105,13 @@ def test_annotations_are_copied_when_training_starts(stack, base, tmp_path):
 def test_bad_annotations_are_refused_with_a_clear_message(labels, mode, message):
     with pytest.raises(AnnotationError, match=message):
         check_annotations((2, 16, 16), labels, mode)
+
+
+def test_annotations_are_zoomed_like_the_base_model(stack):
+    images, truth = stack
+    labels = scribbles_from(truth[0], np.random.default_rng(1))
+    (pair,) = annotation_pairs(images[0], labels, "scribbles", [0], Normalization(), 1, input_scale=2.0)
+    h, w = labels.shape
+    assert pair.image.shape == (1, 2 * h, 2 * w) and pair.mask.shape == pair.ignore.shape == (2 * h, 2 * w)
+    assert np.array_equal(pair.ignore[::2, ::2], labels == 0)
+    assert np.array_equal(pair.mask[::2, ::2] > 0, labels == 1)

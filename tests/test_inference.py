@@ -207,3 +207,34 @@ def test_models_with_a_fixed_input_size_run_there_and_return_full_size(tmp_path)
     prob = predict(model, image)
     assert prob.shape == (100, 150) and prob.dtype == np.float32
     assert seen == [(64, 64)]
+
+
+def test_zoomed_models_run_on_the_zoomed_image_and_return_full_size(tmp_path):
+    """A model with ``input_scale`` 2 gives exactly what its network gives on the 2x image, resized back."""
+    from napari_alnet import load_model, predict
+    from napari_alnet.model import ALNet
+    from napari_alnet.progress import Progress
+    from napari_alnet.resolution import resample_image, resample_probabilities
+    from napari_alnet.weights import ModelMetadata, save_weights
+
+    net = ALNet()
+    plain = load_model(save_weights(net, ModelMetadata(), tmp_path / "plain.safetensors"))
+    zoomed = load_model(save_weights(net, ModelMetadata(input_scale=2.0), tmp_path / "zoomed.safetensors"))
+    stack = np.random.default_rng(1).integers(0, 4000, (3, 40, 50), dtype=np.uint16)
+    seen = []
+    zoomed.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    reports = []
+    job = predict_job(zoomed, stack, batch_size=2)
+    try:
+        while True:
+            reports.append(next(job))
+    except StopIteration as done:
+        prob = done.value
+    assert prob.shape == (3, 40, 50) and prob.dtype == np.float32
+    assert all(h >= 80 and w >= 100 for h, w in seen)
+    assert all(isinstance(r, Progress) for r in reports) and reports[-1].fraction == 1.0
+    assert [r.step for r in reports] == sorted(r.step for r in reports)
+    expected = resample_probabilities(np.stack([predict(plain, resample_image(s, (80, 100))) for s in stack]),
+                                      (40, 50))
+    np.testing.assert_allclose(prob, expected, atol=1e-5)
+    assert np.abs(prob - predict(plain, stack)).max() > 1e-3  # the zoom is not a no-op

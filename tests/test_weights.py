@@ -88,3 +88,13 @@ def test_mismatched_tensors_are_refused(tmp_path):
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(WeightsError, match="do not match"):
         load_weights(path)
+
+
+def test_working_resolution_round_trips_and_is_validated(tmp_path):
+    path = save_weights(ALNet(), _meta(input_scale=2.0), tmp_path / "zoom.safetensors")
+    meta = load_weights(path)[1]
+    assert meta.input_scale == 2.0 and meta.input_size is None
+    assert meta.network_shape((40, 51)) == (80, 102)
+    assert _meta(input_size=(64, 64), input_scale=2.0).network_shape((40, 51)) == (64, 64)
+    with pytest.raises(ValueError, match="input_scale"):
+        _meta(input_scale=0.0)

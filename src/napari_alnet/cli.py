@@ -129,10 +129,12 @@ def _train(args: argparse.Namespace) -> int:
     files = pair_files(args.images, args.masks)
     if args.split_csv:
         files = select_split(files, args.split_csv, args.subset)
-    pairs = load_pairs(files, norm, args.channels, args.invert_masks, args.resize)
+    if args.resize and args.scale != 1:
+        raise ValueError("give --resize or --scale, not both")
+    pairs = load_pairs(files, norm, args.channels, args.invert_masks, args.resize, args.scale)
     if args.val_images:
         val_files = pair_files(args.val_images, args.val_masks or args.masks)
-        val = load_pairs(val_files, norm, args.channels, args.invert_masks, args.resize)
+        val = load_pairs(val_files, norm, args.channels, args.invert_masks, args.resize, args.scale)
     elif args.holdout:
         pairs, val = pairs[: -args.holdout], pairs[-args.holdout:]
     else:
@@ -141,7 +143,7 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError("no training pairs left after holding out validation pairs")
     meta = ModelMetadata(config=config, modality=args.modality, normalization=norm, threshold=0.5,
                          objects=args.objects, card={"summary": args.summary} if args.summary else {},
-                         input_size=(args.resize, args.resize) if args.resize else None)
+                         input_size=(args.resize, args.resize) if args.resize else None, input_scale=args.scale)
     recipe = TrainConfig(epochs=args.epochs, lr=args.lr, gamma=args.gamma, batch_size=args.batch_size,
                          crop=args.crop, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
                          max_minutes=args.max_minutes, device=args.device, threads=args.threads)
@@ -248,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--subset", default="train")
     tr.add_argument("--resize", type=int, default=0,
                     help="train at a reduced resolution: images resized to RESIZE x RESIZE (stored in the model)")
+    tr.add_argument("--scale", type=float, default=1.0,
+                    help="train on images zoomed by SCALE, e.g. 2 for thin structures (stored in the model; "
+                         "inference zooms the same way)")
     tr.add_argument("--tune-threshold", action="store_true",
                     help="store the threshold that maximizes validation IoU instead of 0.5")
     tr.add_argument("--val-images", nargs="+", help="validation images (default: --holdout)")

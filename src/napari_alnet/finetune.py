@@ -19,6 +19,7 @@ from .api import resolve_weights
 from .model import ALNet, ALNetConfig
 from .normalization import Normalization
 from .progress import Job, Progress, StopRequested
+from .resolution import network_shape, resample_image, resample_mask
 from .training.data import Pair, make_pair
 from .training.loop import TrainConfig, TrainResult, train_job
 from .weights import ModelMetadata, load_weights
@@ -73,8 +74,10 @@ def check_annotations(image_shape: tuple[int, ...], labels: np.ndarray, mode: st
 
 
 def annotation_pairs(image: np.ndarray, labels: np.ndarray, mode: str, slices: Sequence[int],
-                     normalization: Normalization, in_channels: int, rgb: bool = False) -> list[Pair]:
-    """Training pairs (copies) from the chosen annotated slices."""
+                     normalization: Normalization, in_channels: int, rgb: bool = False,
+                     input_size: tuple[int, int] | None = None, input_scale: float = 1.0) -> list[Pair]:
+    """Training pairs (copies) from the chosen annotated slices, at the network's working resolution (the base
+    model's ``input_size`` / ``input_scale``, see ``napari_alnet.resolution``)."""
     images, labs = as_stack(np.asarray(image), rgb), as_stack(np.asarray(labels), False)
     pairs = []
     for z in slices:
@@ -83,7 +86,11 @@ def annotation_pairs(image: np.ndarray, labels: np.ndarray, mode: str, slices: S
             mask, ignore = (lab == 1), (lab == 0)
         else:
             mask, ignore = (lab > 0), None
-        pairs.append(make_pair(np.array(images[z]), mask, normalization, in_channels, ignore=ignore, name=f"z={z}"))
+        shape = network_shape(lab.shape, input_size, input_scale)
+        image_z = resample_image(np.array(images[z]), shape)
+        mask = resample_mask(mask, shape)
+        ignore = None if ignore is None else resample_mask(ignore, shape)
+        pairs.append(make_pair(image_z, mask, normalization, in_channels, ignore=ignore, name=f"z={z}"))
     return pairs
 
 
@@ -132,7 +139,7 @@ def finetune_job(request: FinetuneRequest) -> Job[TrainResult]:
         raise AnnotationError("no annotated slice is selected for training")
     meta = base_metadata(request.base, request.rgb)
     pairs = annotation_pairs(request.image, request.labels, request.mode, chosen, meta.normalization,
-                             meta.in_channels, request.rgb)
+                             meta.in_channels, request.rgb, meta.input_size, meta.input_scale)
     val = [p for z, p in zip(chosen, pairs, strict=True) if z == request.holdout]
     train = [p for z, p in zip(chosen, pairs, strict=True) if z != request.holdout]
     if not train:

@@ -20,6 +20,7 @@ from .devices import resolve_device
 from .model import ALNet
 from .normalization import to_channels
 from .progress import Job, Progress, StopRequested, run_job
+from .resolution import resample_image, resample_probabilities
 from .tiling import STRIDE, Tile, batch_limit, blend_window, ceil_to, check_overlap, choose_tile, plan_tiles
 from .weights import ModelMetadata
 
@@ -130,11 +131,12 @@ def predict_job(model: ALNet, image: np.ndarray, *, device: str | torch.device |
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     spatial = image.shape[-3:-1] if is_rgb else image.shape[-2:]
     stack = image if is_stack else image[None]
-    if meta.input_size is not None:  # a model trained at a fixed reduced resolution
-        return _guarded(_predict_resized(model, stack, meta, device, batch_size, tta, is_stack))
-    tile = choose_tile(spatial, tile)
+    working = meta.network_shape(spatial)
+    tile = choose_tile(working, tile)
     if tile is not None:
         check_overlap(tile, overlap)
+    if working != tuple(spatial):  # a model trained at a fixed size or zoom (see ``resolution``)
+        return _guarded(_predict_resampled(model, stack, meta, device, tile, overlap, batch_size, tta, is_stack))
     return _guarded(_predict(model, stack, meta, device, tile, overlap, batch_size, tta, is_stack))
 
 
@@ -192,18 +194,26 @@ def _predict(model: ALNet, stack: np.ndarray, meta: ModelMetadata, device, tile:
     return out if is_stack else out[0]
 
 
-def _predict_resized(model: ALNet, stack: np.ndarray, meta: ModelMetadata, device, batch_size: int, tta: bool,
-                     is_stack: bool) -> Job[np.ndarray]:
-    """Run at the model's ``input_size`` and bring the probabilities back to the image's size (bilinear)."""
-    from skimage.transform import resize
-
-    size = tuple(meta.input_size)
-    small = np.stack([resize(s, size + s.shape[2:], preserve_range=True, anti_aliasing=True).astype(np.float32)
-                      for s in stack])
-    probs = yield from _predict(model, small, meta, device, None, 0, batch_size, tta, True)
-    full = torch.nn.functional.interpolate(torch.from_numpy(probs)[:, None], size=stack.shape[1:3],
-                                           mode="bilinear", align_corners=False)[:, 0].numpy()
-    return full if is_stack else full[0]
+def _predict_resampled(model: ALNet, stack: np.ndarray, meta: ModelMetadata, device, tile: int | None,
+                       overlap: int, batch_size: int, tta: bool, is_stack: bool) -> Job[np.ndarray]:
+    """Run at the model's working resolution, a few slices at a time (a zoomed stack is never held whole), and
+    bring the probabilities back to the image's size (bilinear)."""
+    depth, spatial = stack.shape[0], stack.shape[1:3]
+    working = meta.network_shape(spatial)
+    chunk = max(1, min(batch_size, batch_limit(working, batch_size)))
+    out = np.empty((depth, *spatial), np.float32)
+    for z in range(0, depth, chunk):
+        part = np.stack([resample_image(s, working) for s in stack[z:z + chunk]])
+        job = _predict(model, part, meta, device, tile, overlap, batch_size, tta, True)
+        while True:  # re-yield the chunk's progress on the whole stack's scale (100 units per slice)
+            try:
+                p = next(job)
+            except StopIteration as stop:
+                out[z:z + len(part)] = resample_probabilities(stop.value, spatial)
+                break
+            yield Progress(z * 100 + round(p.fraction * len(part) * 100), depth * 100,
+                           f"slice {min(z + chunk, depth)}/{depth}")
+    return out if is_stack else out[0]
 
 
 class Context:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .model import ALNet, ALNetConfig
 from .normalization import Normalization
+from .resolution import network_shape
 
 FORMAT = "napari-alnet"
 FORMAT_VERSION = "1"
@@ -44,8 +45,19 @@ class ModelMetadata:
     #: Models trained at a fixed reduced resolution (dermoscopy): images are resized to (H, W) for the network
     #: and the probabilities resized back; ``None`` = native resolution.
     input_size: tuple[int, int] | None = None
+    #: Models trained on zoomed images (em: slices upsampled 2x): every image is resized by this factor for the
+    #: network and the probabilities resized back. Ignored when ``input_size`` is set.
+    input_scale: float = 1.0
     #: Model card: summary, training provenance, metrics (free-form JSON).
     card: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.input_scale <= 8:
+            raise ValueError(f"input_scale must be between 0.1 and 8, got {self.input_scale}")
+
+    def network_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """The (Y, X) at which this model's network sees an image of spatial ``shape``."""
+        return network_shape(shape, self.input_size, self.input_scale)
 
     @property
     def in_channels(self) -> int:
@@ -67,6 +79,7 @@ class ModelMetadata:
             "rgb_to_gray": self.rgb_to_gray,
             "objects": self.objects,
             "input_size": json.dumps(list(self.input_size) if self.input_size else None),
+            "input_scale": repr(float(self.input_scale)),
             "card": json.dumps(self.card, sort_keys=True),
         }
 
@@ -80,6 +93,7 @@ class ModelMetadata:
             rgb_to_gray=meta.get("rgb_to_gray", "luminance"),
             objects=meta.get("objects", "foreground"),
             input_size=_size_or_none(json.loads(meta.get("input_size", "null"))),
+            input_scale=float(meta.get("input_scale", "1.0")),
             card=json.loads(meta.get("card", "{}")),
         )
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..imageio import ImageReadError, read_image
 from ..normalization import Normalization, to_channels
+from ..resolution import network_shape, resample_image, resample_mask
 
 
 @dataclass
@@ -67,9 +68,10 @@ def _slices(array: np.ndarray, path: Path) -> list[np.ndarray]:
 
 
 def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normalization, in_channels: int,
-               invert: bool = False, resize: int | None = None) -> list[Pair]:
+               invert: bool = False, resize: int | None = None, scale: float = 1.0) -> list[Pair]:
     """Normalized pairs from (image file, mask file) pairs (see ``imageio.pair_files``); TIFF stacks give one
-    pair per slice. ``resize`` trains at a reduced resolution: every image is resized to ``resize`` squared."""
+    pair per slice. ``resize`` trains at a fixed resolution (every image resized to ``resize`` squared), ``scale``
+    on zoomed images (see ``napari_alnet.resolution``)."""
     pairs: list[Pair] = []
     for image_file, mask_file in file_pairs:
         ims, ms = _slices(read_image(image_file), image_file), _slices(read_image(mask_file), mask_file)
@@ -77,21 +79,13 @@ def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normaliza
             raise ValueError(f"{image_file.name} has {len(ims)} slices but {mask_file.name} has {len(ms)}")
         for z, (im, m) in enumerate(zip(ims, ms, strict=True)):
             name = image_file.stem if len(ims) == 1 else f"{image_file.stem}[{z}]"
-            if resize:
-                im, m = resize_pair(im, m, resize)
+            mask_shape = m.shape[:2] if m.ndim == 3 and m.shape[-1] in (3, 4) else m.shape
+            if tuple(mask_shape) != tuple(im.shape[:2]):  # checked before any resampling could hide it
+                raise ValueError(f"{name}: mask shape {mask_shape} does not match image shape {im.shape[:2]}")
+            shape = network_shape(im.shape[:2], (resize, resize) if resize else None, scale)
+            im, m = resample_image(im, shape), resample_mask(m, shape)
             pairs.append(make_pair(im, m, normalization, in_channels, invert, name=name))
     return pairs
-
-
-def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image resized (anti-aliased, dtype kept) and mask resized (area-averaged, then > 0.5) to ``size`` squared."""
-    from skimage.transform import resize as sk_resize
-
-    shape = (size, size, *image.shape[2:])
-    small = sk_resize(image, shape, preserve_range=True, anti_aliasing=True).astype(image.dtype)
-    m = mask[..., 0] if mask.ndim == 3 else mask
-    small_mask = sk_resize((m > 0).astype(np.float32), (size, size), anti_aliasing=True) > 0.5
-    return small, small_mask.astype(np.uint8) * 255
 
 
 class CropSampler:
