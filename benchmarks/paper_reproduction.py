@@ -46,7 +46,7 @@ def speed() -> None:
                   f"{r['ms_fused']:.0f} | {PAPER_SPEED[name]} |", flush=True)
 
 
-def ablation(minutes: float, seed: int) -> None:
+def ablation(minutes: float, seed: int, only: list[int] | None = None) -> None:
     from napari_alnet.evaluation import evaluate_job, summarize
     from napari_alnet.imageio import pair_files
     from napari_alnet.normalization import Normalization
@@ -62,7 +62,9 @@ def ablation(minutes: float, seed: int) -> None:
     print("| variant | steps | interior acc | interior IoU | membrane IoU |")
     print("| --- | ---: | ---: | ---: | ---: |")
     tmp = Path(tempfile.mkdtemp())
-    for name, changes in VARIANTS.items():
+    for number, (name, changes) in enumerate(VARIANTS.items(), 1):
+        if only and number not in only:
+            continue
         meta = ModelMetadata(config=ALNetConfig(**changes), modality="em", objects="background")
         out = tmp / f"{len(changes)}{changes.get('context', '')}.safetensors"
         result = train(pairs[:18], pairs[18:], meta, out, TrainConfig(epochs=1000, steps_per_epoch=40,
@@ -114,10 +116,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=8.0, help="CPU budget per ablation variant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", type=int, nargs="+", help="ablation: run only these variants (1-based)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     np.random.seed(args.seed)
-    {"speed": speed, "ablation": lambda: ablation(args.minutes, args.seed), "accuracy": accuracy}[args.part]()
+    parts = {"speed": speed, "ablation": lambda: ablation(args.minutes, args.seed, args.only), "accuracy": accuracy}
+    parts[args.part]()
 
 
 if __name__ == "__main__":
