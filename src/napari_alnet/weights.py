@@ -143,6 +143,11 @@ def _check_header(path: Path) -> None:
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
+        brace = fh.read(1)
+    # a safetensors file: 8-byte little-endian header length, then the JSON header; checked first, because the
+    # length's low byte may be anything (0x80 included, the pickle marker)
+    if len(head) == 8 and brace == b"{" and struct.unpack("<Q", head)[0] <= size - 8:
+        return
     if head[:2] == b"PK":
         raise WeightsError(f"{path}: is a zip/PyTorch pickle checkpoint, not a safetensors weight file; "
                            "refusing to load it (pickles can run code)")
