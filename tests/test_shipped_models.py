@@ -48,7 +48,7 @@ def test_dermoscopy_model_beats_the_paper_on_isic_val():
 
 
 def test_fundus_model_on_stare_test():
-    """Accuracy beats Table 6 (0.9728; measured 0.9731); vessel IoU is guarded at its measured level (0.6670; the
+    """Accuracy beats Table 6 (0.9728; measured 0.9736); vessel IoU is guarded at its measured level (0.6710; the
     paper: 0.6851)."""
     root = require_data("stare")
     names = ["im0239", "im0240", "im0255", "im0291", "im0319", "im0324"]
@@ -56,4 +56,4 @@ def test_fundus_model_on_stare_test():
     rows, summary = _scores("fundus", files)
     assert len(rows) == 6
     assert summary["foreground"]["accuracy"]["mean"] > 0.9728
-    assert summary["foreground"]["iou"]["mean"] > 0.665
+    assert summary["foreground"]["iou"]["mean"] > 0.67
