@@ -251,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resize", type=int, default=0,
                     help="train at a reduced resolution: images resized to RESIZE x RESIZE (stored in the model)")
     tr.add_argument("--scale", type=float, default=1.0,
-                    help="train on images zoomed by SCALE, e.g. 2 for thin structures (stored in the model; "
-                         "inference zooms the same way)")
+                    help="train on images zoomed by SCALE (stored in the model; inference and fine-tuning "
+                         "zoom the same way)")
     tr.add_argument("--tune-threshold", action="store_true",
                     help="store the threshold that maximizes validation IoU instead of 0.5")
     tr.add_argument("--val-images", nargs="+", help="validation images (default: --holdout)")

@@ -1,8 +1,8 @@
 """The network's working resolution: a model may run at a fixed size or at a zoom of the image.
 
-A model card's ``input_size`` (dermoscopy: trained at 192 x 192) or ``input_scale`` (em: trained on slices
-upsampled 2x) says at which resolution the network saw its training data. Training, fine-tuning and inference
-all resample through the functions here, so the three agree.
+A model card's ``input_size`` (dermoscopy: trained at 192 x 192) or ``input_scale`` (``alnet train --scale 2``:
+trained on images upsampled 2x) says at which resolution the network saw its training data. Training,
+fine-tuning and inference all resample through the functions here, so the three agree.
 """
 
 from __future__ import annotations
