@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import model_metadata
-from .imageio import list_images, read_image
+from .imageio import list_images, mask_plane, read_image
 from .metrics import Scores, segmentation_scores
 from .model import ALNet
 from .progress import Job, Progress
@@ -32,9 +32,7 @@ def evaluate_job(model: ALNet, pairs: Sequence[tuple[Path, Path]], invert: bool 
     fov_by_stem = {f.stem: f for f in list_images(fov)} if fov else {}
     rows = []
     for i, (image_file, mask_file) in enumerate(pairs):
-        mask = read_image(mask_file)
-        mask = mask[..., 0] if mask.ndim == 3 else mask
-        truth = (mask > 0) != invert
+        truth = (mask_plane(read_image(mask_file)) > 0) != invert
         pred = predict(model, read_image(image_file), **({'tta': True} if tta else {})) > threshold
         if pred.shape != truth.shape:
             raise ValueError(f"{mask_file}: mask shape {truth.shape} does not match image {pred.shape}")
@@ -42,8 +40,7 @@ def evaluate_job(model: ALNet, pairs: Sequence[tuple[Path, Path]], invert: bool 
         if fov:
             if image_file.stem not in fov_by_stem:
                 raise ValueError(f"no FOV mask for {image_file.name} in {fov}")
-            region = read_image(fov_by_stem[image_file.stem]) > 0
-            region = region[..., 0] if region.ndim == 3 else region
+            region = mask_plane(read_image(fov_by_stem[image_file.stem])) > 0
         rows.append(ImageScores(image_file.stem, segmentation_scores(pred, truth, region),
                                 segmentation_scores(~pred, ~truth, region)))
         yield Progress(i + 1, len(pairs), image_file.name)

@@ -37,6 +37,12 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from exc
 
 
+def mask_plane(mask: np.ndarray) -> np.ndarray:
+    """A mask without colour: an RGB(A) mask image (Y, X, 3|4) gives its first channel."""
+    mask = np.asarray(mask)
+    return mask[..., 0] if mask.ndim == 3 and mask.shape[-1] in (3, 4) else mask
+
+
 def list_images(path: str | Path) -> list[Path]:
     """Image files in a folder (sorted), or the file itself."""
     path = Path(path)

@@ -36,9 +36,9 @@ def resample_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def resample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Boolean ``mask > 0`` resized to ``shape``: area-weighted (bilinear / anti-aliased), then > 0.5."""
+    """Boolean ``mask > 0`` of a (Y, X) mask resized to ``shape``: area-weighted (bilinear / anti-aliased),
+    then > 0.5."""
     m = np.asarray(mask)
-    m = m[..., 0] if m.ndim == 3 else m
     shape = tuple(int(s) for s in shape)
     if tuple(m.shape) == shape:
         return m > 0

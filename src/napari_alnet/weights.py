@@ -45,7 +45,7 @@ class ModelMetadata:
     #: Models trained at a fixed reduced resolution (dermoscopy): images are resized to (H, W) for the network
     #: and the probabilities resized back; ``None`` = native resolution.
     input_size: tuple[int, int] | None = None
-    #: Models trained on zoomed images (em: slices upsampled 2x): every image is resized by this factor for the
+    #: Models trained on zoomed images (``alnet train --scale``): every image is resized by this factor for the
     #: network and the probabilities resized back. Ignored when ``input_size`` is set.
     input_scale: float = 1.0
     #: Model card: summary, training provenance, metrics (free-form JSON).

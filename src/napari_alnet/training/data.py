@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..imageio import ImageReadError, read_image
+from ..imageio import ImageReadError, mask_plane, read_image
 from ..normalization import Normalization, to_channels
 from ..resolution import network_shape, resample_image, resample_mask
 
@@ -29,9 +29,7 @@ def make_pair(image: np.ndarray, mask: np.ndarray, normalization: Normalization,
     image = np.asarray(image)
     bounds = normalization.bounds(image)
     chw = to_channels(image, in_channels)
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[-1] in (3, 4):
-        mask = mask[..., 0]
+    mask = mask_plane(mask)
     if mask.shape != chw.shape[1:]:
         raise ValueError(f"{name or 'pair'}: mask shape {mask.shape} does not match image shape {chw.shape[1:]}")
     fg = mask > 0
@@ -79,9 +77,9 @@ def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normaliza
             raise ValueError(f"{image_file.name} has {len(ims)} slices but {mask_file.name} has {len(ms)}")
         for z, (im, m) in enumerate(zip(ims, ms, strict=True)):
             name = image_file.stem if len(ims) == 1 else f"{image_file.stem}[{z}]"
-            mask_shape = m.shape[:2] if m.ndim == 3 and m.shape[-1] in (3, 4) else m.shape
-            if tuple(mask_shape) != tuple(im.shape[:2]):  # checked before any resampling could hide it
-                raise ValueError(f"{name}: mask shape {mask_shape} does not match image shape {im.shape[:2]}")
+            m = mask_plane(m)
+            if m.shape != im.shape[:2]:  # checked before any resampling could hide it
+                raise ValueError(f"{name}: mask shape {m.shape} does not match image shape {im.shape[:2]}")
             shape = network_shape(im.shape[:2], (resize, resize) if resize else None, scale)
             im, m = resample_image(im, shape), resample_mask(m, shape)
             pairs.append(make_pair(im, m, normalization, in_channels, invert, name=name))
