@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -7,12 +9,13 @@ import torch
 from napari_alnet import load_model
 from napari_alnet.cli import main as cli_main
 from napari_alnet.losses import dice_bce_loss
-from napari_alnet.model import ALNet
+from napari_alnet.model import ALNet, ALNetConfig
 from napari_alnet.progress import run_job
 from napari_alnet.sample_data import em_like_stack
 from napari_alnet.training import TrainConfig, pairs_from_arrays, train, train_job
 from napari_alnet.training.data import CropSampler, dihedral
-from napari_alnet.weights import ModelMetadata, load_weights
+from napari_alnet.training.loop import _weight_average
+from napari_alnet.weights import ModelMetadata, load_weights, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +180,70 @@ def test_zoomed_training_pairs_and_the_zoom_in_the_model_card(tmp_path, capsys):
     assert load_weights(out)[1].input_scale == 2.0
     assert cli_main([*args, "--scale", "2", "--resize", "32"]) != 0
     assert "--resize or --scale" in capsys.readouterr().err
+
+
+def test_weight_average_is_an_exponential_moving_average_of_weights_and_bn_statistics():
+    model = ALNet()
+    ema = _weight_average(model, 0.75)
+    old = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        for b in model.buffers():
+            if b.is_floating_point():
+                b.add_(2.0)
+    ema.update_parameters(model)  # the first update copies
+    ema.update_parameters(model)
+    new = {k: v.clone() for k, v in model.state_dict().items()}
+    averaged = ema.module.state_dict()
+    for key in ("encoder.stages.0.0.branch3.0.weight", "encoder.stages.0.0.branch3.1.running_mean"):
+        assert torch.allclose(averaged[key], new[key])  # copy, then the average of two equal tensors
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sub_(1.0)
+    ema.update_parameters(model)
+    for key, value in ema.module.state_dict().items():
+        if value.is_floating_point() and key in old:
+            assert torch.allclose(value, 0.75 * new[key] + 0.25 * model.state_dict()[key], atol=1e-6)
+    assert _weight_average(model, 0.0) is None
+    with pytest.raises(ValueError, match="ema_decay"):
+        _weight_average(model, 1.0)
+
+
+def test_ema_training_saves_the_average_and_resumes(em_pairs, tmp_path):
+    raw = train(em_pairs[:2], [], ModelMetadata(), tmp_path / "raw.safetensors",
+                TrainConfig(epochs=1, crop=64, steps_per_epoch=3, seed=0))
+    cfg = TrainConfig(epochs=1, crop=64, steps_per_epoch=3, seed=0, ema_decay=0.5)
+    ema = train(em_pairs[:2], [], ModelMetadata(), tmp_path / "ema.safetensors", cfg)
+    assert ema.history[0]["train_loss"] == raw.history[0]["train_loss"]  # the same raw trajectory
+    a, _ = load_weights(raw.out)
+    b, meta = load_weights(ema.out)
+    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert meta.card["training"]["recipe"]["ema_decay"] == 0.5
+    resumed = train(em_pairs[:2], [], ModelMetadata(), ema.out, replace(cfg, epochs=2), resume=True)
+    assert resumed.epochs_done == 2
+
+
+def test_a_run_started_from_a_weight_file_saves_that_files_network(em_pairs, tmp_path):
+    start = tmp_path / "stride1.safetensors"
+    save_weights(ALNet(ALNetConfig(decoder_stride=1)), ModelMetadata(config=ALNetConfig(decoder_stride=1)), start)
+    out = tmp_path / "tuned.safetensors"
+    train(em_pairs[:2], [], ModelMetadata(), out, TrainConfig(epochs=1, crop=64, steps_per_epoch=2), init=start)
+    model, meta = load_weights(out)
+    assert meta.config.decoder_stride == 1 and model.config.decoder_stride == 1
+
+
+def test_cli_train_config_json_and_ema(tmp_path, capsys):
+    data = _write_pairs(tmp_path)
+    out = tmp_path / "stride1.safetensors"
+    common = ["--images", str(data / "images"), "--masks", str(data / "masks"), "--invert-masks", "--holdout", "1",
+              "--epochs", "1", "--steps-per-epoch", "2", "--crop", "64"]
+    assert cli_main(["train", *common, "--config-json", '{"decoder_stride": 1}', "--ema", "0.9",
+                     "--out", str(out)]) == 0
+    meta = load_model(out).metadata
+    assert meta.config.decoder_stride == 1 and meta.card["training"]["recipe"]["ema_decay"] == 0.9
+    assert cli_main(["train", *common, "--init", str(out), "--config-json", '{"decoder_stride": 2}',
+                     "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "--init takes the network of its weight file" in capsys.readouterr().err
+    assert cli_main(["train", *common, "--config-json", '{"stride": 1}', "--out", str(tmp_path / "y")]) == 2
+    assert "unknown AL-Net config keys" in capsys.readouterr().err

@@ -125,7 +125,10 @@ def _train(args: argparse.Namespace) -> int:
     from .weights import ModelMetadata, load_weights, save_weights
 
     norm = Normalization(kind=args.normalization)
-    config = ALNetConfig(in_channels=args.channels)
+    config = (ALNetConfig.from_json(args.config_json).replace(in_channels=args.channels) if args.config_json
+              else ALNetConfig(in_channels=args.channels))
+    if args.init and args.config_json:
+        raise ValueError("--config-json describes a new network; --init takes the network of its weight file")
     files = pair_files(args.images, args.masks)
     if args.split_csv:
         files = select_split(files, args.split_csv, args.subset)
@@ -146,7 +149,8 @@ def _train(args: argparse.Namespace) -> int:
                          input_size=(args.resize, args.resize) if args.resize else None, input_scale=args.scale)
     recipe = TrainConfig(epochs=args.epochs, lr=args.lr, gamma=args.gamma, batch_size=args.batch_size,
                          crop=args.crop, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
-                         max_minutes=args.max_minutes, device=args.device, threads=args.threads)
+                         max_minutes=args.max_minutes, device=args.device, threads=args.threads,
+                         ema_decay=args.ema)
     print(f"training on {len(pairs)} pairs, validating on {len(val)}; "
           f"{recipe.resolved_steps(pairs)} steps/epoch x {recipe.epochs} epochs", file=sys.stderr)
     bar = ProgressBar("train", "steps")
@@ -270,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget; stops cleanly, keeps best")
     tr.add_argument("--device", default=None)
     tr.add_argument("--threads", type=int, default=0)
+    tr.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                    help="validate and save an exponential moving average of the weights (e.g. 0.999; default off)")
     tr.add_argument("--channels", type=int, choices=(1, 3), default=1)
+    tr.add_argument("--config-json", help="ALNetConfig fields as JSON, e.g. '{\"decoder_stride\": 1}' "
+                    "(default: the shipped architecture)")
     tr.add_argument("--modality", default="generic")
     tr.add_argument("--normalization", choices=("percentile", "dtype_range"), default="percentile")
     tr.add_argument("--objects", choices=("foreground", "background"), default="foreground",

@@ -9,7 +9,7 @@ import json
 import os
 import struct
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,9 @@ def save_weights(model: ALNet, metadata: ModelMetadata, path: str | Path, half: 
         if half and tensor.is_floating_point():
             tensor = tensor.half()
         tensors[name] = tensor.contiguous()
-    strings = metadata.to_strings() | {"form": form}
+    # the file describes the network it holds: a caller's metadata may carry another config (e.g. a training run
+    # started from a weight file whose network differs from the command line's default)
+    strings = replace(metadata, config=model.config).to_strings() | {"form": form}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=strings))
     return path
 

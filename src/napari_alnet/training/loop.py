@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..devices import resolve_device
 from ..losses import dice_bce_loss
@@ -40,6 +41,9 @@ class TrainConfig:
     amp: bool = True
     threads: int = 0
     threshold: float = 0.5
+    #: Exponential moving average of the weights (e.g. 0.999; 0 = off): validated and saved instead of the raw
+    #: weights, which keep training.
+    ema_decay: float = 0.0
 
     def resolved_steps(self, pairs: Sequence[Pair]) -> int:
         if self.steps_per_epoch > 0:
@@ -133,6 +137,8 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
     out = Path(out)
     checkpoint = Path(checkpoint) if checkpoint else out.with_name(out.name + ".ckpt")
     device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels once
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -143,6 +149,7 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.gamma)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    ema = _weight_average(model, config.ema_decay)
     sampler = CropSampler(train_pairs, config.crop, rng)
     steps = config.resolved_steps(train_pairs)
     total = steps * config.epochs
@@ -152,6 +159,8 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
         rng.bit_generator.state = saved["rng"]
@@ -162,14 +171,15 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
     stopped = "finished"
 
     def score_and_save(epoch_loss: float) -> dict[str, float]:
-        metrics = evaluate_pairs(model, val_pairs, device, config.threshold) if val_pairs else {"loss": epoch_loss}
+        scored = model if ema is None else ema.module
+        metrics = evaluate_pairs(scored, val_pairs, device, config.threshold) if val_pairs else {"loss": epoch_loss}
         score = metrics["iou"] if val_pairs else -epoch_loss
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=state["epoch"] + 1, best_metrics=metrics)
             card = dict(metadata.card) | {"training": card_base | {"best_epoch": state["epoch"] + 1,
                                                                     "val_metrics": metrics}}
             meta = replace(metadata, card=card)
-            save_weights(model, meta, out)
+            save_weights(scored, meta, out)
         return metrics
 
     losses: list[float] = []
@@ -185,6 +195,8 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update_parameters(model)
                 losses.append(loss.item())
                 state["steps"] += 1
                 yield Progress(state["steps"], total, f"epoch {state['epoch'] + 1}/{config.epochs}",
@@ -198,7 +210,7 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
             row = {"epoch": state["epoch"], "train_loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
                    "wall_seconds": round(state["wall"], 1)} | {f"val_{k}": v for k, v in metrics.items()}
             state["history"].append(row)
-            _save_checkpoint(checkpoint, model, optimizer, scheduler, state, rng)
+            _save_checkpoint(checkpoint, model, optimizer, scheduler, state, rng, ema)
             yield Progress(state["steps"], total, f"epoch {state['epoch']}/{config.epochs} done", row)
     except (_BudgetReached, StopRequested, GeneratorExit) as exc:
         stopped = "budget" if isinstance(exc, _BudgetReached) else "stopped"
@@ -221,11 +233,23 @@ class _BudgetReached(Exception):
     pass
 
 
-def _save_checkpoint(path: Path, model: ALNet, optimizer, scheduler, state: dict, rng: np.random.Generator) -> None:
+def _weight_average(model: ALNet, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and BN statistics, or None when ``decay`` is 0."""
+    if not decay:
+        return None
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema_decay must lie in (0, 1) (or be 0 for none), got {decay}")
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _save_checkpoint(path: Path, model: ALNet, optimizer, scheduler, state: dict, rng: np.random.Generator,
+                     ema: AveragedModel | None) -> None:
     from ..weights import atomic_write
 
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "state": state, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+    if ema is not None:
+        payload["ema"] = ema.state_dict()
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
