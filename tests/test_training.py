@@ -247,3 +247,20 @@ def test_cli_train_config_json_and_ema(tmp_path, capsys):
     assert "--init takes the network of its weight file" in capsys.readouterr().err
     assert cli_main(["train", *common, "--config-json", '{"stride": 1}', "--out", str(tmp_path / "y")]) == 2
     assert "unknown AL-Net config keys" in capsys.readouterr().err
+
+
+def test_progress_bar_off_a_terminal_writes_every_epoch_line_however_fast():
+    import io
+
+    from napari_alnet.progress import Progress
+    from napari_alnet.terminal import ProgressBar
+
+    stream = io.StringIO()
+    bar = ProgressBar("train", stream=stream)
+    for step in range(1, 5):  # four steps and two epoch summaries within microseconds: no validation to wait for
+        bar(Progress(step, 4, f"epoch {(step - 1) // 2 + 1}/2", {"loss": 0.5}))
+        if step % 2 == 0:
+            bar(Progress(step, 4, f"epoch {step // 2}/2 done", {"train_loss": 0.5}))
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[5:7] for line in lines if "done" in line] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert all("done" in line or "4/4" in line for line in lines)

@@ -9,7 +9,10 @@ from .progress import Progress
 
 
 class ProgressBar:
-    """Redraws one stderr line per report (at most every 0.2 s); ``unit`` names what ``step`` counts."""
+    """Redraws one stderr line per report (at most every 0.2 s, milestones always); ``unit`` names what ``step`` counts.
+
+    Off a terminal only milestones are written, one line each: reports whose message ends in "done", and the last.
+    """
 
     def __init__(self, label: str, unit: str = "steps", stream=None) -> None:
         self.label, self.unit = label, unit
@@ -20,7 +23,8 @@ class ProgressBar:
 
     def __call__(self, report: Progress) -> None:
         now = time.perf_counter()
-        if now - self.last < 0.2 and report.step != report.total:
+        milestone = report.message.endswith("done") or report.step == report.total
+        if now - self.last < 0.2 and not milestone:  # milestones are never dropped (an epoch's summary line)
             return
         self.last = now
         rate = report.step / max(now - self.start, 1e-9)
@@ -34,7 +38,7 @@ class ProgressBar:
         if self.stream.isatty():
             self.stream.write("\r" + line[:150].ljust(150))
             self.active = True
-        elif report.message.endswith("done") or report.step == report.total:
+        elif milestone:
             self.stream.write(line + "\n")
         self.stream.flush()
 
