@@ -10,6 +10,10 @@ Selection is by validation IoU only; the STARE test images are not read here. ``
 stage (a smoke test of the driver). ``cpu_steps_equiv`` is the cost in base steps (batch 4, 256 x 256 crops) on
 this CPU: a base step takes 0.52 s on two threads, a batch-8 step 0.99 s, a 320-crop step 0.82 s and a
 ``decoder_stride=1`` step 1.61 s (measured with ``benchmarks/latency.py``-style timing of one Adam step).
+
+Run for ``docs/models.md`` on one NVIDIA H200: all variants but ``ema_*`` with ``--stage-minutes 5.0 1.6``, then
+``--only ema_s0 ema_s1 ema_s2 --stage-minutes 3.3 1.1`` (the GPU call's limits; a stage that reaches its budget
+stops early and says so in the table).
 """
 
 from __future__ import annotations
