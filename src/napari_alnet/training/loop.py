@@ -125,7 +125,8 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
               checkpoint: str | Path | None = None, resume: bool = False) -> Job[TrainResult]:
     """Train AL-Net, yielding a ``Progress`` after every step; returns a ``TrainResult``.
 
-    The best weights (by validation IoU, or training loss without validation pairs) are written to ``out``
+    The best weights (by validation IoU; without validation pairs, the latest epoch's: the training loss of random
+    crops is too noisy to choose an epoch by) are written to ``out``
     (safetensors, atomically) whenever they improve; ``checkpoint`` (default ``out`` + ``.ckpt``) holds the
     resumable state after each epoch. Throwing ``StopRequested`` in (``run_job``'s stop) or closing the
     generator ends the run within one step with the best weights saved.
@@ -173,7 +174,7 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
     def score_and_save(epoch_loss: float) -> dict[str, float]:
         scored = model if ema is None else ema.module
         metrics = evaluate_pairs(scored, val_pairs, device, config.threshold) if val_pairs else {"loss": epoch_loss}
-        score = metrics["iou"] if val_pairs else -epoch_loss
+        score = metrics["iou"] if val_pairs else state["steps"]
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=state["epoch"] + 1, best_metrics=metrics)
             card = dict(metadata.card) | {"training": card_base | {"best_epoch": state["epoch"] + 1,
