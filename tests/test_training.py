@@ -264,3 +264,20 @@ def test_progress_bar_off_a_terminal_writes_every_epoch_line_however_fast():
     lines = stream.getvalue().splitlines()
     assert [line.split()[5:7] for line in lines if "done" in line] == [["epoch", "1/2"], ["epoch", "2/2"]]
     assert all("done" in line or "4/4" in line for line in lines)
+
+
+def test_without_validation_the_latest_epoch_is_kept_even_when_its_loss_is_higher(em_pairs, tmp_path, monkeypatch):
+    import napari_alnet.training.loop as loop
+
+    calls = []
+
+    def rising_loss(logits, target, ignore=None):  # each step's loss larger than the last
+        calls.append(1)
+        return dice_bce_loss(logits, target, ignore) * len(calls)
+
+    monkeypatch.setattr(loop, "dice_bce_loss", rising_loss)
+    result = train(em_pairs[:2], [], ModelMetadata(), tmp_path / "m.safetensors",
+                   TrainConfig(epochs=3, crop=64, steps_per_epoch=2, seed=0))
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[0] < losses[-1] and result.best_epoch == 3
+    assert load_model(tmp_path / "m.safetensors").metadata.card["training"]["best_epoch"] == 3
