@@ -160,7 +160,7 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        if ema is not None:
+        if ema is not None and "ema" in saved:  # else the average starts from the resumed weights
             ema.load_state_dict(saved["ema"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
