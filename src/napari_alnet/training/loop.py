@@ -174,9 +174,9 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
     def score_and_save(epoch_loss: float) -> dict[str, float]:
         scored = model if ema is None else ema.module
         metrics = evaluate_pairs(scored, val_pairs, device, config.threshold) if val_pairs else {"loss": epoch_loss}
-        score = metrics["iou"] if val_pairs else state["steps"]
-        if score > state["best_score"]:
-            state.update(best_score=score, best_epoch=state["epoch"] + 1, best_metrics=metrics)
+        if not val_pairs or metrics["iou"] > state["best_score"]:  # without validation: always the latest
+            state.update(best_score=metrics.get("iou", -math.inf), best_epoch=state["epoch"] + 1,
+                         best_metrics=metrics)
             card = dict(metadata.card) | {"training": card_base | {"best_epoch": state["epoch"] + 1,
                                                                     "val_metrics": metrics}}
             meta = replace(metadata, card=card)
