@@ -41,6 +41,8 @@ VARIANTS: dict[str, tuple[dict, dict, float]] = {
                 {"epochs": 8, "gamma": 0.8}, 1.61),
     **{f"ema_s{seed}": ({"epochs": 72, "gamma": 0.964, "ema": 0.999, "seed": seed},
                         {"epochs": 25, "gamma": 0.92, "ema": 0.999, "seed": seed}, 0.53) for seed in range(3)},
+    "aug_s0": ({"epochs": 72, "gamma": 0.964, "rotate": True, "zoom": 1.2, "intensity-jitter": 0.2},
+               {"epochs": 25, "gamma": 0.92, "rotate": True, "zoom": 1.2, "intensity-jitter": 0.2}, 0.54),
 }
 COMMON = {"channels": 3, "steps-per-epoch": 80, "crop": 256, "batch-size": 4, "seed": 0, "modality": "fundus"}
 STAGE1 = {"lr": 5e-3}
@@ -48,7 +50,8 @@ STAGE2 = {"lr": 1e-3}
 
 
 def _args(options: dict) -> list[str]:
-    return [str(x) for key, value in options.items() for x in (f"--{key}", value)]
+    flags = [f"--{key}" for key, value in options.items() if value is True]
+    return flags + [str(x) for key, value in options.items() if value is not True for x in (f"--{key}", value)]
 
 
 def stage_commands(name: str, data: Path, out: Path, minutes: tuple[float, float], quick: bool) -> list[list[str]]:

@@ -150,7 +150,8 @@ def _train(args: argparse.Namespace) -> int:
     recipe = TrainConfig(epochs=args.epochs, lr=args.lr, gamma=args.gamma, batch_size=args.batch_size,
                          crop=args.crop, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
                          max_minutes=args.max_minutes, device=args.device, threads=args.threads,
-                         ema_decay=args.ema)
+                         ema_decay=args.ema, rotate=args.rotate, zoom=args.zoom,
+                         intensity_jitter=args.intensity_jitter)
     print(f"training on {len(pairs)} pairs, validating on {len(val)}; "
           f"{recipe.resolved_steps(pairs)} steps/epoch x {recipe.epochs} epochs", file=sys.stderr)
     bar = ProgressBar("train", "steps")
@@ -276,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=int, default=0)
     tr.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                     help="validate and save an exponential moving average of the weights (e.g. 0.999; default off)")
+    tr.add_argument("--rotate", action="store_true", help="augment: rotate each crop by a random angle")
+    tr.add_argument("--zoom", type=float, default=1.0,
+                    help="augment: zoom each crop by a factor drawn from [1/ZOOM, ZOOM] (default 1 = off)")
+    tr.add_argument("--intensity-jitter", type=float, default=0.0, metavar="J",
+                    help="augment: contrast x exp(±J), per-channel gain x exp(±J/2), shift ±J (default 0 = off)")
     tr.add_argument("--channels", type=int, choices=(1, 3), default=1)
     tr.add_argument("--config-json", help="ALNetConfig fields as JSON, e.g. '{\"decoder_stride\": 1}' "
                     "(default: the shipped architecture)")

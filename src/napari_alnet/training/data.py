@@ -11,6 +11,7 @@ import numpy as np
 from ..imageio import ImageReadError, mask_plane, read_image
 from ..normalization import Normalization, to_channels
 from ..resolution import network_shape, resample_image, resample_mask
+from .augment import Augmentation
 
 
 @dataclass
@@ -87,18 +88,22 @@ def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normaliza
 
 
 class CropSampler:
-    """Random crops (the paper's translations) with one of the 8 flips/transposes, as training batches."""
+    """Random crops (the paper's translations) with one of the 8 flips/transposes, as training batches; optionally
+    rotated, zoomed and intensity-jittered (see ``Augmentation``)."""
 
-    def __init__(self, pairs: Sequence[Pair], crop: int, rng: np.random.Generator) -> None:
+    def __init__(self, pairs: Sequence[Pair], crop: int, rng: np.random.Generator,
+                 augmentation: Augmentation | None = None) -> None:
         if not pairs:
             raise ValueError("no training pairs")
         self.pairs, self.crop, self.rng = list(pairs), crop, rng
+        self.augmentation = augmentation or Augmentation()
         sizes = np.array([p.mask.size for p in self.pairs], dtype=np.float64)
         self.weights = sizes / sizes.sum()
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pair = self.pairs[self.rng.choice(len(self.pairs), p=self.weights)]
-        c = self.crop
+        aug = self.augmentation
+        c = aug.window(self.crop)
         h, w = pair.mask.shape
         ph, pw = max(0, c - h), max(0, c - w)
         image, mask = pair.image, pair.mask
@@ -110,8 +115,12 @@ class CropSampler:
         y = self.rng.integers(0, mask.shape[0] - c + 1)
         x = self.rng.integers(0, mask.shape[1] - c + 1)
         image, mask, ignore = image[:, y:y + c, x:x + c], mask[y:y + c, x:x + c], ignore[y:y + c, x:x + c]
+        if aug.geometric:
+            image, mask, ignore = aug.warp(image, mask, ignore, self.crop, self.rng)
         k = int(self.rng.integers(8))
         image, mask, ignore = (dihedral(a, k) for a in (image, mask, ignore))
+        if aug.intensity:
+            image = aug.jitter(np.ascontiguousarray(image), self.rng)
         return image, mask, ignore
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ from ..metrics import segmentation_scores
 from ..model import ALNet, ALNetConfig
 from ..progress import Job, Progress, StopRequested, run_job
 from ..weights import ModelMetadata, load_weights, save_weights
+from .augment import Augmentation
 from .data import CropSampler, Pair
 
 
@@ -44,6 +45,15 @@ class TrainConfig:
     #: Exponential moving average of the weights (e.g. 0.999; 0 = off): validated and saved instead of the raw
     #: weights, which keep training.
     ema_decay: float = 0.0
+    #: Augmentation beyond flips and translations (see ``training.augment.Augmentation``): a random rotation,
+    #: zoom drawn from [1/zoom, zoom], intensity jitter amplitude.
+    rotate: bool = False
+    zoom: float = 1.0
+    intensity_jitter: float = 0.0
+
+    @property
+    def augmentation(self) -> Augmentation:
+        return Augmentation(rotate=self.rotate, zoom=self.zoom, intensity=self.intensity_jitter)
 
     def resolved_steps(self, pairs: Sequence[Pair]) -> int:
         if self.steps_per_epoch > 0:
@@ -151,7 +161,7 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     ema = _weight_average(model, config.ema_decay)
-    sampler = CropSampler(train_pairs, config.crop, rng)
+    sampler = CropSampler(train_pairs, config.crop, rng, config.augmentation)
     steps = config.resolved_steps(train_pairs)
     total = steps * config.epochs
     state = {"epoch": 0, "steps": 0, "best_epoch": 0, "best_score": -math.inf, "best_metrics": {}, "history": [],
