@@ -37,12 +37,21 @@ def test_rotated_zoomed_crops_keep_image_and_mask_aligned():
     assert images.shape == (16, 1, 64, 64) and masks.shape == ignores.shape == (16, 64, 64)
     assert not ignores.any()  # the window holds every rotated crop: nothing comes from outside the image
     bright = images[:, 0] > images[:, 0].mean()
-    agreement = (bright == (masks > 0)).mean()
+    agreement = (bright == (masks > 0.5)).mean()
     assert agreement > 0.97  # only bilinear edge pixels may differ
     plain = CropSampler(pairs, 64, np.random.default_rng(0)).batch(16)[1]
     # random angles make stripe directions differ from the axis-aligned ones of plain crops
     row_runs = lambda m: np.abs(np.diff(m, axis=-1)).mean()  # noqa: E731
     assert row_runs(masks) != pytest.approx(row_runs(plain), rel=0.05)
+
+
+def test_rotated_crops_keep_one_pixel_lines_as_soft_labels():
+    yy, xx = np.mgrid[:300, :300]
+    lines = (xx % 8 == 0) | (yy % 8 == 0)  # 1-px lines: density 15/64
+    pairs = pairs_from_arrays([lines.astype(np.uint8) * 200], [lines])
+    _, masks, _ = CropSampler(pairs, 64, np.random.default_rng(4), Augmentation(rotate=True)).batch(32)
+    assert masks.min() >= 0 and masks.max() <= 1 and ((masks > 0) & (masks < 1)).any()
+    assert masks.mean() == pytest.approx(15 / 64, rel=0.03)  # thresholding would lose most of the lines
 
 
 def test_small_images_are_padded_for_the_window_and_the_padding_ignored():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None,
                   smooth: float = 1.0) -> torch.Tensor:
-    """``L = L_Dice + L_BCE`` for binary logits (N, 1, H, W) and targets in {0, 1}.
+    """``L = L_Dice + L_BCE`` for binary logits (N, 1, H, W) and targets in [0, 1] (soft where interpolated).
 
     ``ignore`` (same shape, nonzero = ignored) removes pixels from both terms: they contribute neither to
     the BCE mean nor to the soft-Dice sums, so their gradient is exactly zero.

@@ -41,8 +41,9 @@ class Augmentation:
 
     def warp(self, image: np.ndarray, mask: np.ndarray, ignore: np.ndarray, crop: int, rng: np.random.Generator
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A rotated/zoomed ``crop`` x ``crop`` view of the centre of a square window (bilinear; the mask is
-        thresholded at 0.5, a pixel touched by ignored pixels stays ignored)."""
+        """A rotated/zoomed ``crop`` x ``crop`` view of the centre of a square window, all bilinear. The mask comes
+        back soft (in [0, 1]): thresholding it would erase 1-px structures such as thin vessels wherever a line
+        falls between pixels. A pixel touched by ignored pixels stays ignored."""
         angle = rng.uniform(0.0, 2.0 * math.pi) if self.rotate else 0.0
         scale = math.exp(rng.uniform(-math.log(self.zoom), math.log(self.zoom)))
         side = mask.shape[-1]
@@ -52,7 +53,7 @@ class Augmentation:
         stack = torch.from_numpy(np.concatenate([image, mask[None], ignore[None]]).astype(np.float32))[None]
         grid = F.affine_grid(theta, [1, stack.shape[1], crop, crop], align_corners=False)
         out = F.grid_sample(stack, grid, mode="bilinear", padding_mode="border", align_corners=False)[0].numpy()
-        return out[:-2], (out[-2] > 0.5).astype(mask.dtype), out[-1] > 0
+        return out[:-2], np.clip(out[-2], 0.0, 1.0).astype(mask.dtype), out[-1] > 0
 
     def jitter(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Contrast, per-channel gain and shift around the crop's mean (normalized units)."""
