@@ -42,8 +42,8 @@ class Augmentation:
     def warp(self, image: np.ndarray, mask: np.ndarray, ignore: np.ndarray, crop: int, rng: np.random.Generator
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A rotated/zoomed ``crop`` x ``crop`` view of the centre of a square window, all bilinear. The mask comes
-        back soft (in [0, 1]): thresholding it would erase 1-px structures such as thin vessels wherever a line
-        falls between pixels. A pixel touched by ignored pixels stays ignored."""
+        back soft (in [0, 1]): thresholding it would make a 1-px line (a thin vessel) that falls between pixels
+        broken or doubled. A pixel touched by ignored pixels stays ignored."""
         angle = rng.uniform(0.0, 2.0 * math.pi) if self.rotate else 0.0
         scale = math.exp(rng.uniform(-math.log(self.zoom), math.log(self.zoom)))
         side = mask.shape[-1]
