@@ -48,12 +48,11 @@ def test_dermoscopy_model_beats_the_paper_on_isic_val():
 
 
 def test_fundus_model_on_stare_test():
-    """Accuracy beats Table 6 (0.9728; measured 0.9737); vessel IoU is guarded at its measured level (0.6728; the
-    paper: 0.6851)."""
+    """Both figures beat Table 6: accuracy 0.9728 (measured 0.9749), vessel IoU 0.6851 (measured 0.6878)."""
     root = require_data("stare")
     names = ["im0239", "im0240", "im0255", "im0291", "im0319", "im0324"]
     files = pair_files([root / "images" / f"{n}.png" for n in names], root / "masks")
     rows, summary = _scores("fundus", files)
     assert len(rows) == 6
     assert summary["foreground"]["accuracy"]["mean"] > 0.9728
-    assert summary["foreground"]["iou"]["mean"] > 0.67
+    assert summary["foreground"]["iou"]["mean"] > 0.6851
