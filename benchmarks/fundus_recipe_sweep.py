@@ -13,7 +13,8 @@ this CPU: a base step takes 0.52 s on two threads, a batch-8 step 0.99 s, a 320-
 
 Run for ``docs/models.md`` on one NVIDIA H200: all variants but ``ema_*`` with ``--stage-minutes 5.0 1.6``, then
 ``--only ema_s0 ema_s1 ema_s2 --stage-minutes 3.3 1.1`` (the GPU call's limits; a stage that reaches its budget
-stops early and says so in the table).
+stops early and says so in the table). ``aug_s0`` and ``jitter_s0`` (augmentation) ran on the 2-core CPU, one at a
+time: ``--only jitter_s0 --stage-minutes 62 25 --threads 2`` made the shipped ``fundus`` model.
 """
 
 from __future__ import annotations
