@@ -60,6 +60,9 @@ def test_small_images_are_padded_for_the_window_and_the_padding_ignored():
                           Augmentation(rotate=True, zoom=1.5))
     _, _, ignores = sampler.batch(8)
     assert ignores.any() and not ignores.all()
+    tiny = pairs_from_arrays([image[:20, :15]], [mask[:20, :15]])  # far smaller than the 138-px window
+    _, _, ignores = CropSampler(tiny, 64, np.random.default_rng(1), Augmentation(rotate=True, zoom=1.5)).batch(8)
+    assert all((~ig).sum() > 100 for ig in ignores)  # every crop still sees the image
 
 
 def test_intensity_jitter_changes_the_image_only_and_is_bounded():

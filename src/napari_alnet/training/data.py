@@ -108,10 +108,11 @@ class CropSampler:
         ph, pw = max(0, c - h), max(0, c - w)
         image, mask = pair.image, pair.mask
         ignore = pair.ignore if pair.ignore is not None else np.zeros_like(mask, dtype=bool)
-        if ph or pw:  # small images: pad, and ignore the padding
-            image = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > 1 else "edge")
-            mask = np.pad(mask, ((0, ph), (0, pw)))
-            ignore = np.pad(ignore, ((0, ph), (0, pw)), constant_values=True)
+        if ph or pw:  # small images: pad around them (the window's centre stays on the image); ignore the padding
+            pads = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
+            image = np.pad(image, ((0, 0), *pads), mode="reflect" if min(h, w) > 1 else "edge")
+            mask = np.pad(mask, pads)
+            ignore = np.pad(ignore, pads, constant_values=True)
         y = self.rng.integers(0, mask.shape[0] - c + 1)
         x = self.rng.integers(0, mask.shape[1] - c + 1)
         image, mask, ignore = image[:, y:y + c, x:x + c], mask[y:y + c, x:x + c], ignore[y:y + c, x:x + c]
