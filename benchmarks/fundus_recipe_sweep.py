@@ -44,8 +44,9 @@ VARIANTS: dict[str, tuple[dict, dict, float]] = {
                         {"epochs": 25, "gamma": 0.92, "ema": 0.999, "seed": seed}, 0.53) for seed in range(3)},
     "aug_s0": ({"epochs": 72, "gamma": 0.964, "rotate": True, "zoom": 1.2, "intensity-jitter": 0.2},
                {"epochs": 25, "gamma": 0.92, "rotate": True, "zoom": 1.2, "intensity-jitter": 0.2}, 0.54),
-    "jitter_s0": ({"epochs": 72, "gamma": 0.964, "intensity-jitter": 0.2},
-                  {"epochs": 25, "gamma": 0.92, "intensity-jitter": 0.2}, 0.52),
+    **{f"jitter_s{seed}": ({"epochs": 72, "gamma": 0.964, "intensity-jitter": 0.2, "seed": seed},
+                           {"epochs": 25, "gamma": 0.92, "intensity-jitter": 0.2, "seed": seed}, 0.52)
+       for seed in range(2)},
 }
 COMMON = {"channels": 3, "steps-per-epoch": 80, "crop": 256, "batch-size": 4, "seed": 0, "modality": "fundus"}
 STAGE1 = {"lr": 5e-3}
