@@ -121,7 +121,7 @@ class CropSampler:
         k = int(self.rng.integers(8))
         image, mask, ignore = (dihedral(a, k) for a in (image, mask, ignore))
         if aug.intensity:
-            image = aug.jitter(np.ascontiguousarray(image), self.rng)
+            image = aug.jitter(image, self.rng)
         return image, mask, ignore
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
