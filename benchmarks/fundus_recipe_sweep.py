@@ -87,7 +87,7 @@ def cpu_minutes(name: str) -> float:
 
 
 def summarize(name: str, out: Path) -> dict:
-    from napari_alnet.weights import load_weights
+    from napari_alnet.io.weights import load_weights
 
     row: dict = {"variant": name, "cpu_minutes_est": round(cpu_minutes(name), 1)}
     for stage, path in (("stage1", out / f"{name}_stage1.safetensors"), ("stage2", out / f"{name}.safetensors")):

@@ -47,12 +47,12 @@ def speed() -> None:
 
 
 def ablation(minutes: float, seed: int, only: list[int] | None = None) -> None:
-    from napari_alnet.evaluation import evaluate_job, summarize
-    from napari_alnet.imageio import pair_files
-    from napari_alnet.normalization import Normalization
-    from napari_alnet.progress import run_job
+    from napari_alnet.training.evaluation import evaluate_job, summarize
+    from napari_alnet.io.images import pair_files
+    from napari_alnet.engine.normalization import Normalization
+    from napari_alnet.engine.progress import run_job
     from napari_alnet.training import TrainConfig, load_pairs, train
-    from napari_alnet.weights import ModelMetadata, load_weights
+    from napari_alnet.io.weights import ModelMetadata, load_weights
 
     root = DATA / "isbi2012" / "train"
     files = pair_files([root / "images" / f"{i:02d}.png" for i in range(21)], root / "labels")
@@ -79,10 +79,10 @@ def ablation(minutes: float, seed: int, only: list[int] | None = None) -> None:
 
 def accuracy() -> None:
     from napari_alnet import load_model
-    from napari_alnet.evaluation import evaluate_job, summarize
-    from napari_alnet.imageio import pair_files, select_split
-    from napari_alnet.pretrained import shipped_models
-    from napari_alnet.progress import run_job
+    from napari_alnet.training.evaluation import evaluate_job, summarize
+    from napari_alnet.io.images import pair_files, select_split
+    from napari_alnet.io.pretrained import shipped_models
+    from napari_alnet.engine.progress import run_job
 
     print("| dataset (model) | split | class | our Acc | our IoU | paper Acc | paper IoU |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")

@@ -22,15 +22,15 @@ RSS_LIMIT = 1.3
 
 def em_slices(size: int):
     """10 generated EM-like uint8 slices of ``size`` x ``size``."""
-    from napari_alnet.sample_data import em_like_stack
+    from napari_alnet.io.sample_data import em_like_stack
 
     return em_like_stack(depth=10, size=size, cells=max(8, round(240 * (size / 512) ** 2)))[0]
 
 
 def make_stack(path: Path, depth: int, slices) -> None:
     """An uncompressed ImageJ stack of ``depth`` slices (``slices`` repeated), written plane by plane."""
-    from napari_alnet.stack_reader import PixelSize
-    from napari_alnet.stack_writer import TiffStackWriter
+    from napari_alnet.io.stack_reader import PixelSize
+    from napari_alnet.io.stack_writer import TiffStackWriter
 
     with TiffStackWriter(path, (depth, *slices.shape[1:]), slices.dtype, PixelSize(0.004, 0.004, 0.05, "um"),
                          compress=False) as writer:
@@ -44,10 +44,10 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from napari_alnet.api import load_model
-    from napari_alnet.batch import segment_files_job
+    from napari_alnet.engine.batch import segment_files_job
     from napari_alnet.model import ALNet
-    from napari_alnet.pretrained import shipped_models
-    from napari_alnet.progress import run_job
+    from napari_alnet.io.pretrained import shipped_models
+    from napari_alnet.engine.progress import run_job
 
     torch.set_num_threads(args.threads)
     if args.model and (args.model != "em" or "em" in shipped_models()):

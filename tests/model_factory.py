@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from napari_alnet.inference import slice_input
+from napari_alnet.engine.inference import slice_input
 from napari_alnet.model import ALNet, ALNetConfig
-from napari_alnet.weights import ModelMetadata, save_weights
+from napari_alnet.io.weights import ModelMetadata, save_weights
 
 
 def texture(shape: tuple[int, ...], seed: int = 0, sigma: float = 3.0) -> np.ndarray:

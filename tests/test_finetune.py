@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 from napari_alnet import load_model, predict
-from napari_alnet.finetune import AnnotationError, FinetuneRequest, annotation_pairs, check_annotations, finetune_job
-from napari_alnet.metrics import segmentation_scores
+from napari_alnet.training.finetune import AnnotationError, FinetuneRequest, annotation_pairs, check_annotations, finetune_job
+from napari_alnet.training.metrics import segmentation_scores
 from napari_alnet.model import ALNet
-from napari_alnet.normalization import Normalization
-from napari_alnet.progress import run_job
-from napari_alnet.sample_data import em_like_stack
-from napari_alnet.weights import ModelMetadata, save_weights
+from napari_alnet.engine.normalization import Normalization
+from napari_alnet.engine.progress import run_job
+from napari_alnet.io.sample_data import em_like_stack
+from napari_alnet.io.weights import ModelMetadata, save_weights
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_alnet import load_model, model_registry
+from napari_alnet import load_model
+from napari_alnet.engine import registry as model_registry
 from napari_alnet.model import ALNet
-from napari_alnet.sample_data import em_like_stack
-from napari_alnet.weights import ModelMetadata, save_weights
+from napari_alnet.io.sample_data import em_like_stack
+from napari_alnet.io.weights import ModelMetadata, save_weights
 from napari_alnet.widgets import SegmentWidget
 from napari_alnet.widgets.finetune import IOU, LOSS, FinetuneWidget
 

@@ -11,10 +11,10 @@ import torch
 
 from model_factory import calibrated_model, texture
 from napari_alnet import predict
-from napari_alnet.inference import dihedral, predict_job, to_model_input, undo_dihedral, used_device
+from napari_alnet.engine.inference import dihedral, predict_job, to_model_input, undo_dihedral, used_device
 from napari_alnet.model import ALNet
-from napari_alnet.progress import run_job
-from napari_alnet.tiling import CONTEXT_MARGIN, blend_window, choose_tile, min_tile, plan_tiles
+from napari_alnet.engine.progress import run_job
+from napari_alnet.engine.tiling import CONTEXT_MARGIN, blend_window, choose_tile, min_tile, plan_tiles
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_tta_is_equivariant_and_plain_inference_is_not(model):
 def test_models_with_a_fixed_input_size_run_there_and_return_full_size(tmp_path):
     from napari_alnet import load_model, predict
     from napari_alnet.model import ALNet, ALNetConfig
-    from napari_alnet.weights import ModelMetadata, save_weights
+    from napari_alnet.io.weights import ModelMetadata, save_weights
 
     meta = ModelMetadata(config=ALNetConfig(in_channels=3), input_size=(64, 64))
     model = load_model(save_weights(ALNet(meta.config), meta, tmp_path / "m.safetensors"))
@@ -213,9 +213,9 @@ def test_zoomed_models_run_on_the_zoomed_image_and_return_full_size(tmp_path):
     """A model with ``input_scale`` 2 gives exactly what its network gives on the 2x image, resized back."""
     from napari_alnet import load_model, predict
     from napari_alnet.model import ALNet
-    from napari_alnet.progress import Progress
-    from napari_alnet.resolution import resample_image, resample_probabilities
-    from napari_alnet.weights import ModelMetadata, save_weights
+    from napari_alnet.engine.progress import Progress
+    from napari_alnet.engine.resolution import resample_image, resample_probabilities
+    from napari_alnet.io.weights import ModelMetadata, save_weights
 
     net = ALNet()
     plain = load_model(save_weights(net, ModelMetadata(), tmp_path / "plain.safetensors"))

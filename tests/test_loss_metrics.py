@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_alnet.losses import dice_bce_loss
-from napari_alnet.metrics import segmentation_scores
+from napari_alnet.training.losses import dice_bce_loss
+from napari_alnet.training.metrics import segmentation_scores
 
 
 def test_perfect_prediction_has_near_zero_loss():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_alnet.postprocess import instance_labels, semantic_labels
+from napari_alnet.engine.postprocess import instance_labels, semantic_labels
 
 
 def _disks(centers, radius: int, shape=(80, 140)) -> np.ndarray:

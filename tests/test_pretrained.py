@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from napari_alnet import load_model
-from napari_alnet.pretrained import BUILTIN_NAMES, builtin_path, shipped_models
-from napari_alnet.weights import WeightsError
+from napari_alnet.io.pretrained import BUILTIN_NAMES, builtin_path, shipped_models
+from napari_alnet.io.weights import WeightsError
 
 
 def test_em_model_ships_with_its_card():

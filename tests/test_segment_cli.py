@@ -9,14 +9,14 @@ import pytest
 import tifffile
 from skimage import io
 
-import napari_alnet.batch as batch
-import napari_alnet.stack_writer as stack_writer
+import napari_alnet.engine.batch as batch
+import napari_alnet.io.stack_writer as stack_writer
 from model_factory import save_test_model, texture
 from napari_alnet import load_model, predict
-from napari_alnet.batch import segment_files_job
+from napari_alnet.engine.batch import segment_files_job
 from napari_alnet.cli import main
-from napari_alnet.postprocess import instance_labels
-from napari_alnet.progress import run_job
+from napari_alnet.engine.postprocess import instance_labels
+from napari_alnet.engine.progress import run_job
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,14 @@ import torch
 
 from napari_alnet import load_model
 from napari_alnet.cli import main as cli_main
-from napari_alnet.losses import dice_bce_loss
+from napari_alnet.training.losses import dice_bce_loss
 from napari_alnet.model import ALNet, ALNetConfig
-from napari_alnet.progress import run_job
-from napari_alnet.sample_data import em_like_stack
+from napari_alnet.engine.progress import run_job
+from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.training import TrainConfig, pairs_from_arrays, train, train_job
 from napari_alnet.training.data import CropSampler, dihedral
 from napari_alnet.training.loop import _weight_average
-from napari_alnet.weights import ModelMetadata, load_weights, save_weights
+from napari_alnet.io.weights import ModelMetadata, load_weights, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +161,8 @@ def test_run_job_returns_generator_result():
 
 
 def test_zoomed_training_pairs_and_the_zoom_in_the_model_card(tmp_path, capsys):
-    from napari_alnet.imageio import pair_files
-    from napari_alnet.normalization import Normalization
+    from napari_alnet.io.images import pair_files
+    from napari_alnet.engine.normalization import Normalization
     from napari_alnet.training import load_pairs
 
     data = _write_pairs(tmp_path, n=2, size=64)
@@ -252,7 +252,7 @@ def test_cli_train_config_json_and_ema(tmp_path, capsys):
 def test_progress_bar_off_a_terminal_writes_every_epoch_line_however_fast():
     import io
 
-    from napari_alnet.progress import Progress
+    from napari_alnet.engine.progress import Progress
     from napari_alnet.terminal import ProgressBar
 
     stream = io.StringIO()

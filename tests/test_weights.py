@@ -8,8 +8,8 @@ import torch
 
 from napari_alnet import load_model, predict
 from napari_alnet.model import ALNet, ALNetConfig
-from napari_alnet.normalization import Normalization
-from napari_alnet.weights import ModelMetadata, WeightsError, load_weights, save_weights
+from napari_alnet.engine.normalization import Normalization
+from napari_alnet.io.weights import ModelMetadata, WeightsError, load_weights, save_weights
 
 
 def _meta(**kw) -> ModelMetadata:

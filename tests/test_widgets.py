@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_alnet import batch, inference, model_registry
+from napari_alnet.engine import batch
+from napari_alnet.engine import inference
+from napari_alnet.engine import registry as model_registry
 from napari_alnet.model import ALNet
-from napari_alnet.postprocess import semantic_labels
-from napari_alnet.progress import Progress, StopRequested
-from napari_alnet.sample_data import em_like_stack
-from napari_alnet.weights import ModelMetadata, save_weights
+from napari_alnet.engine.postprocess import semantic_labels
+from napari_alnet.engine.progress import Progress, StopRequested
+from napari_alnet.io.sample_data import em_like_stack
+from napari_alnet.io.weights import ModelMetadata, save_weights
 from napari_alnet.widgets import BatchWidget, SegmentWidget
 from napari_alnet.widgets._worker import JobRunner
 
@@ -374,7 +376,7 @@ def test_screenshot_for_the_readme(make_napari_viewer, model_file, qtbot, tmp_pa
     docs/images/segment-widget.png for the README (otherwise a temporary file: tests leave the tree clean)."""
     import os
 
-    from napari_alnet.pretrained import shipped_models
+    from napari_alnet.io.pretrained import shipped_models
 
     viewer = make_napari_viewer(show=True)
     widget = open_dock(viewer, "Segment (AL-Net)")

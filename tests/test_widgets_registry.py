@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from napari_alnet import model_registry
+from napari_alnet.engine import registry as model_registry
 from napari_alnet.model import ALNet
-from napari_alnet.pretrained import BUILTIN_NAMES
-from napari_alnet.weights import ModelMetadata, save_weights
+from napari_alnet.io.pretrained import BUILTIN_NAMES
+from napari_alnet.io.weights import ModelMetadata, save_weights
 
 
 @pytest.fixture

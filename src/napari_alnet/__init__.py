@@ -4,7 +4,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import load_model
-from .inference import predict
+from .api import ModelMetadata, Prediction, Segmenter, WeightsError, load_model, predict
 
-__all__ = ["__version__", "load_model", "predict"]
+__all__ = ["ModelMetadata", "Prediction", "Segmenter", "WeightsError", "__version__", "load_model", "predict"]

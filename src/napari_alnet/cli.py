@@ -16,17 +16,17 @@ def _demo(args: argparse.Namespace) -> int:
     import numpy as np
     from skimage import io
 
-    from .api import load_model, model_metadata
-    from .batch import segment_files_job
-    from .metrics import segmentation_scores
+    from .api import Segmenter, load_model
+    from .engine.batch import segment_files_job
+    from .engine.postprocess import instance_labels
+    from .engine.progress import run_job
+    from .io.pretrained import shipped_models
+    from .io.sample_data import em_like_stack
+    from .io.stack_reader import PixelSize, open_slices
+    from .io.stack_writer import TiffStackWriter
     from .model import ALNet
-    from .postprocess import instance_labels
-    from .pretrained import shipped_models
-    from .progress import run_job
-    from .sample_data import em_like_stack
-    from .stack_reader import PixelSize, open_slices
-    from .stack_writer import TiffStackWriter
     from .terminal import ProgressBar
+    from .training.metrics import segmentation_scores
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -40,7 +40,8 @@ def _demo(args: argparse.Namespace) -> int:
     if "em" in shipped_models():
         model, what = load_model("em", device=args.device), "the shipped 'em' model"
     else:
-        model, what = ALNet().reparameterize(), "an UNTRAINED AL-Net (no 'em' weights are shipped in this install)"
+        model = Segmenter.from_network(ALNet())
+        what = "an UNTRAINED AL-Net (no 'em' weights are shipped in this install)"
     bar = ProgressBar("demo", "slices")
     job = segment_files_job([source], out, model, overwrite=True, device=args.device)
     try:
@@ -54,7 +55,7 @@ def _demo(args: argparse.Namespace) -> int:
     with open_slices(labels_path) as reader:
         labels = np.stack([reader[z] for z in range(len(reader))]).astype(bool)
     mid = len(stack) // 2
-    objects = model_metadata(model).objects
+    objects = model.metadata.objects
     cells_found = int(instance_labels(labels[mid].astype(np.float32), 0.5, objects).max())
     dice = segmentation_scores(labels, truth).dice
     overlay = np.repeat(stack[mid][..., None], 3, axis=-1).astype(np.float32)
@@ -74,8 +75,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _segment(args: argparse.Namespace) -> int:
     from .api import load_model
-    from .batch import segment_files_job
-    from .progress import run_job
+    from .engine.batch import segment_files_job
+    from .engine.progress import run_job
     from .terminal import ProgressBar
 
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # unreadable files get our one-line error instead
@@ -115,14 +116,14 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .imageio import pair_files, select_split
+    from .engine.normalization import Normalization
+    from .engine.progress import run_job
+    from .io.images import pair_files, select_split
+    from .io.weights import ModelMetadata, load_weights, save_weights
     from .model import ALNetConfig
-    from .normalization import Normalization
-    from .progress import run_job
     from .terminal import ProgressBar
     from .training import TrainConfig, load_pairs, train_job
     from .training.loop import tune_threshold
-    from .weights import ModelMetadata, load_weights, save_weights
 
     norm = Normalization(kind=args.normalization)
     config = (ALNetConfig.from_json(args.config_json).replace(in_channels=args.channels) if args.config_json
@@ -181,10 +182,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .api import load_model
-    from .evaluation import evaluate_job, summarize
-    from .imageio import pair_files, select_split
-    from .progress import run_job
+    from .engine.progress import run_job
+    from .io.images import pair_files, select_split
     from .terminal import ProgressBar
+    from .training.evaluation import evaluate_job, summarize
 
     model = load_model(args.model, device=args.device)
     bar = ProgressBar("evaluate", "images")
@@ -212,7 +213,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _tile_size(text: str) -> int:
-    from .tiling import check_tile
+    from .engine.tiling import check_tile
 
     try:
         return check_tile(int(text))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .progress import Progress
+from .engine.progress import Progress
 
 
 class ProgressBar:

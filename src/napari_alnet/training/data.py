@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..imageio import ImageReadError, mask_plane, read_image
-from ..normalization import Normalization, to_channels
-from ..resolution import network_shape, resample_image, resample_mask
+from ..engine.dihedral import dihedral
+from ..engine.normalization import Normalization, to_channels
+from ..engine.resolution import network_shape, resample_image, resample_mask
+from ..io.images import ImageReadError, mask_plane, read_image
+from ..io.layout import is_plane
 from .augment import Augmentation
 
 
@@ -59,7 +61,7 @@ def pairs_from_arrays(images: Sequence[np.ndarray] | np.ndarray, masks: Sequence
 
 def _slices(array: np.ndarray, path: Path) -> list[np.ndarray]:
     """A file's 2D images: one for a 2D/RGB file, one per slice for a TIFF stack."""
-    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)):
+    if is_plane(array.shape):
         return [array]
     if array.ndim in (3, 4):
         return list(array)
@@ -128,13 +130,3 @@ class CropSampler:
         samples = [self.sample() for _ in range(size)]
         return tuple(np.ascontiguousarray(np.stack(s)) for s in zip(*samples, strict=True))  # type: ignore[return-value]
 
-
-def dihedral(a: np.ndarray, k: int) -> np.ndarray:
-    """The k-th of the 8 flips/transposes of the last two axes."""
-    if k & 4:
-        a = np.swapaxes(a, -1, -2)
-    if k & 2:
-        a = a[..., ::-1, :]
-    if k & 1:
-        a = a[..., ::-1]
-    return a

@@ -13,14 +13,16 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..devices import resolve_device
-from ..losses import dice_bce_loss
-from ..metrics import segmentation_scores
+from ..engine.devices import resolve_device
+from ..engine.progress import Job, Progress, StopRequested, run_job
+from ..io.atomic import atomic_write
+from ..io.weights import load_weights, resolve_weights, save_weights
 from ..model import ALNet, ALNetConfig
-from ..progress import Job, Progress, StopRequested, run_job
-from ..weights import ModelMetadata, load_weights, save_weights
+from ..model.metadata import ModelMetadata
 from .augment import Augmentation
 from .data import CropSampler, Pair
+from .losses import dice_bce_loss
+from .metrics import segmentation_scores
 
 
 @dataclass
@@ -119,8 +121,6 @@ def _initial_model(init: str | Path | ALNet | None, config: ALNetConfig) -> tupl
         if init.is_reparameterized:
             raise ValueError("cannot fine-tune a re-parameterized model; start from its weight file")
         return init, "model"
-    from ..api import resolve_weights
-
     model, meta = load_weights(resolve_weights(init))
     if model.is_reparameterized:
         raise ValueError(f"{init}: holds fused (inference-only) weights; fine-tuning needs training-form weights")
@@ -255,8 +255,6 @@ def _weight_average(model: ALNet, decay: float) -> AveragedModel | None:
 
 def _save_checkpoint(path: Path, model: ALNet, optimizer, scheduler, state: dict, rng: np.random.Generator,
                      ema: AveragedModel | None) -> None:
-    from ..weights import atomic_write
-
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "state": state, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
     if ema is not None:

@@ -10,10 +10,11 @@ from magicgui.widgets import ComboBox, Label
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 
-from .. import model_registry
-from ..devices import available_devices
-from ..model import ALNet
-from ..weights import ModelMetadata, WeightsError, read_weights
+from ..engine import registry as model_registry
+from ..engine.devices import available_devices
+from ..engine.segmenter import Segmenter
+from ..io.weights import WeightsError, read_weights
+from ..model.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ class ModelPicker:
         self.select(name)
         return name
 
-    def load(self, device: str | None = None) -> ALNet:
-        """The chosen model, fused and on ``device`` (WeightsError/ValueError if unusable)."""
+    def load(self, device: str | None = None) -> Segmenter:
+        """The chosen model's ``Segmenter`` on ``device`` (WeightsError/ValueError if unusable)."""
         if self.value is None:
             raise WeightsError("no model chosen: pick one in 'Model' or use 'Load weights…' to open a "
                                ".safetensors weight file")

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..progress import Job, Progress, stop_job
+from ..engine.progress import Job, Progress, stop_job
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

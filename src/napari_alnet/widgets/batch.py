@@ -8,10 +8,10 @@ import napari
 from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_info, show_warning
 
-from .. import batch
-from ..batch import BatchSummary
-from ..progress import Progress
-from ..weights import WeightsError
+from ..engine import batch
+from ..engine.batch import BatchSummary
+from ..engine.progress import Progress
+from ..io.weights import WeightsError
 from ._models import ModelPicker, device_picker, tile_picker
 from ._worker import JobRunner, unwrap
 
@@ -76,8 +76,7 @@ class BatchWidget(Container):
             job = batch.segment_files_job(inputs, outdir, model, tile=self.tile.value or None,
                                           threshold=self.threshold.value or None,
                                           probabilities=self.probabilities.value, instances=self.instances.value,
-                                          overwrite=self.overwrite.value,
-                                          device=None if self.device.value == "auto" else self.device.value)
+                                          overwrite=self.overwrite.value)
         except (WeightsError, ValueError) as exc:
             show_warning(f"Batch segment: {exc}")
             return False

@@ -30,12 +30,18 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 
-from .. import model_registry
-from ..finetune import MODES, AnnotationError, FinetuneRequest, annotated_slices, check_annotations, finetune_job
-from ..pretrained import BUILTIN_NAMES
-from ..progress import Progress
+from ..engine import registry as model_registry
+from ..engine.progress import Progress
+from ..io.weights import WeightsError
+from ..training.finetune import (
+    MODES,
+    AnnotationError,
+    FinetuneRequest,
+    annotated_slices,
+    check_annotations,
+    finetune_job,
+)
 from ..training.loop import TrainResult
-from ..weights import WeightsError
 from ._curve import CurveWidget
 from ._layers import CURRENT_SLICE, InputProblem, base_data, follow_renames, region_for, spatial_shape, upsert
 from ._models import ModelPicker
@@ -354,16 +360,11 @@ def _suggest_output(image_name: str) -> Path:
 
 def _register(out: Path) -> str:
     """Register ``out`` under a name derived from its file name (re-registering the same file keeps its name)."""
-    source = str(out.resolve())
-    taken = {e.name: e.source for e in model_registry.entries()}
-    name, n = out.stem, 2
-    while name in BUILTIN_NAMES or (name in taken and taken[name] != source):
-        name, n = f"{out.stem} ({n})", n + 1
     try:
-        return model_registry.register(name, out).name
-    except ValueError as exc:  # should not happen: names are made unique above
+        return model_registry.register_path(out, kind="session").name
+    except ValueError as exc:
         show_error(f"Fine-tune: saved to {out} but could not add it to the model list: {exc}")
-        return name
+        return out.stem
 
 
 def _describe(metrics: dict[str, float]) -> str:

@@ -20,8 +20,11 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_warning
 
-from .. import inference, postprocess
-from ..weights import ModelMetadata, WeightsError
+from ..engine import postprocess
+from ..engine.inference import check_channels
+from ..engine.segmenter import Prediction
+from ..io.weights import WeightsError
+from ..model.metadata import ModelMetadata
 from ._layers import (
     CURRENT_SLICE,
     WHOLE_STACK,
@@ -111,18 +114,18 @@ class SegmentWidget(Container):
             return False
         try:
             model = self.models.load(self.device.value)
-            meta: ModelMetadata = model.metadata
+            meta = model.metadata
             region = region_for(self.viewer, layer, self.scope.value, self.stack_axis.value)
-            if layer.rgb and meta.in_channels == 1 and meta.rgb_to_gray == "refuse":
-                raise InputProblem(f"layer {layer.name!r} is RGB but model {self.models.value!r} expects a "
-                                   "1-channel image; convert the layer to grayscale or choose an RGB model")
+            try:
+                check_channels(meta, bool(layer.rgb), tuple(layer.data.shape))
+            except ValueError as exc:
+                raise InputProblem(f"layer {layer.name!r}: model {self.models.value!r}: {exc}") from exc
             if not layer.rgb and meta.in_channels == 3:
                 show_warning(f"Segment: model {self.models.value!r} was trained on RGB images; the grayscale layer "
                              f"{layer.name!r} is given to it as three equal channels")
             image = read_region(layer, region)
             check_pixels(image, layer.name)
-            job = inference.predict_job(model, image, device=_device(self.device.value),
-                                        tile=self.tile.value or None, rgb=bool(layer.rgb))
+            job = model.predict_job(image, tile=self.tile.value or None, rgb=bool(layer.rgb))
         except (InputProblem, WeightsError, ValueError) as exc:  # all say what is wrong and what to do
             show_warning(f"Segment: {exc}")
             return False
@@ -130,14 +133,14 @@ class SegmentWidget(Container):
         started = time.perf_counter()
         self.status.value = f"segmenting {layer.name!r} with {name}…"
 
-        def done(probabilities: np.ndarray) -> None:
+        def done(prediction: Prediction) -> None:
             if layer not in self.viewer.layers:
                 show_warning(f"Segment: layer {layer.name!r} was removed while it was being segmented")
                 return
-            self._result = _Result(layer, f"{layer.name} ({name})", meta, region, probabilities)
+            self._result = _Result(layer, f"{layer.name} ({name})", meta, region, prediction.probabilities)
             self._render(with_probabilities=self.probabilities.value)
-            ran_on = inference.used_device(model) or _model_device(model)
-            self.status.value = f"done on {ran_on} in {time.perf_counter() - started:.1f} s"
+            self.status.value = (f"done on {prediction.device} ({prediction.precision}) in "
+                                 f"{time.perf_counter() - started:.1f} s")
 
         return self.runner.start(job, done)
 
@@ -208,13 +211,3 @@ class SegmentWidget(Container):
         with self.threshold.changed.blocked():
             self.threshold.value = float(np.clip(meta.threshold, self.threshold.min, self.threshold.max))
 
-
-def _device(choice: str) -> str | None:
-    return None if choice == "auto" else choice
-
-
-def _model_device(model) -> str:
-    try:
-        return str(next(model.parameters()).device)
-    except StopIteration:
-        return "?"

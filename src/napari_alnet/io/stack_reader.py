@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageio import IMAGE_SUFFIXES, ImageReadError, is_tiff, read_image
+from .images import IMAGE_SUFFIXES, ImageReadError, is_tiff, read_image
+from .layout import COLOUR_SIZES, is_plane
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def open_slices(path: str | Path) -> SliceReader:
     image = read_image(path)
     if image.ndim == 3 and image.shape[-1] == 2:  # gray + alpha
         image = image[..., 0]
-    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4))):
+    if not is_plane(image.shape):
         raise ImageReadError(f"{path}: unsupported image shape {image.shape} (expected gray or RGB(A))")
     return SliceReader(path, 1, image.shape, image.dtype, image.ndim == 3, False, lambda _i: image)
 
@@ -87,7 +88,7 @@ def _layout(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[int, bool, s
     colour = ""
     for name in ("S", "C"):
         if sizes.get(name, 1) > 1:
-            if sizes[name] not in (3, 4) or colour:
+            if sizes[name] not in COLOUR_SIZES or colour:
                 raise ImageReadError(f"{path}: has {sizes[name]} channels (axes {axes!r}, shape {shape}); expected "
                                      "grayscale or RGB(A)")
             colour = name

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import model_metadata
-from .imageio import list_images, mask_plane, read_image
+from ..engine.progress import Job, Progress
+from ..engine.segmenter import Segmenter
+from ..io.images import list_images, mask_plane, read_image
 from .metrics import Scores, segmentation_scores
-from .model import ALNet
-from .progress import Job, Progress
 
 
 @dataclass
@@ -22,18 +21,16 @@ class ImageScores:
     background: Scores
 
 
-def evaluate_job(model: ALNet, pairs: Sequence[tuple[Path, Path]], invert: bool = False,
+def evaluate_job(model: Segmenter, pairs: Sequence[tuple[Path, Path]], *, invert: bool = False,
                  fov: str | Path | None = None, threshold: float | None = None, tta: bool = False
                  ) -> Job[list[ImageScores]]:
     """Scores per image (foreground = mask > 0, or == 0 with ``invert``); ``fov`` restricts to a FOV mask."""
-    from .inference import predict
-
-    threshold = model_metadata(model).threshold if threshold is None else threshold
+    threshold = model.threshold if threshold is None else threshold
     fov_by_stem = {f.stem: f for f in list_images(fov)} if fov else {}
     rows = []
     for i, (image_file, mask_file) in enumerate(pairs):
         truth = (mask_plane(read_image(mask_file)) > 0) != invert
-        pred = predict(model, read_image(image_file), **({'tta': True} if tta else {})) > threshold
+        pred = model.predict(read_image(image_file), tta=tta) > threshold
         if pred.shape != truth.shape:
             raise ValueError(f"{mask_file}: mask shape {truth.shape} does not match image {pred.shape}")
         region = None

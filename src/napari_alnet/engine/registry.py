@@ -14,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .api import load_model
+from ..io.pretrained import BUILTIN_NAMES, shipped_models
+from ..model.metadata import ModelMetadata
 from .devices import resolve_device
-from .model import ALNet
-from .pretrained import BUILTIN_NAMES, shipped_models
-from .weights import ModelMetadata
+from .segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ class ModelEntry:
 
 _registered: dict[str, ModelEntry] = {}
 _callbacks: list[Callable[[], Callable[[], None] | None]] = []
-_models: dict[tuple[str, float, str], ALNet] = {}
+_models: dict[tuple[str, float, str], Segmenter] = {}
 _lock = threading.Lock()
 
 
@@ -68,16 +67,22 @@ def register(name: str, path: str | Path, *, kind: str = "session") -> ModelEntr
     return entry
 
 
-def register_file(path: str | Path) -> ModelEntry:
-    """Register a user-chosen weight file under a unique name derived from its file name."""
+def register_path(path: str | Path, *, kind: str = "session") -> ModelEntry:
+    """Register a weight file under a name derived from its file name: the name it already has when this file is
+    registered, else its stem made unique (``stem (2)``, ...)."""
     path = Path(path).expanduser().resolve()
     for entry in _registered.values():
         if entry.source == str(path):
-            return entry
+            return register(entry.name, path, kind=kind)
     name, n = path.stem, 2
     while name in BUILTIN_NAMES or name in _registered:
         name, n = f"{path.stem} ({n})", n + 1
-    return register(name, path, kind="file")
+    return register(name, path, kind=kind)
+
+
+def register_file(path: str | Path) -> ModelEntry:
+    """Register a user-chosen weight file (``kind='file'``); see ``register_path``."""
+    return register_path(path, kind="file")
 
 
 def unregister(name: str) -> None:
@@ -115,14 +120,14 @@ def _key(entry: ModelEntry, device: str | None) -> tuple[str, float, str]:
     return entry.source, mtime, str(resolve_device(device))
 
 
-def load(name: str, device: str | None = None) -> ALNet:
-    """The fused, eval-mode model ``name`` on ``device`` (cached; a re-saved file is reloaded)."""
+def load(name: str, device: str | None = None) -> Segmenter:
+    """The ``Segmenter`` of model ``name`` on ``device`` (cached per device; a re-saved file is reloaded)."""
     entry = get(name)
     key = _key(entry, device)
     with _lock:
         model = _models.get(key)
         if model is None:
-            model = load_model(entry.source, device=key[2])
+            model = Segmenter.load(entry.source, device=key[2])
             for old in [k for k in _models if k[0] == key[0] and k[2] == key[2]]:
                 del _models[old]
             _models[key] = model

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .layout import has_colour_axis
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
@@ -40,7 +42,7 @@ def read_image(path: str | Path) -> np.ndarray:
 def mask_plane(mask: np.ndarray) -> np.ndarray:
     """A mask without colour: an RGB(A) mask image (Y, X, 3|4) gives its first channel."""
     mask = np.asarray(mask)
-    return mask[..., 0] if mask.ndim == 3 and mask.shape[-1] in (3, 4) else mask
+    return mask[..., 0] if mask.ndim == 3 and has_colour_axis(mask.shape) else mask
 
 
 def list_images(path: str | Path) -> list[Path]:

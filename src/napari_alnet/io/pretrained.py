@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 BUILTIN_NAMES = ("em", "fundus", "dermoscopy")
-_HERE = Path(__file__).parent
+#: The weight files live in the package's ``pretrained/`` data folder.
+_HERE = Path(__file__).resolve().parent.parent / "pretrained"
 
 
 def builtin_path(name: str) -> Path:

@@ -45,6 +45,31 @@ def run_job(job: Job[T], on_progress: Callable[[Progress], bool | None] | None =
         return done.value
 
 
+def relay(job: Job[T], report: Callable[[Progress], Progress | None] = lambda p: p) -> Job[T]:
+    """Run ``job`` inside another job: each of its reports goes through ``report`` (``None`` drops it) and is
+    re-yielded; a ``StopRequested`` thrown into the outer job is passed to the inner one, whose result is returned.
+
+    Use as ``result = yield from relay(inner, lambda p: Progress(...))``.
+    """
+    try:
+        progress = next(job)
+        while True:
+            mapped = report(progress)
+            if mapped is None:
+                progress = next(job)
+                continue
+            try:
+                yield mapped
+            except StopRequested:
+                progress = job.throw(StopRequested())
+                continue
+            progress = next(job)
+    except StopIteration as done:
+        return done.value
+    finally:
+        job.close()
+
+
 def stop_job(job: Job[T]) -> T:
     """Ask ``job`` to stop: throw ``StopRequested`` into it and return what it returns."""
     try:

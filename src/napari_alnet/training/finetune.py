@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import resolve_weights
-from .model import ALNet, ALNetConfig
-from .normalization import Normalization
-from .progress import Job, Progress, StopRequested
-from .resolution import network_shape, resample_image, resample_mask
-from .training.data import Pair, make_pair
-from .training.loop import TrainConfig, TrainResult, train_job
-from .weights import ModelMetadata, load_weights
+from ..engine.progress import Job, Progress, StopRequested
+from ..engine.resolution import network_shape, resample_image, resample_mask
+from ..engine.segmenter import Segmenter
+from ..io.weights import load_weights, resolve_weights
+from ..model import ALNetConfig
+from ..model.metadata import ModelMetadata, Normalization
+from .data import Pair, make_pair
+from .loop import TrainConfig, TrainResult, train_job
 
 MODES = ("dense", "scribbles")
 
@@ -174,12 +174,8 @@ def finetune_job(request: FinetuneRequest) -> Job[TrainResult]:
 
 def _preview(weights: Path, image: np.ndarray) -> np.ndarray:
     """Probabilities of the best weights so far on one slice."""
-    from .api import load_model
-    from .inference import predict
-
     with torch.no_grad():
-        model: ALNet = load_model(weights, device="cpu")
-        return predict(model, image)
+        return Segmenter.load(weights, device="cpu").predict(image)
 
 
 __all__ = ["MODES", "AnnotationError", "FinetuneRequest", "Progress", "annotated_slices", "annotation_pairs",

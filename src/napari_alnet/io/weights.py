@@ -5,120 +5,22 @@ Loading never unpickles anything, so opening a file runs no code. Saving is atom
 
 from __future__ import annotations
 
-import json
-import os
 import struct
-import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .model import ALNet, ALNetConfig
-from .normalization import Normalization
-from .resolution import network_shape
-
-FORMAT = "napari-alnet"
-FORMAT_VERSION = "1"
+from ..model import ALNet
+from ..model.metadata import FORMAT, FORMAT_VERSION, ModelMetadata
+from .atomic import atomic_write
+from .pretrained import BUILTIN_NAMES, builtin_path, shipped_models
 
 
 class WeightsError(ValueError):
     """A weight file that cannot be used; the message names the file and the problem."""
-
-
-@dataclass
-class ModelMetadata:
-    """Everything a weight file says about its network besides the tensors."""
-
-    config: ALNetConfig = field(default_factory=ALNetConfig)
-    modality: str = "generic"
-    normalization: Normalization = field(default_factory=Normalization)
-    threshold: float = 0.5
-    #: How to give an RGB image to a 1-channel model: ``luminance`` converts, ``refuse`` raises.
-    rgb_to_gray: str = "luminance"
-    #: Which pixels make up objects for instance labels: ``foreground``, or ``background`` (EM membranes: the
-    #: cells are the regions between the predicted membranes).
-    objects: str = "foreground"
-    #: Models trained at a fixed reduced resolution (dermoscopy): images are resized to (H, W) for the network
-    #: and the probabilities resized back; ``None`` = native resolution.
-    input_size: tuple[int, int] | None = None
-    #: Models trained on zoomed images (``alnet train --scale``): every image is resized by this factor for the
-    #: network and the probabilities resized back. Ignored when ``input_size`` is set.
-    input_scale: float = 1.0
-    #: Model card: summary, training provenance, metrics (free-form JSON).
-    card: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not 0.1 <= self.input_scale <= 8:
-            raise ValueError(f"input_scale must be between 0.1 and 8, got {self.input_scale}")
-
-    def network_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
-        """The (Y, X) at which this model's network sees an image of spatial ``shape``."""
-        return network_shape(shape, self.input_size, self.input_scale)
-
-    @property
-    def in_channels(self) -> int:
-        return self.config.in_channels
-
-    @property
-    def summary(self) -> str:
-        return str(self.card.get("summary", f"AL-Net ({self.modality}, {self.in_channels}-channel input)"))
-
-    def to_strings(self) -> dict[str, str]:
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "config": self.config.to_json(),
-            "modality": self.modality,
-            "in_channels": str(self.in_channels),
-            "normalization": self.normalization.to_json(),
-            "threshold": repr(float(self.threshold)),
-            "rgb_to_gray": self.rgb_to_gray,
-            "objects": self.objects,
-            "input_size": json.dumps(list(self.input_size) if self.input_size else None),
-            "input_scale": repr(float(self.input_scale)),
-            "card": json.dumps(self.card, sort_keys=True),
-        }
-
-    @classmethod
-    def from_strings(cls, meta: dict[str, str]) -> ModelMetadata:
-        return cls(
-            config=ALNetConfig.from_json(meta["config"]),
-            modality=meta.get("modality", "generic"),
-            normalization=Normalization.from_json(meta["normalization"]),
-            threshold=float(meta.get("threshold", "0.5")),
-            rgb_to_gray=meta.get("rgb_to_gray", "luminance"),
-            objects=meta.get("objects", "foreground"),
-            input_size=_size_or_none(json.loads(meta.get("input_size", "null"))),
-            input_scale=float(meta.get("input_scale", "1.0")),
-            card=json.loads(meta.get("card", "{}")),
-        )
-
-
-def _size_or_none(value: list[int] | None) -> tuple[int, int] | None:
-    return (int(value[0]), int(value[1])) if value else None
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``; no partial file is ever visible at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_weights(model: ALNet, metadata: ModelMetadata, path: str | Path, half: bool = False) -> Path:
@@ -171,8 +73,6 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelMetada
         raise WeightsError(f"{path}: no such weight file")
     _check_header(path)
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
         tensors = load_file(str(path))
@@ -210,3 +110,18 @@ def load_weights(path: str | Path) -> tuple[ALNet, ModelMetadata]:
     """The model stored in ``path`` (training form when stored so, for fine-tuning) and its metadata."""
     tensors, metadata, form = read_weights(path)
     return build_model(tensors, metadata, form, source=str(path)), metadata
+
+
+def resolve_weights(name_or_path: str | Path) -> Path:
+    """Path of a built-in model name or of a weight file; ``WeightsError`` if neither exists."""
+    text = str(name_or_path)
+    if text in BUILTIN_NAMES:
+        path = builtin_path(text)
+        if not path.is_file():
+            raise WeightsError(f"built-in model {text!r} is not shipped in this installation "
+                               f"(shipped: {', '.join(shipped_models()) or 'none'})")
+        return path
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise WeightsError(f"{text!r} is neither a built-in model ({', '.join(BUILTIN_NAMES)}) nor an existing file")
+    return path

@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import model_metadata
-from .imageio import list_images
-from .inference import check_pixels, predict_job, prepare_model
-from .model import ALNet
-from .postprocess import instance_labels, semantic_labels
-from .progress import Job, Progress, StopRequested
-from .stack_reader import SliceReader, count_slices, open_slices
-from .stack_writer import TiffStackWriter
+from ..io.images import list_images
+from ..io.stack_reader import SliceReader, count_slices, open_slices
+from ..io.stack_writer import TiffStackWriter
+from .inference import check_pixels, probability_job
+from .postprocess import instance_labels, offset_ids, semantic_labels
+from .progress import Job, Progress, StopRequested, relay
+from .segmenter import Segmenter, as_segmenter
 from .tiling import check_tile
 
 #: Slices read and segmented together.
@@ -73,13 +72,24 @@ def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[
     return files, failures
 
 
-def segment_files_job(inputs: list[Path], outdir: Path, model: ALNet, *, tile: int | None = None,
+@dataclass(frozen=True)
+class Outputs:
+    """How each file is segmented: threshold, instance labels or not, and which objects they label."""
+
+    tile: int | None
+    threshold: float
+    instances: bool
+    objects: str
+
+
+def segment_files_job(inputs: list[Path], outdir: Path, model: Segmenter, *, tile: int | None = None,
                       threshold: float | None = None, probabilities: bool = False, instances: bool = False,
                       overwrite: bool = False, device: str | torch.device | None = None) -> Job[BatchSummary]:
     """Segment every input (files or folders) into ``outdir``; yields ``Progress`` in slices, returns the summary.
 
     ``threshold``: default the model's; ``instances``: label connected objects per the model's ``objects``
-    metadata instead of the semantic mask. A ``StopRequested`` thrown in stops after cleaning up the file in
+    metadata instead of the semantic mask. ``device``: ``None`` runs where ``model`` is (a copy runs elsewhere).
+    A ``StopRequested`` thrown in stops after cleaning up the file in
     progress and returns the summary with ``stopped=True``. Failures are also reported as they happen, in a
     ``Progress`` whose ``metrics["failure"]`` is ``(path, message)``.
     """
@@ -89,10 +99,10 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: ALNet, *, tile: i
     outdir = Path(outdir)
     files, failures = expand_inputs(inputs)
     summary = BatchSummary(failures=list(failures))
-    meta = model_metadata(model)
-    threshold = meta.threshold if threshold is None else float(threshold)
-    net, dev = prepare_model(model, device)
-    model.last_device = summary.device = str(dev)
+    segmenter = as_segmenter(model, device)
+    summary.device = str(segmenter.device)
+    settings = Outputs(tile, segmenter.threshold if threshold is None else float(threshold), instances,
+                       segmenter.metadata.objects)
     sizes = [count_slices(f) for f in files]
     total, done = sum(sizes), 0
     inputs_resolved = {f.resolve() for f in files}
@@ -105,8 +115,8 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: ALNet, *, tile: i
             if problem is None and targets:
                 try:
                     with open_slices(path) as reader:
-                        done = yield from _segment(reader, targets, net, dev, tile, threshold, instances,
-                                                   meta.objects, done, total, summary)
+                        done = yield from _segment(reader, targets, segmenter, settings, done=done, total=total,
+                                                   summary=summary)
                 except StopRequested:
                     raise
                 except Exception as exc:  # one file's failure must not end the batch
@@ -150,29 +160,25 @@ def _targets(path: Path, outdir: Path, probabilities: bool, overwrite: bool, inp
     return targets, None
 
 
-def _segment(reader: SliceReader, targets: dict[str, Path], net: ALNet, dev: torch.device, tile: int | None,
-             threshold: float, instances: bool, objects: str, done: int, total: int,
-             summary: BatchSummary) -> Job[int]:
+def _segment(reader: SliceReader, targets: dict[str, Path], segmenter: Segmenter, settings: Outputs, *, done: int,
+             total: int, summary: BatchSummary) -> Job[int]:
     """Stream one file through the network into its target files; returns the updated slice count."""
-    label_dtype = np.int32 if instances else np.uint8
     writers: dict[str, TiffStackWriter] = {}
     try:
         for kind, out in targets.items():
-            dtype = np.float32 if kind == "prob" else label_dtype
+            dtype = np.float32 if kind == "prob" else (np.int32 if settings.instances else np.uint8)
             writers[kind] = TiffStackWriter(out, reader.shape, dtype, reader.pixel_size, compress=kind != "prob")
         next_id = 0
         for z0 in range(0, len(reader), SLICES_PER_BATCH):
             planes = np.stack([_checked(reader, z) for z in range(z0, min(z0 + SLICES_PER_BATCH, len(reader)))])
-            job = predict_job(net, planes, device=dev, tile=tile, batch_size=SLICES_PER_BATCH, rgb=reader.rgb)
-            probs = yield from _relay(job, done, total, f"{reader.path.name}: slice {z0 + 1}/{len(reader)}")
+            job = probability_job(segmenter, planes, tile=settings.tile, batch_size=SLICES_PER_BATCH, rgb=reader.rgb)
+            message = f"{reader.path.name}: slice {z0 + 1}/{len(reader)}"
+            probs = yield from relay(job, lambda _p, m=message, d=done: Progress(d, total, m))
+            if probs is None:
+                raise StopRequested
             for prob in probs:
                 if "labels" in writers:
-                    if instances:
-                        lab = instance_labels(prob, threshold, objects)
-                        writers["labels"].write(np.where(lab > 0, lab + next_id, 0))
-                        next_id += int(lab.max())
-                    else:
-                        writers["labels"].write(semantic_labels(prob, threshold))
+                    next_id = _write_labels(writers["labels"], prob, settings, next_id)
                 if "prob" in writers:
                     writers["prob"].write(prob)
             done += len(planes)
@@ -186,22 +192,19 @@ def _segment(reader: SliceReader, targets: dict[str, Path], net: ALNet, dev: tor
             writer.abort()
 
 
+def _write_labels(writer: TiffStackWriter, prob: np.ndarray, settings: Outputs, next_id: int) -> int:
+    """Write one slice's labels; returns the last instance id used so far."""
+    if settings.instances:
+        ids, next_id = offset_ids(instance_labels(prob, settings.threshold, settings.objects), next_id)
+        writer.write(ids)
+    else:
+        writer.write(semantic_labels(prob, settings.threshold))
+    return next_id
+
+
 def _checked(reader: SliceReader, z: int) -> np.ndarray:
     """Slice ``z``, with NaN/inf or a non-numeric dtype reported for that slice."""
     try:
         return check_pixels(reader[z])
     except ValueError as exc:
         raise ValueError(f"slice {z}: {exc}" if reader.is_stack else str(exc)) from exc
-
-
-def _relay(job: Job[np.ndarray], done: int, total: int, message: str) -> Job[np.ndarray]:
-    """Run an inner prediction job, re-yielding its batches as progress at slice count ``done``."""
-    try:
-        while True:
-            try:
-                next(job)
-            except StopIteration as end:
-                return end.value
-            yield Progress(done, total, message)
-    finally:
-        job.close()

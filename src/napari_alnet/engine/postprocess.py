@@ -32,11 +32,9 @@ def instance_labels(prob: np.ndarray, threshold: float, objects: str = "foregrou
     prob = np.asarray(prob)
     if prob.ndim == 3:
         out = np.zeros(prob.shape, np.int32)
-        offset = 0
+        next_id = 0
         for z, plane in enumerate(prob):
-            lab = instance_labels(plane, threshold, objects, min_size, watershed)
-            out[z] = np.where(lab > 0, lab + offset, 0)
-            offset += int(lab.max())
+            out[z], next_id = offset_ids(instance_labels(plane, threshold, objects, min_size, watershed), next_id)
         return out
     if prob.ndim != 2:
         raise ValueError(f"expected a (Y, X) or (Z, Y, X) probability map, got shape {prob.shape}")
@@ -49,6 +47,13 @@ def instance_labels(prob: np.ndarray, threshold: float, objects: str = "foregrou
         markers = label(h_maxima(dist, MARKER_HEIGHT), connectivity=2)
         lab = skwatershed(-dist, markers, mask=mask)
     return _drop_small(lab, min_size)
+
+
+def offset_ids(labels: np.ndarray, start: int) -> tuple[np.ndarray, int]:
+    """``labels`` (ids 1..n, 0 = none) shifted to start after id ``start``, and the last id used: how slice-by-slice
+    labelling keeps ids unique across a stack."""
+    top = int(labels.max()) if labels.size else 0
+    return np.where(labels > 0, labels + start, 0).astype(labels.dtype), start + top
 
 
 def _drop_small(lab: np.ndarray, min_size: int) -> np.ndarray:

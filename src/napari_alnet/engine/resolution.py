@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from skimage.transform import resize
 
+from ..model.metadata import network_shape
 
-def network_shape(shape: tuple[int, int], input_size: tuple[int, int] | None = None,
-                  input_scale: float = 1.0) -> tuple[int, int]:
-    """The (Y, X) at which the network sees an image of spatial ``shape``."""
-    if input_size is not None:
-        return int(input_size[0]), int(input_size[1])
-    return max(1, round(shape[0] * input_scale)), max(1, round(shape[1] * input_scale))
+__all__ = ["network_shape", "resample_image", "resample_mask", "resample_probabilities"]
 
 
 def resample_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """``image`` (Y, X[, C]) resized to ``shape`` (bilinear, anti-aliased when shrinking); the dtype is kept
     (integers rounded), so a dtype-range normalization still applies."""
-    from skimage.transform import resize
-
     shape = tuple(int(s) for s in shape)
     if tuple(image.shape[:2]) == shape:
         return image
