@@ -9,9 +9,11 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from napari_alnet.engine.inference import slice_input
+from napari_alnet.engine.normalization import model_input
+from napari_alnet.engine.segmenter import Segmenter
+from napari_alnet.io.weights import save_weights
 from napari_alnet.model import ALNet, ALNetConfig
-from napari_alnet.io.weights import ModelMetadata, save_weights
+from napari_alnet.model.metadata import ModelMetadata
 
 
 def texture(shape: tuple[int, ...], seed: int = 0, sigma: float = 3.0) -> np.ndarray:
@@ -36,7 +38,7 @@ def _calibrated_state(in_channels: int) -> dict[str, torch.Tensor]:
             module.momentum = None
     meta = ModelMetadata(config=config)
     shape = (192, 192, 3)[: 2 + (in_channels > 1)]
-    x = torch.from_numpy(np.stack([slice_input(texture(shape, s), meta) for s in range(3)]))
+    x = torch.from_numpy(np.stack([model_input(texture(shape, s), meta) for s in range(3)]))
     model.train()
     with torch.no_grad():
         model(x)
@@ -49,15 +51,20 @@ def _calibrated_state(in_channels: int) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def calibrated_model(in_channels: int = 1, **meta) -> ALNet:
-    """A fused, eval-mode AL-Net with non-saturated outputs and ``ModelMetadata(**meta)`` attached."""
+def calibrated_network(in_channels: int = 1) -> ALNet:
+    """A fused, eval-mode AL-Net with non-saturated outputs."""
     model = ALNet(ALNetConfig(in_channels=in_channels)).reparameterize()
     model.load_state_dict(_calibrated_state(in_channels))
-    model.metadata = ModelMetadata(config=model.config, **meta)
     return model.eval()
 
 
+def calibrated_model(in_channels: int = 1, **meta) -> Segmenter:
+    """A ``Segmenter`` of ``calibrated_network`` on the CPU with ``ModelMetadata(**meta)``."""
+    net = calibrated_network(in_channels)
+    return Segmenter.from_network(net, ModelMetadata(config=net.config, **meta), device="cpu")
+
+
 def save_test_model(path: Path, in_channels: int = 1, **meta) -> Path:
-    """A weight file of ``calibrated_model`` (for ``load_model`` / ``alnet --model FILE``)."""
-    model = calibrated_model(in_channels, **meta)
-    return save_weights(model, model.metadata, path)
+    """A weight file of ``calibrated_network`` (for ``load_model`` / ``alnet --model FILE``)."""
+    net = calibrated_network(in_channels)
+    return save_weights(net, ModelMetadata(config=net.config, **meta), path)

@@ -11,7 +11,9 @@ import torch
 
 from model_factory import calibrated_model, texture
 from napari_alnet import predict
-from napari_alnet.engine.inference import dihedral, predict_job, to_model_input, undo_dihedral, used_device
+from napari_alnet.engine.dihedral import dihedral, undo_dihedral
+from napari_alnet.engine.inference import to_model_input
+from napari_alnet.engine.segmenter import Segmenter
 from napari_alnet.model import ALNet
 from napari_alnet.engine.progress import run_job
 from napari_alnet.engine.tiling import CONTEXT_MARGIN, blend_window, choose_tile, min_tile, plan_tiles
@@ -34,9 +36,9 @@ def test_tiled_matches_whole_image_and_needs_the_image_context(model):
     assert len(plan_tiles(img.shape, 576, 64)) == 4
     assert np.abs(tiled - whole)[16:-16, 16:-16].max() < 1e-3
     # Without the whole image's pooled context a tile differs by far more (so the check above can fail).
-    x = torch.from_numpy(to_model_input(img, model))[None]
+    x = torch.from_numpy(to_model_input(img, model.metadata))[None]
     with torch.inference_mode():
-        alone = torch.sigmoid(model(x[..., :576, :576]))[0, 0].numpy()
+        alone = torch.sigmoid(model.network(x[..., :576, :576]))[0, 0].numpy()
     assert np.abs(alone - whole[:576, :576])[: -CONTEXT_MARGIN, : -CONTEXT_MARGIN].max() > 3e-3
 
 
@@ -118,7 +120,7 @@ def test_rgb_image_on_grayscale_model_converted_or_refused(model):
     gray = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     norm = model.metadata.normalization
     # as in training: bounds from the RGB values, then luminance
-    np.testing.assert_allclose(to_model_input(rgb, model)[0], norm.apply(gray, norm.bounds(rgb)), atol=1e-5)
+    np.testing.assert_allclose(to_model_input(rgb, model.metadata)[0], norm.apply(gray, norm.bounds(rgb)), atol=1e-5)
     prob = predict(model, rgb)
     assert prob.shape == (48, 56) and prob.std() > 0.01
     rgba = np.concatenate([rgb, np.full((48, 56, 1), 9, np.uint8)], axis=-1)
@@ -133,9 +135,9 @@ def test_rgb_image_on_grayscale_model_converted_or_refused(model):
 def test_grayscale_image_on_rgb_model_replicated():
     rgb_model = calibrated_model(3)
     gray = _as_uint8(texture((40, 48), 7))
-    x = to_model_input(gray, rgb_model)
+    x = to_model_input(gray, rgb_model.metadata)
     assert x.shape == (3, 40, 48) and np.array_equal(x[0], x[1]) and np.array_equal(x[0], x[2])
-    np.testing.assert_allclose(x[0], to_model_input(gray, calibrated_model(1))[0])
+    np.testing.assert_allclose(x[0], to_model_input(gray, calibrated_model(1).metadata)[0])
     prob = predict(rgb_model, gray)
     assert prob.shape == (40, 48) and prob.std() > 0.01
     assert np.abs(predict(rgb_model, _as_uint8(texture((40, 48, 3), 8))) - prob).max() > 1e-2
@@ -154,18 +156,18 @@ def test_stack_equals_slices_for_any_batch_size(model):
 def test_progress_per_batch_and_prompt_stop(model):
     stack = texture((6, 64, 64), 11)
     reports = []
-    run_job(predict_job(model, stack, batch_size=2), reports.append)
+    run_job(model.predict_job(stack, batch_size=2), reports.append)
     assert [(r.step, r.total) for r in reports] == [(1, 3), (2, 3), (3, 3)]
     seen = []
     start = time.perf_counter()
-    result = run_job(predict_job(model, np.repeat(stack, 20, axis=0), batch_size=1), lambda r: seen.append(r) or True)
+    result = run_job(model.predict_job(np.repeat(stack, 20, axis=0), batch_size=1), lambda r: seen.append(r) or True)
     assert result is None and len(seen) == 1 and time.perf_counter() - start < 5
     # stop in the middle of a tiled slice
-    assert run_job(predict_job(model, texture((32, 700), 2), tile=640), lambda r: r.step >= 2) is None
+    assert run_job(model.predict_job(texture((32, 700), 2), tile=640), lambda r: r.step >= 2) is None
 
 
 def test_no_torch_mode_leaks_while_a_job_is_suspended(model):
-    job = predict_job(model, texture((2, 32, 32), 12), batch_size=1)
+    job = model.predict_job(texture((2, 32, 32), 12), batch_size=1)
     next(job)
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
     job.close()
@@ -178,10 +180,32 @@ def test_training_form_model_left_alone_and_device_reported():
     assert not net.is_reparameterized and net.training
     np.testing.assert_allclose(prob, predict(copy.deepcopy(net).reparameterize(), img), atol=1e-5)
     fused = calibrated_model()
-    predict(fused, img, device="cpu")
-    assert used_device(fused) == "cpu" and fused.last_device == "cpu"
+    result = run_job(fused.predict_job(img))
+    assert result.device == "cpu" and result.precision == "fp32" and result.probabilities.shape == (40, 40)
     with pytest.raises(ValueError, match="not available"):
         predict(fused, img, device="cuda:7" if not torch.cuda.is_available() else "mps:9")
+
+
+def test_a_segmenter_elsewhere_never_moves_the_original_or_the_callers_network(monkeypatch):
+    """``to(device)`` and ``predict(..., device=...)`` work on copies (``Module.to`` is in place)."""
+    from napari_alnet.engine import devices
+
+    monkeypatch.setattr(devices, "available_devices", lambda: ["meta", "cpu"])  # a second device without a GPU
+    net = ALNet().reparameterize().eval()
+    segmenter = Segmenter.from_network(net, device="cpu")
+    assert segmenter.network is not net
+    elsewhere = segmenter.to("meta")
+    assert elsewhere is not segmenter and elsewhere.device.type == "meta"
+    assert all(p.device.type == "meta" for p in elsewhere.network.parameters())
+    assert segmenter.device.type == "cpu" and all(p.device.type == "cpu" for p in segmenter.network.parameters())
+    assert all(p.requires_grad for p in net.parameters())  # the caller's module is not frozen or moved either
+    assert segmenter.to("cpu") is segmenter and segmenter.to(None) is segmenter
+    img = texture((40, 40), 15)
+    before = predict(segmenter, img)
+    predict(ALNet(), img, device="cpu")
+    np.testing.assert_array_equal(predict(segmenter, img), before)
+    with pytest.raises(TypeError, match="expected a Segmenter"):
+        predict(torch.nn.Conv2d(1, 1, 1), img)
 
 
 def test_tta_is_equivariant_and_plain_inference_is_not(model):
@@ -202,7 +226,7 @@ def test_models_with_a_fixed_input_size_run_there_and_return_full_size(tmp_path)
     meta = ModelMetadata(config=ALNetConfig(in_channels=3), input_size=(64, 64))
     model = load_model(save_weights(ALNet(meta.config), meta, tmp_path / "m.safetensors"))
     seen = []
-    model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    model.network.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
     image = np.random.default_rng(0).integers(0, 255, (100, 150, 3), dtype=np.uint8)
     prob = predict(model, image)
     assert prob.shape == (100, 150) and prob.dtype == np.float32
@@ -222,14 +246,14 @@ def test_zoomed_models_run_on_the_zoomed_image_and_return_full_size(tmp_path):
     zoomed = load_model(save_weights(net, ModelMetadata(input_scale=2.0), tmp_path / "zoomed.safetensors"))
     stack = np.random.default_rng(1).integers(0, 4000, (3, 40, 50), dtype=np.uint16)
     seen = []
-    zoomed.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    zoomed.network.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
     reports = []
-    job = predict_job(zoomed, stack, batch_size=2)
+    job = zoomed.predict_job(stack, batch_size=2)
     try:
         while True:
             reports.append(next(job))
     except StopIteration as done:
-        prob = done.value
+        prob = done.value.probabilities
     assert prob.shape == (3, 40, 50) and prob.dtype == np.float32
     assert all(h >= 80 and w >= 100 for h, w in seen)
     assert all(isinstance(r, Progress) for r in reports) and reports[-1].fraction == 1.0
