@@ -13,10 +13,10 @@ from model_factory import calibrated_model, texture
 from napari_alnet import predict
 from napari_alnet.engine.dihedral import dihedral, undo_dihedral
 from napari_alnet.engine.inference import to_model_input
-from napari_alnet.engine.segmenter import Segmenter
-from napari_alnet.model import ALNet
 from napari_alnet.engine.progress import run_job
+from napari_alnet.engine.segmenter import Segmenter
 from napari_alnet.engine.tiling import CONTEXT_MARGIN, blend_window, choose_tile, min_tile, plan_tiles
+from napari_alnet.model import ALNet
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +220,8 @@ def test_tta_is_equivariant_and_plain_inference_is_not(model):
 
 def test_models_with_a_fixed_input_size_run_there_and_return_full_size(tmp_path):
     from napari_alnet import load_model, predict
-    from napari_alnet.model import ALNet, ALNetConfig
     from napari_alnet.io.weights import ModelMetadata, save_weights
+    from napari_alnet.model import ALNet, ALNetConfig
 
     meta = ModelMetadata(config=ALNetConfig(in_channels=3), input_size=(64, 64))
     model = load_model(save_weights(ALNet(meta.config), meta, tmp_path / "m.safetensors"))
@@ -236,10 +236,10 @@ def test_models_with_a_fixed_input_size_run_there_and_return_full_size(tmp_path)
 def test_zoomed_models_run_on_the_zoomed_image_and_return_full_size(tmp_path):
     """A model with ``input_scale`` 2 gives exactly what its network gives on the 2x image, resized back."""
     from napari_alnet import load_model, predict
-    from napari_alnet.model import ALNet
     from napari_alnet.engine.progress import Progress
     from napari_alnet.engine.resolution import resample_image, resample_probabilities
     from napari_alnet.io.weights import ModelMetadata, save_weights
+    from napari_alnet.model import ALNet
 
     net = ALNet()
     plain = load_model(save_weights(net, ModelMetadata(), tmp_path / "plain.safetensors"))

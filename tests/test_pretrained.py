@@ -13,7 +13,7 @@ def test_em_model_ships_with_its_card():
     assert "em" in shipped_models()
     model = load_model("em", device="cpu")
     meta = model.metadata
-    assert model.is_reparameterized and not model.training
+    assert model.network.is_reparameterized and not model.network.training and model.device.type == "cpu"
     assert meta.modality == "em" and meta.objects == "background" and meta.in_channels == 1
     training = meta.card["training"]
     assert training["wall_seconds"] > 0 and "val_metrics" in training and training["train_pairs"]

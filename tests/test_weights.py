@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_alnet import load_model, predict
-from napari_alnet.model import ALNet, ALNetConfig
+from napari_alnet import Segmenter, load_model, predict
 from napari_alnet.engine.normalization import Normalization
 from napari_alnet.io.weights import ModelMetadata, WeightsError, load_weights, save_weights
+from napari_alnet.model import ALNet, ALNetConfig
 
 
 def _meta(**kw) -> ModelMetadata:
@@ -35,14 +35,14 @@ def test_fused_weights_round_trip(tmp_path):
     path = save_weights(model, _meta(), tmp_path / "fused.safetensors")
     again = load_model(path)
     x = np.random.default_rng(0).random((40, 50)).astype(np.float32)
-    model.metadata = again.metadata
-    assert np.array_equal(predict(model, x), predict(again, x))
+    assert np.array_equal(predict(Segmenter.from_network(model, again.metadata), x), predict(again, x))
 
 
 def test_load_model_is_fused_eval_with_metadata(tmp_path):
     path = save_weights(ALNet(), _meta(), tmp_path / "m.safetensors")
     model = load_model(str(path), device="cpu")
-    assert model.is_reparameterized and not model.training
+    assert model.network.is_reparameterized and not model.network.training
+    assert model.source == str(path) and model.device.type == "cpu"
     assert model.metadata.summary == "test model"
     prob = predict(model, np.zeros((37, 41), np.uint16))
     assert prob.shape == (37, 41) and prob.dtype == np.float32

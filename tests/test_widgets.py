@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_alnet.engine import batch
-from napari_alnet.engine import inference
+from napari_alnet.engine import batch, inference, segmenter
 from napari_alnet.engine import registry as model_registry
-from napari_alnet.model import ALNet
 from napari_alnet.engine.postprocess import semantic_labels
 from napari_alnet.engine.progress import Progress, StopRequested
 from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.io.weights import ModelMetadata, save_weights
+from napari_alnet.model import ALNet
 from napari_alnet.widgets import BatchWidget, SegmentWidget
 from napari_alnet.widgets._worker import JobRunner
 
@@ -46,15 +45,15 @@ def notes(monkeypatch) -> list[str]:
 
 @pytest.fixture
 def calls(monkeypatch) -> list[int]:
-    """Counts calls of the network (``inference.predict_job``)."""
+    """Counts calls of the network (``inference.probability_job``, as the Segment widget's segmenter calls it)."""
     counted: list[int] = []
-    real = inference.predict_job
+    real = inference.probability_job
 
     def counting(*args, **kwargs):
         counted.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "predict_job", counting)
+    monkeypatch.setattr(segmenter, "probability_job", counting)
     return counted
 
 
@@ -196,9 +195,9 @@ def test_current_slice_of_a_stack(segment, calls):
 
 @pytest.fixture
 def slow(monkeypatch) -> list[Progress]:
-    """``predict_job`` pausing after each batch (so Cancel surely lands mid-stack); records the reports."""
+    """``probability_job`` pausing after each batch (so Cancel surely lands mid-stack); records the reports."""
     reports: list[Progress] = []
-    real = inference.predict_job
+    real = inference.probability_job
 
     def slowed(*args, **kwargs):
         job = real(*args, **kwargs)
@@ -215,8 +214,8 @@ def slow(monkeypatch) -> list[Progress]:
 
         return _Delegate(run(), job)
 
-    monkeypatch.setattr(inference, "predict_job", slowed)
-    monkeypatch.setattr(batch, "predict_job", slowed)
+    monkeypatch.setattr(segmenter, "probability_job", slowed)
+    monkeypatch.setattr(batch, "probability_job", slowed)
     return reports
 
 

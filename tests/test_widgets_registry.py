@@ -8,9 +8,9 @@ import os
 import pytest
 
 from napari_alnet.engine import registry as model_registry
-from napari_alnet.model import ALNet
 from napari_alnet.io.pretrained import BUILTIN_NAMES
 from napari_alnet.io.weights import ModelMetadata, save_weights
+from napari_alnet.model import ALNet
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def test_register_notifies_and_loads(weights):
         entry = model_registry.register("mito", weights)
         assert entry.kind == "session" and seen[-1][-1] == "mito"
         model = model_registry.load("mito")
-        assert model.is_reparameterized and not model.training
+        assert model.network.is_reparameterized and not model.network.training
         assert model_registry.metadata("mito").summary == "mine"
         assert model_registry.load("mito") is model  # cached
         save_weights(ALNet(), ModelMetadata(threshold=0.7), weights)  # re-saved by a fine-tune: reloaded
@@ -74,3 +74,20 @@ def test_listeners_are_held_weakly(weights):
     finally:
         model_registry.unregister("weak")
     assert Listener.calls == 0
+
+
+def test_cache_holds_each_device_its_own_segmenter(weights, monkeypatch):
+    """The per-device cache never hands out a model that another device's request moved."""
+    from napari_alnet.engine import devices
+
+    monkeypatch.setattr(devices, "available_devices", lambda: ["meta", "cpu"])
+    model_registry.register("mito-devices", weights)
+    try:
+        on_cpu = model_registry.load("mito-devices", "cpu")
+        on_meta = model_registry.load("mito-devices", "meta")
+        assert on_meta is not on_cpu and on_meta.device.type == "meta"
+        assert all(p.device.type == "meta" for p in on_meta.network.parameters())
+        again = model_registry.load("mito-devices", "cpu")
+        assert again is on_cpu and all(p.device.type == "cpu" for p in again.network.parameters())
+    finally:
+        model_registry.unregister("mito-devices")

@@ -92,10 +92,16 @@ class Segmenter:
 
     def predict_job(self, image: np.ndarray, *, tile: int | None = None, overlap: int = 64, batch_size: int = 4,
                     tta: bool = False, rgb: bool | None = None) -> Job[Prediction | None]:
-        """``inference.probability_job`` as a ``Job`` returning a ``Prediction`` (``None`` when stopped)."""
+        """``inference.probability_job`` as a ``Job`` returning a ``Prediction`` (``None`` when stopped).
+
+        The image is checked at once (a ``ValueError`` here, not at the first step).
+        """
+        job = probability_job(self, image, tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, rgb=rgb)
+        return self._timed(job)
+
+    def _timed(self, job: Job[np.ndarray | None]) -> Job[Prediction | None]:
         start = time.perf_counter()
-        probs = yield from probability_job(self, image, tile=tile, overlap=overlap, batch_size=batch_size, tta=tta,
-                                           rgb=rgb)
+        probs = yield from job
         if probs is None:
             return None
         return Prediction(probs, str(self.device), self.precision, time.perf_counter() - start)
