@@ -16,7 +16,8 @@ from itertools import pairwise
 
 import numpy as np
 
-STRIDE = 32
+from ..model import STRIDE
+
 #: ``tile=None``: images up to this many (padded) pixels run whole (about 1.2 GB on CPU), larger ones in tiles of
 #: ``DEFAULT_TILE``; also the most pixels per forward batch.
 WHOLE_IMAGE_PIXELS = 2048 * 2048

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import tifffile
+from skimage import io as skio
 
 from .layout import has_colour_axis
 
@@ -29,12 +32,8 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: unsupported file type {path.suffix!r} (expected {', '.join(IMAGE_SUFFIXES)})")
     try:
         if is_tiff(path):
-            import tifffile
-
             return np.asarray(tifffile.imread(path))
-        from skimage import io
-
-        return np.asarray(io.imread(path))
+        return np.asarray(skio.imread(path))
     except Exception as exc:  # any decoder error means the same thing to the user
         raise ImageReadError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from exc
 
@@ -58,8 +57,6 @@ def list_images(path: str | Path) -> list[Path]:
 
 def select_split(pairs: list[tuple[Path, Path]], split_csv: str | Path, subset: str) -> list[tuple[Path, Path]]:
     """The (image, mask) pairs whose image stem is listed under ``subset`` in a ``name,subset`` CSV (split.csv)."""
-    import csv
-
     with open(split_csv, newline="") as fh:
         names = {Path(row[0]).stem for row in csv.reader(fh) if len(row) >= 2 and row[1].strip() == subset}
     if not names:

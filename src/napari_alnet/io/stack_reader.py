@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from .images import IMAGE_SUFFIXES, ImageReadError, is_tiff, read_image
 from .layout import COLOUR_SIZES, is_plane
@@ -97,8 +98,6 @@ def _layout(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[int, bool, s
 
 
 def _open_tiff(path: Path) -> SliceReader:
-    import tifffile
-
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:
@@ -135,8 +134,6 @@ def _open_tiff(path: Path) -> SliceReader:
 
 def _as_stack(tif, series, axes: str, colour: str) -> np.ndarray:
     """(Z, Y, X[, C]) view of a series stored otherwise than one page per slice (memory-mapped when possible)."""
-    import tifffile
-
     try:
         data = tifffile.memmap(tif.filehandle.path, series=0, mode="r")
     except Exception:

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from .stack_reader import PixelSize
 
@@ -59,8 +60,6 @@ class TiffStackWriter:
                     continue
 
     def _run(self) -> None:
-        import tifffile
-
         try:
             bigtiff = self._options.pop("bigtiff")
             imagej = self._options.pop("imagej")
