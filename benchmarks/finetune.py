@@ -19,10 +19,10 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_alnet import load_model, predict
-from napari_alnet.training.finetune import FinetuneRequest, finetune_job
 from napari_alnet.io.images import read_image
-from napari_alnet.training.metrics import segmentation_scores
 from napari_alnet.io.sample_data import organelle_stack
+from napari_alnet.training.finetune import FinetuneRequest, finetune_job
+from napari_alnet.training.metrics import segmentation_scores
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "train"
 TRAIN_SLICES = (3, 10, 17)

@@ -47,16 +47,16 @@ def speed() -> None:
 
 
 def ablation(minutes: float, seed: int, only: list[int] | None = None) -> None:
-    from napari_alnet.training.evaluation import evaluate_job, summarize
-    from napari_alnet.io.images import pair_files
+    from napari_alnet import ModelMetadata, load_model
     from napari_alnet.engine.normalization import Normalization
     from napari_alnet.engine.progress import run_job
+    from napari_alnet.io.images import pair_files
     from napari_alnet.training import TrainConfig, load_pairs, train
-    from napari_alnet.io.weights import ModelMetadata, load_weights
+    from napari_alnet.training.evaluation import evaluate_job, summarize
 
     root = DATA / "isbi2012" / "train"
     files = pair_files([root / "images" / f"{i:02d}.png" for i in range(21)], root / "labels")
-    pairs = load_pairs(files, Normalization(), 1, invert=True)
+    pairs = load_pairs(files, normalization=Normalization(), in_channels=1, invert=True)
     test = pair_files([root / "images" / f"{i:02d}.png" for i in range(21, 30)], root / "labels")
     print(f"ISBI 2012, train 00-17, validate 18-20, test 21-29; {minutes} min CPU budget each, seed {seed}")
     print("| variant | steps | interior acc | interior IoU | membrane IoU |")
@@ -67,11 +67,9 @@ def ablation(minutes: float, seed: int, only: list[int] | None = None) -> None:
             continue
         meta = ModelMetadata(config=ALNetConfig(**changes), modality="em", objects="background")
         out = tmp / f"{len(changes)}{changes.get('context', '')}.safetensors"
-        result = train(pairs[:18], pairs[18:], meta, out, TrainConfig(epochs=1000, steps_per_epoch=40,
-                                                                       max_minutes=minutes, seed=seed))
-        model, _ = load_weights(out)
-        model.reparameterize()
-        model.metadata = meta
+        result = train(pairs[:18], pairs[18:], meta, out, config=TrainConfig(epochs=1000, steps_per_epoch=40,
+                                                                              max_minutes=minutes, seed=seed))
+        model = load_model(out, device="cpu")
         s = summarize(run_job(evaluate_job(model, test, invert=True)))
         print(f"| {name} | {result.steps_done} | {s['background']['accuracy']['mean']:.4f} | "
               f"{s['background']['iou']['mean']:.4f} | {s['foreground']['iou']['mean']:.4f} |", flush=True)
@@ -79,10 +77,10 @@ def ablation(minutes: float, seed: int, only: list[int] | None = None) -> None:
 
 def accuracy() -> None:
     from napari_alnet import load_model
-    from napari_alnet.training.evaluation import evaluate_job, summarize
+    from napari_alnet.engine.progress import run_job
     from napari_alnet.io.images import pair_files, select_split
     from napari_alnet.io.pretrained import shipped_models
-    from napari_alnet.engine.progress import run_job
+    from napari_alnet.training.evaluation import evaluate_job, summarize
 
     print("| dataset (model) | split | class | our Acc | our IoU | paper Acc | paper IoU |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")

@@ -43,17 +43,17 @@ def worker(args: argparse.Namespace) -> None:
     """Segment one stack and print the figures as JSON (runs in its own process)."""
     import torch
 
-    from napari_alnet.api import load_model
+    from napari_alnet.api import Segmenter, load_model
     from napari_alnet.engine.batch import segment_files_job
-    from napari_alnet.model import ALNet
-    from napari_alnet.io.pretrained import shipped_models
     from napari_alnet.engine.progress import run_job
+    from napari_alnet.io.pretrained import shipped_models
+    from napari_alnet.model import ALNet
 
     torch.set_num_threads(args.threads)
     if args.model and (args.model != "em" or "em" in shipped_models()):
         model, name = load_model(args.model, device="cpu"), args.model
     else:
-        model, name = ALNet().reparameterize(), "untrained AL-Net (no em weights shipped)"
+        model, name = Segmenter.from_network(ALNet()), "untrained AL-Net (no em weights shipped)"
     start = time.perf_counter()
     summary = run_job(segment_files_job([Path(args.worker)], Path(args.out), model, overwrite=True,
                                         probabilities=not args.labels_only))
