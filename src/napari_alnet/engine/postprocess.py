@@ -8,14 +8,26 @@ from skimage.measure import label
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed as skwatershed
 
-OBJECTS = ("foreground", "background")
+from ..model.metadata import OBJECTS
+
 #: Watershed markers: distance-transform maxima at least this many pixels above their surroundings.
 MARKER_HEIGHT = 2.0
 
 
+def check_probabilities(prob: np.ndarray) -> np.ndarray:
+    """``prob`` as an array, or ``ValueError`` when it holds NaN or infinite values (a broken model or input: labels
+    from them would be silently empty or one image-wide object)."""
+    prob = np.asarray(prob)
+    if not np.isfinite(prob).all():
+        bad = int(np.size(prob) - np.count_nonzero(np.isfinite(prob)))
+        raise ValueError(f"the network produced {bad} NaN/infinite probabilities (of {prob.size}); the weight file or "
+                         "the input is broken, so no labels were made from them")
+    return prob
+
+
 def semantic_labels(prob: np.ndarray, threshold: float) -> np.ndarray:
-    """uint8 mask, 1 where ``prob > threshold`` (foreground), 0 elsewhere."""
-    return (np.asarray(prob) > threshold).astype(np.uint8)
+    """uint8 mask, 1 where ``prob > threshold`` (foreground), 0 elsewhere; ``ValueError`` for NaN/inf."""
+    return (check_probabilities(prob) > threshold).astype(np.uint8)
 
 
 def instance_labels(prob: np.ndarray, threshold: float, objects: str = "foreground", min_size: int = 16,
@@ -29,7 +41,7 @@ def instance_labels(prob: np.ndarray, threshold: float, objects: str = "foregrou
     """
     if objects not in OBJECTS:
         raise ValueError(f"objects must be one of {OBJECTS}, got {objects!r}")
-    prob = np.asarray(prob)
+    prob = check_probabilities(prob)
     if prob.ndim == 3:
         out = np.zeros(prob.shape, np.int32)
         next_id = 0

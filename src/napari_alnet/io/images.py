@@ -30,12 +30,33 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: no such file")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ImageReadError(f"{path}: unsupported file type {path.suffix!r} (expected {', '.join(IMAGE_SUFFIXES)})")
+    check_signature(path)
     try:
         if is_tiff(path):
             return np.asarray(tifffile.imread(path))
         return np.asarray(skio.imread(path))
     except Exception as exc:  # any decoder error means the same thing to the user
         raise ImageReadError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from exc
+
+
+#: The first bytes every file of a type starts with.
+SIGNATURES = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",),
+              ".tif": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), ".tiff": (b"II*\x00", b"MM\x00*", b"II+\x00",
+                                                                         b"MM\x00+")}
+
+
+def check_signature(path: Path) -> None:
+    """``ImageReadError`` for an empty file or one whose first bytes are not those of its type (said plainly,
+    instead of a decoder's advice to install plugins)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageReadError(f"{path}: is empty (0 bytes); the file was not written completely or is not an image")
+    kind = path.suffix.lower()
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not any(head.startswith(sig) for sig in SIGNATURES.get(kind, (b"",))):
+        raise ImageReadError(f"{path}: is not a {kind.lstrip('.').upper()} file ({size} bytes starting "
+                             f"{head[:8]!r}); it is truncated, corrupt or misnamed")
 
 
 def mask_plane(mask: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .images import IMAGE_SUFFIXES, ImageReadError, is_tiff, read_image
+from .images import IMAGE_SUFFIXES, ImageReadError, check_signature, is_tiff, read_image
 from .layout import COLOUR_SIZES, is_plane
 
 
@@ -64,25 +64,47 @@ class SliceReader:
         self.close()
 
 
-def open_slices(path: str | Path) -> SliceReader:
-    """A ``SliceReader`` for a TIFF/OME-TIFF (pages read on demand), PNG or JPEG; ``ImageReadError`` if unusable."""
+def open_slices(path: str | Path, *, axes: str | None = None, series: int | None = None) -> SliceReader:
+    """A ``SliceReader`` for a TIFF/OME-TIFF (pages read on demand), PNG or JPEG; ``ImageReadError`` if unusable.
+
+    ``axes`` overrides how a TIFF's axes read (one letter per axis of the series, e.g. ``"ZYX"`` for a stack that
+    tifffile marks as channels; ``C`` or ``S`` = colour, any other letter besides Y and X = the stack axis).
+    ``series`` picks one series of a multi-series TIFF (refused without it, naming every series).
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ImageReadError(f"{path}: unsupported file type {path.suffix!r} (expected {', '.join(IMAGE_SUFFIXES)})")
+    check_signature(path)
     if is_tiff(path):
-        return _open_tiff(path)
+        return _open_tiff(path, axes=axes, series=series)
+    if axes is not None or series is not None:
+        raise ImageReadError(f"{path}: axes and series apply to TIFF files only")
     image = read_image(path)
-    if image.ndim == 3 and image.shape[-1] == 2:  # gray + alpha
+    if image.ndim == 3 and image.shape[-1] in (1, 2):  # gray, gray + alpha
         image = image[..., 0]
     if not is_plane(image.shape):
         raise ImageReadError(f"{path}: unsupported image shape {image.shape} (expected gray or RGB(A))")
     return SliceReader(path, 1, image.shape, image.dtype, image.ndim == 3, False, lambda _i: image)
 
 
-def _layout(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[int, bool, str]:
-    """(slices, rgb, colour axis '' | 'S' | 'C') of a TIFF series; ``ImageReadError`` for other layouts."""
+@dataclass(frozen=True)
+class _TiffLayout:
+    """How a TIFF series is read: ``depth`` slices along ``stack_axis`` ('' for one plane), ``colour`` axis."""
+
+    axes: str
+    depth: int
+    colour: str
+    stack_axis: str
+
+
+_Z_HINT = ("if that axis is Z (tifffile.imwrite(path, stack, imagej=True) stores a 3D array's first axis as "
+           "channels unless metadata={'axes': 'ZYX'} is given), pass axes='ZYX' (alnet segment --axes ZYX)")
+
+
+def _layout(path: Path, axes: str, shape: tuple[int, ...]) -> _TiffLayout:
+    """How to read a TIFF series with ``axes``; ``ImageReadError`` naming every axis it cannot segment."""
     sizes = dict(zip(axes, shape, strict=True))
     if "Y" not in sizes or "X" not in sizes:
         raise ImageReadError(f"{path}: TIFF series with axes {axes!r} has no Y and X axes")
@@ -90,40 +112,57 @@ def _layout(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[int, bool, s
     for name in ("S", "C"):
         if sizes.get(name, 1) > 1:
             if sizes[name] not in COLOUR_SIZES or colour:
+                hint = f"; {_Z_HINT}" if name == "C" and not colour else ""
                 raise ImageReadError(f"{path}: has {sizes[name]} channels (axes {axes!r}, shape {shape}); expected "
-                                     "grayscale or RGB(A)")
+                                     f"grayscale or RGB(A){hint}")
             colour = name
-    depth = math.prod(n for a, n in sizes.items() if a not in "YXSC")
-    return depth, bool(colour), colour
+    leading = [a for a in axes if a not in ("Y", "X", colour) and sizes[a] > 1]
+    if len(leading) > 1:
+        named = ", ".join(f"{a}={sizes[a]}" for a in leading)
+        raise ImageReadError(f"{path}: has {len(leading)} axes to stack along ({named}; axes {axes!r}, shape {shape});"
+                             f" a stack is segmented along one axis: save one {leading[0]} at a time, or pass axes= "
+                             "to say how the file reads")
+    depth = math.prod(n for a, n in sizes.items() if a not in ("Y", "X", colour))
+    return _TiffLayout(axes, depth, colour, leading[0] if leading else "")
 
 
-def _open_tiff(path: Path) -> SliceReader:
+def _series(path: Path, tif, series: int | None):
+    if not tif.series:
+        raise ImageReadError(f"{path}: is not a readable TIFF (no image data found)")
+    if series is None and len(tif.series) > 1:
+        listed = "; ".join(f"#{i}: axes {s.axes} shape {tuple(s.shape)}" for i, s in enumerate(tif.series))
+        raise ImageReadError(f"{path}: holds {len(tif.series)} image series ({listed}); one is segmented at a time: "
+                             "pass series=K (alnet segment --series K) or split the file")
+    index = series or 0
+    if not 0 <= index < len(tif.series):
+        raise ImageReadError(f"{path}: has {len(tif.series)} series; series {index} does not exist")
+    return tif.series[index], index
+
+
+def _checked_axes(path: Path, axes: str | None, found: str, shape: tuple[int, ...]) -> str:
+    if axes is None:
+        return found
+    axes = axes.upper()
+    if len(axes) != len(shape) or len(set(axes)) != len(axes) or not axes.isalpha():
+        raise ImageReadError(f"{path}: axes {axes!r} do not fit the series (shape {shape}, axes {found!r}): give "
+                             f"{len(shape)} distinct letters, e.g. {'ZYX' if len(shape) == 3 else found!r}")
+    return axes
+
+
+def _open_tiff(path: Path, *, axes: str | None, series: int | None) -> SliceReader:
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:
         raise ImageReadError(f"{path}: is not a readable TIFF ({type(exc).__name__}: {exc})") from exc
     try:
-        if not tif.series:
-            raise ImageReadError(f"{path}: is not a readable TIFF (no image data found)")
-        series = tif.series[0]
-        axes, shape = series.axes, tuple(series.shape)
-        depth, rgb, colour = _layout(path, axes, shape)
-        declared = (tif.imagej_metadata or {}).get("images", depth) if tif.is_imagej else depth
-        if declared != depth:
+        chosen, index = _series(path, tif, series)
+        shape = tuple(chosen.shape)
+        layout = _layout(path, _checked_axes(path, axes, chosen.axes, shape), shape)
+        declared = (tif.imagej_metadata or {}).get("images", layout.depth) if tif.is_imagej else layout.depth
+        if declared != layout.depth:
             raise ImageReadError(f"{path}: is truncated or corrupt (its ImageJ metadata declares {declared} images, "
-                                 f"{depth} can be read)")
-        plane_shape = (shape[axes.index("Y")], shape[axes.index("X")], *((shape[axes.index(colour)],) if rgb else ()))
-        pages = series.pages
-        if colour != "C" and len(pages) == depth and pages[0] is not None and pages[0].axes in ("YX", "YXS", "SYX"):
-            def get(i: int) -> np.ndarray:  # one page per slice: read on demand
-                page = pages[i]
-                plane = page.asarray()
-                return np.moveaxis(plane, 0, -1) if page.axes == "SYX" else plane
-        else:
-            get = _as_stack(tif, series, axes, colour).__getitem__
-        is_stack = any(a not in "YXSC" for a in axes)
-        return SliceReader(path, depth, plane_shape, series.dtype, rgb, is_stack, get, tiff_pixel_size(tif),
-                           tif.close)
+                                 f"{layout.depth} can be read)")
+        return _tiff_reader(path, tif, chosen, index, layout)
     except ImageReadError:
         tif.close()
         raise
@@ -132,10 +171,28 @@ def _open_tiff(path: Path) -> SliceReader:
         raise ImageReadError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from exc
 
 
-def _as_stack(tif, series, axes: str, colour: str) -> np.ndarray:
+def _tiff_reader(path: Path, tif, chosen, index: int, layout: _TiffLayout) -> SliceReader:
+    axes, shape, colour = layout.axes, tuple(chosen.shape), layout.colour
+    plane_shape = (shape[axes.index("Y")], shape[axes.index("X")], *((shape[axes.index(colour)],) if colour else ()))
+    pages = chosen.pages
+    if colour != "C" and len(pages) == layout.depth and pages[0] is not None and pages[0].axes in ("YX", "YXS", "SYX"):
+        def get(i: int) -> np.ndarray:  # one page per slice: read on demand
+            page = pages[i]
+            plane = page.asarray()
+            return np.moveaxis(plane, 0, -1) if page.axes == "SYX" else plane
+    else:
+        get = _as_stack(tif, chosen, index, axes, colour).__getitem__
+    is_stack = any(a not in ("Y", "X", colour) for a in axes)
+    size = tiff_pixel_size(tif)
+    if layout.stack_axis == "T":  # frames of a time series: the slice spacing is not a Z spacing
+        size = PixelSize(size.x, size.y, None, size.unit)
+    return SliceReader(path, layout.depth, plane_shape, chosen.dtype, bool(colour), is_stack, get, size, tif.close)
+
+
+def _as_stack(tif, series, index: int, axes: str, colour: str) -> np.ndarray:
     """(Z, Y, X[, C]) view of a series stored otherwise than one page per slice (memory-mapped when possible)."""
     try:
-        data = tifffile.memmap(tif.filehandle.path, series=0, mode="r")
+        data = tifffile.memmap(tif.filehandle.path, series=index, mode="r")
     except Exception:
         data = series.asarray()
     lead = [i for i, a in enumerate(axes) if a not in ("Y", "X", colour)]

@@ -98,6 +98,10 @@ def build_model(tensors: dict[str, torch.Tensor], metadata: ModelMetadata, form:
     if form == "fused":
         model.reparameterize()
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise WeightsError(f"{source}: {len(broken)} tensor(s) hold NaN or infinite values ({', '.join(broken[:3])}"
+                           f"{', ...' if len(broken) > 3 else ''}); the file is corrupt or its training diverged")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -6,6 +6,7 @@ These are descriptions (plain data, NumPy only); ``io.weights`` reads and writes
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,6 +18,11 @@ FORMAT = "napari-alnet"
 FORMAT_VERSION = "1"
 
 NORMALIZATION_KINDS = ("percentile", "dtype_range")
+#: Normalized model inputs are clipped to +-this (real images stay within a few units; a float64 outlier of 1e300
+#: would otherwise become inf in float32 and NaN in the network).
+INPUT_LIMIT = 1e4
+RGB_TO_GRAY = ("luminance", "refuse")
+OBJECTS = ("foreground", "background")
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,12 @@ class Normalization:
     def __post_init__(self) -> None:
         if self.kind not in NORMALIZATION_KINDS:
             raise ValueError(f"normalization kind must be one of {NORMALIZATION_KINDS}, got {self.kind!r}")
+        if not (0.0 <= self.low < self.high <= 100.0):
+            raise ValueError(f"normalization percentiles must satisfy 0 <= low < high <= 100, got low={self.low}, "
+                             f"high={self.high}")
+        if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
+            raise ValueError(f"normalization mean must be finite and std finite and > 0, got mean={self.mean}, "
+                             f"std={self.std}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -61,9 +73,33 @@ class Normalization:
     def apply(self, image: np.ndarray, bounds: tuple[float, float] | None = None) -> np.ndarray:
         """float32 model input from ``image`` (bounds computed from it unless given)."""
         lo, hi = bounds if bounds is not None else self.bounds(image)
+        if image.dtype.itemsize > 4 or max(abs(lo), abs(hi)) > 1e30:
+            # float64 / 64-bit integers / extreme float32: scale in float64, where (x - lo) cannot overflow
+            return _scaled(image, lo, hi, self.mean, self.std)
         scale = 1.0 / (hi - lo) if hi > lo else 1.0
-        out = (image.astype(np.float32) - np.float32(lo)) * np.float32(scale)
-        return (out - np.float32(self.mean)) / np.float32(self.std)
+        with np.errstate(over="ignore"):  # float32 outliers far beyond the bounds: clipped below
+            out = (image.astype(np.float32) - np.float32(lo)) * np.float32(scale)
+            out = (out - np.float32(self.mean)) / np.float32(self.std)
+        return np.clip(out, -INPUT_LIMIT, INPUT_LIMIT, out=out)
+
+
+def _scaled(image: np.ndarray, lo: float, hi: float, mean: float, std: float) -> np.ndarray:
+    """float32 ``((x - lo) / (hi - lo) - mean) / std`` computed in float64 on quarters (so that neither ``x - lo`` nor
+    ``hi - lo`` can overflow), clipped to +-``INPUT_LIMIT`` so that outliers stay finite in float32."""
+    x = image.astype(np.float64) / 4
+    lo4, span4 = lo / 4, hi / 4 - lo / 4
+    scale = 1.0 / span4 if span4 > 0 else 4.0
+    with np.errstate(over="ignore"):
+        out = ((x - lo4) * scale - mean) / std
+    return np.clip(out, -INPUT_LIMIT, INPUT_LIMIT).astype(np.float32)
+
+
+def check_threshold(threshold: float, what: str = "threshold") -> float:
+    """``threshold`` as a float strictly between 0 and 1; ``ValueError`` naming ``what`` otherwise (NaN included)."""
+    value = float(threshold)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{what} must lie strictly between 0 and 1, got {threshold!r}")
+    return value
 
 
 def network_shape(shape: tuple[int, int], input_size: tuple[int, int] | None = None,
@@ -99,6 +135,13 @@ class ModelMetadata:
     def __post_init__(self) -> None:
         if not 0.1 <= self.input_scale <= 8:
             raise ValueError(f"input_scale must be between 0.1 and 8, got {self.input_scale}")
+        check_threshold(self.threshold)
+        if self.rgb_to_gray not in RGB_TO_GRAY:
+            raise ValueError(f"rgb_to_gray must be one of {RGB_TO_GRAY}, got {self.rgb_to_gray!r}")
+        if self.objects not in OBJECTS:
+            raise ValueError(f"objects must be one of {OBJECTS}, got {self.objects!r}")
+        if self.input_size is not None and not all(isinstance(n, int) and 0 < n <= 65536 for n in self.input_size):
+            raise ValueError(f"input_size must be two positive integers, got {self.input_size}")
 
     def network_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
         """The (Y, X) at which this model's network sees an image of spatial ``shape``."""

@@ -1,0 +1,145 @@
+"""The input contract, one class of fault per table: files, axes, values from files, non-finite numbers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_alnet.engine.postprocess import check_probabilities, instance_labels, semantic_labels
+from napari_alnet.io.images import ImageReadError, read_image
+from napari_alnet.io.stack_reader import open_slices
+from napari_alnet.io.weights import WeightsError, load_weights, read_weights, save_weights
+from napari_alnet.model import ALNet
+from napari_alnet.model.metadata import ModelMetadata, Normalization
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    ("empty.png", b"", "is empty"),
+    ("text.png", b"hello, world", "is not a PNG file"),
+    ("text.jpg", b"GIF89a......", "is not a JPG file"),
+    ("text.tif", b"not a tiff at all", "is not a TIF file"),
+])
+def test_unreadable_files_say_what_they_are(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content)
+    for reader in (read_image, open_slices):
+        with pytest.raises(ImageReadError, match=expected) as info:
+            reader(path)
+        assert str(path) in str(info.value) and "plugin" not in str(info.value)
+
+
+def _imwrite(path, data, **kw):
+    tifffile.imwrite(path, data, **kw)
+    return path
+
+
+def test_an_imagej_stack_read_as_channels_gets_a_hint_and_an_axes_override(tmp_path):
+    stack = np.arange(6 * 32 * 40, dtype=np.uint16).reshape(6, 32, 40)
+    path = _imwrite(tmp_path / "ij.tif", stack, imagej=True)  # tifffile marks the first axis as channels
+    with pytest.raises(ImageReadError, match=r"6 channels .* pass axes='ZYX'"):
+        open_slices(path)
+    with open_slices(path, axes="ZYX") as reader:
+        assert reader.shape == (6, 32, 40) and np.array_equal(reader[4], stack[4])
+    for bad in ("ZY", "ZZX", "Z1X"):
+        with pytest.raises(ImageReadError, match="do not fit the series"):
+            open_slices(path, axes=bad)
+
+
+def test_two_stack_axes_are_refused_naming_both_and_a_time_axis_carries_no_z_spacing(tmp_path):
+    meta = {"spacing": 0.5, "unit": "um"}
+    tz = _imwrite(tmp_path / "tz.tif", np.zeros((2, 3, 32, 40), np.uint8), imagej=True, resolution=(10, 10),
+                  metadata={"axes": "TZYX", **meta})
+    with pytest.raises(ImageReadError, match=r"2 axes to stack along \(T=2, Z=3"):
+        open_slices(tz)
+    z = _imwrite(tmp_path / "z.tif", np.zeros((3, 32, 40), np.uint8), imagej=True, resolution=(10, 10),
+                 metadata={"axes": "ZYX", **meta})
+    t = _imwrite(tmp_path / "t.tif", np.zeros((3, 32, 40), np.uint8), imagej=True, resolution=(10, 10),
+                 metadata={"axes": "TYX", **meta})
+    assert open_slices(z).pixel_size.z == 0.5
+    with open_slices(t) as reader:
+        assert len(reader) == 3 and reader.pixel_size.z is None and reader.pixel_size.x == pytest.approx(0.1)
+
+
+def test_every_series_of_a_multi_series_tiff_is_named_or_chosen(tmp_path):
+    path = tmp_path / "two.tif"
+    with tifffile.TiffWriter(path) as writer:
+        writer.write(np.zeros((32, 40), np.uint8))
+        writer.write(np.full((4, 16, 20), 7, np.uint8), photometric="minisblack")
+    with pytest.raises(ImageReadError, match=r"2 image series \(#0: axes YX shape \(32, 40\); #1: .*\(4, 16, 20\)"):
+        open_slices(path)
+    with open_slices(path, series=1) as reader:
+        assert reader.shape == (4, 16, 20) and int(reader[3].max()) == 7
+    with pytest.raises(ImageReadError, match="series 2 does not exist"):
+        open_slices(path, series=2)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64, np.uint64])
+def test_normalization_cannot_overflow(dtype):
+    rng = np.random.default_rng(0)
+    info = np.finfo(dtype) if np.issubdtype(dtype, np.floating) else np.iinfo(dtype)
+    image = (rng.random((64, 64)) * float(info.max) / 2).astype(dtype)
+    image[0, 0], image[1, 1] = info.max, info.min
+    for norm in (Normalization(), Normalization(kind="dtype_range")):
+        out = norm.apply(image)
+        assert out.dtype == np.float32 and np.isfinite(out).all()
+    out = Normalization().apply(image)  # percentiles: the bulk of the image still spans the model's input range
+    low, high = np.percentile(out, [5, 95])
+    assert -2.5 < low < -1 and 1.5 < high < 2.5
+
+
+def test_normalization_of_ordinary_images_is_unchanged():
+    image = np.random.default_rng(1).integers(0, 255, (40, 48)).astype(np.uint8)
+    norm = Normalization()
+    lo, hi = norm.bounds(image)
+    expected = ((image.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo) - 0.5) / 0.25
+    np.testing.assert_allclose(norm.apply(image), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("threshold", 1.5), ("threshold", -1.0), ("threshold", math.nan), ("threshold", 0.0), ("input_scale", math.nan),
+    ("objects", "cells"), ("rgb_to_gray", "maybe"), ("input_size", (0, 64)),
+])
+def test_metadata_values_are_checked_when_made_or_read(tmp_path, field, value):
+    with pytest.raises(ValueError, match=field):
+        ModelMetadata(**{field: value})
+    path = save_weights(ALNet(), ModelMetadata(), tmp_path / "ok.safetensors")
+    tensors, meta, form = read_weights(path)
+    strings = meta.to_strings() | {"form": form}
+    strings[field] = repr(value) if not isinstance(value, (str, tuple)) else (
+        value if isinstance(value, str) else str(list(value)))
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=strings)
+    with pytest.raises(WeightsError, match=f"{bad}: has unreadable metadata"):
+        read_weights(bad)
+
+
+@pytest.mark.parametrize(("low", "high", "std"), [(99.0, 1.0, 0.25), (1.0, 101.0, 0.25), (1.0, 99.0, 0.0),
+                                                  (math.nan, 99.0, 0.25), (1.0, 99.0, math.inf)])
+def test_normalization_values_are_checked(low, high, std):
+    with pytest.raises(ValueError, match="normalization"):
+        Normalization(low=low, high=high, std=std)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_weights_with_non_finite_values_are_refused(tmp_path, bad):
+    model = ALNet()
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[3] = bad
+    path = save_weights(model, ModelMetadata(), tmp_path / "diverged.safetensors")
+    with pytest.raises(WeightsError, match=r"diverged.safetensors: 1 tensor\(s\) hold NaN or infinite values"):
+        load_weights(path)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_probabilities_never_become_labels(bad):
+    prob = np.full((16, 16), 0.2, np.float32)
+    prob[3, 4] = bad
+    for make in (lambda p: semantic_labels(p, 0.5), lambda p: instance_labels(p, 0.5), check_probabilities):
+        with pytest.raises(ValueError, match="1 NaN/infinite probabilities"):
+            make(prob)
