@@ -13,8 +13,8 @@ import napari_alnet.engine.batch as batch
 import napari_alnet.io.stack_writer as stack_writer
 from model_factory import save_test_model, texture
 from napari_alnet import load_model, predict
-from napari_alnet.engine.batch import segment_files_job
 from napari_alnet.cli import main
+from napari_alnet.engine.batch import segment_files_job
 from napari_alnet.engine.postprocess import instance_labels
 from napari_alnet.engine.progress import run_job
 

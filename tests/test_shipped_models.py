@@ -7,10 +7,10 @@ import pytest
 
 from conftest import require_data
 from napari_alnet import load_model
-from napari_alnet.training.evaluation import evaluate_job, summarize
+from napari_alnet.engine.progress import run_job
 from napari_alnet.io.images import pair_files, select_split
 from napari_alnet.io.pretrained import shipped_models
-from napari_alnet.engine.progress import run_job
+from napari_alnet.training.evaluation import evaluate_job, summarize
 
 pytestmark = pytest.mark.slow
 

@@ -8,47 +8,58 @@ import logging
 import shlex
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
+from skimage.io import imsave
+
+from .api import Segmenter, load_model
+from .engine.batch import BatchSummary, segment_files_job
+from .engine.postprocess import instance_labels
+from .engine.progress import Job, Progress, run_job
+from .engine.tiling import check_tile
+from .io.images import pair_files, select_split
+from .io.pretrained import shipped_models
+from .io.sample_data import em_like_stack
+from .io.stack_reader import PixelSize, open_slices
+from .io.stack_writer import TiffStackWriter
+from .io.weights import load_weights, save_weights
+from .model import ALNet, ALNetConfig
+from .model.metadata import ModelMetadata, Normalization
+from .terminal import ProgressBar
+from .training import Pair, TrainConfig, TrainResult, load_pairs, train_job
+from .training.evaluation import ImageScores, evaluate_job, summarize
+from .training.loop import tune_threshold
+from .training.metrics import segmentation_scores
+
+T = TypeVar("T")
+
+DEVICE_HELP = "auto (default: CUDA > MPS > CPU), cuda, mps or cpu"
+SCORE_KEYS = ("accuracy", "iou", "dice")
+
+
+def _run(job: Job[T], bar: ProgressBar, on_progress=None) -> T:
+    """Drive ``job`` with ``bar`` (or ``on_progress``) showing its reports; the job and the bar are closed after."""
+    try:
+        return run_job(job, on_progress or bar)
+    finally:
+        job.close()
+        bar.close()
+
+
+# --- alnet demo ---------------------------------------------------------------------------------------------------
 
 def _demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import numpy as np
-    from skimage import io
-
-    from .api import Segmenter, load_model
-    from .engine.batch import segment_files_job
-    from .engine.postprocess import instance_labels
-    from .engine.progress import run_job
-    from .io.pretrained import shipped_models
-    from .io.sample_data import em_like_stack
-    from .io.stack_reader import PixelSize, open_slices
-    from .io.stack_writer import TiffStackWriter
-    from .model import ALNet
-    from .terminal import ProgressBar
-    from .training.metrics import segmentation_scores
-
     start = time.perf_counter()
     out = Path(args.out)
     cells = max(8, round(240 * (args.size / 512) ** 2))
     stack, truth = em_like_stack(depth=args.slices, size=args.size, cells=cells)
-    source = out / "em_like_stack.tif"
-    with TiffStackWriter(source, stack.shape, stack.dtype, PixelSize(0.004, 0.004, 0.05, "um")) as writer:
-        for plane in stack:
-            writer.write(plane)
-        writer.finish()
-    if "em" in shipped_models():
-        model, what = load_model("em", device=args.device), "the shipped 'em' model"
-    else:
-        model = Segmenter.from_network(ALNet())
-        what = "an UNTRAINED AL-Net (no 'em' weights are shipped in this install)"
-    bar = ProgressBar("demo", "slices")
+    source = _write_demo_stack(out / "em_like_stack.tif", stack)
+    model, what = _demo_model(args.device)
     job = segment_files_job([source], out, model, overwrite=True, device=args.device)
-    try:
-        summary = run_job(job, bar)
-    finally:
-        job.close()
-        bar.close()
+    summary = _run(job, ProgressBar("demo", "slices"))
     if summary.failures:
         raise ValueError(summary.failures[0][1])
     labels_path = out / "em_like_stack_labels.tif"
@@ -56,54 +67,72 @@ def _demo(args: argparse.Namespace) -> int:
         labels = np.stack([reader[z] for z in range(len(reader))]).astype(bool)
     mid = len(stack) // 2
     objects = model.metadata.objects
-    cells_found = int(instance_labels(labels[mid].astype(np.float32), 0.5, objects).max())
+    found = int(instance_labels(labels[mid].astype(np.float32), 0.5, objects).max())
     dice = segmentation_scores(labels, truth).dice
-    overlay = np.repeat(stack[mid][..., None], 3, axis=-1).astype(np.float32)
-    overlay[labels[mid]] = 0.5 * overlay[labels[mid]] + 0.5 * np.array([255, 40, 40], np.float32)
-    overlay_path = out / "em_like_stack_overlay.png"
-    io.imsave(overlay_path, overlay.astype(np.uint8), check_contrast=False)
+    overlay_path = _write_overlay(out / "em_like_stack_overlay.png", stack[mid], labels[mid])
     seg = summary.seconds
     print(f"segmented a generated EM-like stack {stack.shape} (Z, Y, X) with {what} on {summary.device}: "
           f"{seg:.2f} s ({seg / len(stack) * 1000:.0f} ms/slice), {time.perf_counter() - start:.2f} s in all")
     print(f"membrane pixels {labels.mean():.3f} (truth {truth.mean():.3f}), membrane Dice vs the generated truth "
-          f"{dice:.3f}; slice {mid}: {cells_found} {'cells' if objects == 'background' else 'objects'} "
+          f"{dice:.3f}; slice {mid}: {found} {'cells' if objects == 'background' else 'objects'} "
           f"(the stack has {cells})")
     print(f"wrote {source}\n      {labels_path}  (uint8 labels, 1 = membrane)\n      {overlay_path}  "
           f"(slice {mid}, membranes in red)")
     return 0
 
 
-def _segment(args: argparse.Namespace) -> int:
-    from .api import load_model
-    from .engine.batch import segment_files_job
-    from .engine.progress import run_job
-    from .terminal import ProgressBar
+def _write_demo_stack(path: Path, stack: np.ndarray) -> Path:
+    pixel_size = PixelSize(x=0.004, y=0.004, z=0.05, unit="um")
+    with TiffStackWriter(path, stack.shape, stack.dtype, pixel_size=pixel_size) as writer:
+        for plane in stack:
+            writer.write(plane)
+        writer.finish()
+    return path
 
+
+def _demo_model(device: str | None) -> tuple[Segmenter, str]:
+    """The shipped ``em`` model, or an untrained network where this install ships none, and how to call it."""
+    if "em" in shipped_models():
+        return load_model("em", device=device), "the shipped 'em' model"
+    return Segmenter.from_network(ALNet()), "an UNTRAINED AL-Net (no 'em' weights are shipped in this install)"
+
+
+def _write_overlay(path: Path, plane: np.ndarray, labels: np.ndarray) -> Path:
+    """``plane`` in gray with the labelled pixels tinted red, as an RGB PNG."""
+    overlay = np.repeat(plane[..., None], 3, axis=-1).astype(np.float32)
+    overlay[labels] = 0.5 * overlay[labels] + 0.5 * np.array([255, 40, 40], np.float32)
+    imsave(path, overlay.astype(np.uint8), check_contrast=False)
+    return path
+
+
+# --- alnet segment ------------------------------------------------------------------------------------------------
+
+def _segment(args: argparse.Namespace) -> int:
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # unreadable files get our one-line error instead
     model = load_model(args.model, device=args.device)
     bar = ProgressBar("segment", "slices")
 
-    def report(progress) -> None:
+    def report(progress: Progress) -> None:
         failure = progress.metrics.get("failure")
         if failure:
-            bar.close()
-            print(f"alnet segment: error: {failure[1]}", file=sys.stderr)
+            bar.write(f"alnet segment: error: {failure[1]}")
         bar(progress)
 
     job = segment_files_job(args.inputs, args.out, model, tile=args.tile, threshold=args.threshold,
                             probabilities=args.probabilities, instances=args.instances, overwrite=args.overwrite)
     try:
-        summary = run_job(job, report)
+        summary = _run(job, bar, report)
     except KeyboardInterrupt:
-        job.close()
-        bar.close()
         print("alnet segment: interrupted; outputs written so far are complete, no partial file was left",
               file=sys.stderr)
         return 130
-    bar.close()
+    return _segment_report(summary, args.out)
+
+
+def _segment_report(summary: BatchSummary, out: str) -> int:
     rate = summary.slices / summary.seconds if summary.seconds else 0.0
     print(f"segmented {summary.slices} slices into {len(summary.written)} files in {summary.seconds:.1f} s "
-          f"({rate:.2f} slices/s) on {summary.device}; output folder {args.out}")
+          f"({rate:.2f} slices/s) on {summary.device}; output folder {out}")
     if summary.skipped:
         print(f"kept {len(summary.skipped)} existing outputs (--overwrite replaces them): "
               + ", ".join(p.name for p in summary.skipped))
@@ -115,55 +144,79 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from .engine.normalization import Normalization
-    from .engine.progress import run_job
-    from .io.images import pair_files, select_split
-    from .io.weights import ModelMetadata, load_weights, save_weights
-    from .model import ALNetConfig
-    from .terminal import ProgressBar
-    from .training import TrainConfig, load_pairs, train_job
-    from .training.loop import tune_threshold
+# --- alnet train --------------------------------------------------------------------------------------------------
 
+def _train(args: argparse.Namespace) -> int:
     norm = Normalization(kind=args.normalization)
+    config = _network_config(args)
+    pairs, val = _training_pairs(args, norm)
+    meta = _new_metadata(args, config, norm)
+    recipe = _recipe(args)
+    print(f"training on {len(pairs)} pairs, validating on {len(val)}; "
+          f"{recipe.resolved_steps(pairs)} steps/epoch x {recipe.epochs} epochs", file=sys.stderr)
+    job = train_job(pairs, val, meta, out=args.out, config=recipe, init=args.init, checkpoint=args.checkpoint,
+                    resume=args.resume)
+    try:
+        result = _run(job, ProgressBar("train", "steps"))
+    except KeyboardInterrupt:
+        print(f"interrupted; the best weights so far are in {args.out}", file=sys.stderr)
+        return 130
+    _finish_weights(args, result, val)
+    print(f"best epoch {result.best_epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+          + f"; {result.wall_seconds / 60:.1f} min; wrote {result.out}")
+    return 0
+
+
+def _network_config(args: argparse.Namespace) -> ALNetConfig:
+    """The network to train: ``--config-json`` (with ``--channels``) or the shipped architecture."""
     config = (ALNetConfig.from_json(args.config_json).replace(in_channels=args.channels) if args.config_json
               else ALNetConfig(in_channels=args.channels))
     if args.init and args.config_json:
         raise ValueError("--config-json describes a new network; --init takes the network of its weight file")
+    return config
+
+
+def _training_pairs(args: argparse.Namespace, norm: Normalization) -> tuple[list[Pair], list[Pair]]:
+    """Training and validation pairs: ``--val-images``, else the last ``--holdout`` training pairs, else none."""
     files = pair_files(args.images, args.masks)
     if args.split_csv:
         files = select_split(files, args.split_csv, args.subset)
     if args.resize and args.scale != 1:
         raise ValueError("give --resize or --scale, not both")
-    pairs = load_pairs(files, norm, args.channels, args.invert_masks, args.resize, args.scale)
+    pairs = _load_pairs(files, args, norm)
     if args.val_images:
-        val_files = pair_files(args.val_images, args.val_masks or args.masks)
-        val = load_pairs(val_files, norm, args.channels, args.invert_masks, args.resize, args.scale)
+        val = _load_pairs(pair_files(args.val_images, args.val_masks or args.masks), args, norm)
     elif args.holdout:
         pairs, val = pairs[: -args.holdout], pairs[-args.holdout:]
     else:
         val = []
     if not pairs:
         raise ValueError("no training pairs left after holding out validation pairs")
-    meta = ModelMetadata(config=config, modality=args.modality, normalization=norm, threshold=0.5,
+    return pairs, val
+
+
+def _load_pairs(files: Sequence[tuple[Path, Path]], args: argparse.Namespace, norm: Normalization) -> list[Pair]:
+    return load_pairs(files, normalization=norm, in_channels=args.channels, invert=args.invert_masks,
+                      resize=args.resize, scale=args.scale)
+
+
+def _new_metadata(args: argparse.Namespace, config: ALNetConfig, norm: Normalization) -> ModelMetadata:
+    return ModelMetadata(config=config, modality=args.modality, normalization=norm, threshold=0.5,
                          objects=args.objects, card={"summary": args.summary} if args.summary else {},
                          input_size=(args.resize, args.resize) if args.resize else None, input_scale=args.scale)
-    recipe = TrainConfig(epochs=args.epochs, lr=args.lr, gamma=args.gamma, batch_size=args.batch_size,
-                         crop=args.crop, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
-                         max_minutes=args.max_minutes, device=args.device, threads=args.threads,
-                         ema_decay=args.ema, rotate=args.rotate, zoom=args.zoom,
-                         intensity_jitter=args.intensity_jitter)
-    print(f"training on {len(pairs)} pairs, validating on {len(val)}; "
-          f"{recipe.resolved_steps(pairs)} steps/epoch x {recipe.epochs} epochs", file=sys.stderr)
-    bar = ProgressBar("train", "steps")
-    try:
-        result = run_job(train_job(pairs, val, meta, args.out, recipe, init=args.init, checkpoint=args.checkpoint,
-                                   resume=args.resume), bar)
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"interrupted; the best weights so far are in {args.out}", file=sys.stderr)
-        return 130
-    bar.close()
+
+
+def _recipe(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, lr=args.lr, gamma=args.gamma, batch_size=args.batch_size,
+                       crop=args.crop, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
+                       max_minutes=args.max_minutes, device=args.device, threads=args.threads,
+                       ema_decay=args.ema, rotate=args.rotate, zoom=args.zoom,
+                       intensity_jitter=args.intensity_jitter)
+
+
+def _finish_weights(args: argparse.Namespace, result: TrainResult, val: list[Pair]) -> None:
+    """Rewrite the best weights with the tuned threshold (``--tune-threshold``), the training record in the model
+    card, and in float16 with ``--half``."""
     model, saved = load_weights(result.out)
     if args.tune_threshold and val:
         saved.threshold, tuned = tune_threshold(model, val)
@@ -175,32 +228,31 @@ def _train(args: argparse.Namespace) -> int:
         "steps_done": result.steps_done, "stopped": result.stopped, "history": result.history}
     saved.card = card
     save_weights(model, saved, result.out, half=args.half)
-    print(f"best epoch {result.best_epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
-          + f"; {result.wall_seconds / 60:.1f} min; wrote {result.out}")
-    return 0
 
+
+# --- alnet evaluate -----------------------------------------------------------------------------------------------
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .api import load_model
-    from .engine.progress import run_job
-    from .io.images import pair_files, select_split
-    from .terminal import ProgressBar
-    from .training.evaluation import evaluate_job, summarize
-
     model = load_model(args.model, device=args.device)
     bar = ProgressBar("evaluate", "images")
     files = pair_files(args.images, args.masks)
     if args.split_csv:
         files = select_split(files, args.split_csv, args.subset)
-    rows = run_job(evaluate_job(model, files, args.invert_masks, args.fov, args.threshold, args.tta), bar)
-    bar.close()
+    job = evaluate_job(model, files, invert=args.invert_masks, fov=args.fov, threshold=args.threshold, tta=args.tta)
+    rows = _run(job, bar)
     summary = summarize(rows)
     if args.json:
         print(json.dumps({"images": [{"name": r.name, "foreground": r.foreground.as_dict(),
                                       "background": r.background.as_dict()} for r in rows],
                           "summary": summary}, indent=2))
-        return 0
-    keys = ("accuracy", "iou", "dice")
+    else:
+        _print_score_table(rows, summary)
+    return 0
+
+
+def _print_score_table(rows: list[ImageScores], summary: dict[str, dict[str, dict[str, float]]]) -> None:
+    """One row per image, then mean and std: foreground accuracy, IoU, Dice and background IoU, Dice."""
+    keys = SCORE_KEYS
     print(f"{'image':<16}" + "".join(f"{'fg ' + k:>12}" for k in keys) + "".join(f"{'bg ' + k:>12}" for k in keys[1:]))
     for r in rows:
         fg, bg = r.foreground.as_dict(), r.background.as_dict()
@@ -209,36 +261,34 @@ def _evaluate(args: argparse.Namespace) -> int:
     for stat in ("mean", "std"):
         print(f"{stat:<16}" + "".join(f"{fg[k][stat]:>12.4f}" for k in keys)
               + "".join(f"{bg[k][stat]:>12.4f}" for k in keys[1:]))
-    return 0
 
+
+# --- the parser ---------------------------------------------------------------------------------------------------
 
 def _tile_size(text: str) -> int:
-    from .engine.tiling import check_tile
-
     try:
         return check_tile(int(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alnet", description="AL-Net segmentation for EM, fundus and dermoscopy")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="segment a generated EM-like stack with the shipped model")
     demo.add_argument("-o", "--out", default="alnet-demo", help="output folder (default ./alnet-demo)")
     demo.add_argument("--slices", type=int, default=3)
     demo.add_argument("--size", type=int, default=512, help="slice width and height in pixels")
-    demo.add_argument("--device", default=None, help="auto (default: CUDA > MPS > CPU), cuda, mps or cpu")
+    demo.add_argument("--device", default=None, help=DEVICE_HELP)
     demo.set_defaults(func=_demo)
 
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
     seg = sub.add_parser("segment", help="segment images and TIFF stacks into label (and probability) TIFFs",
                          description="For each input STEM.ext write OUTDIR/STEM_labels.tif (and STEM_prob.tif). "
                          "Stacks are streamed slice by slice. Exit code 1 if any input failed.")
     seg.add_argument("inputs", nargs="+", metavar="INPUT", help="TIFF/OME-TIFF stacks, PNG/JPEG images, or folders")
     seg.add_argument("-o", "--out", required=True, metavar="OUTDIR")
     seg.add_argument("--model", default="em", help="em | fundus | dermoscopy | weight file (default em)")
-    seg.add_argument("--device", default=None, help="auto (default: CUDA > MPS > CPU), cuda, mps or cpu")
+    seg.add_argument("--device", default=None, help=DEVICE_HELP)
     seg.add_argument("--tile", type=_tile_size, default=None,
                      help="tile size (multiple of 32, >= 544); default: whole slices up to 2048 x 2048")
     seg.add_argument("--threshold", type=float, default=None, help="default: the model's")
@@ -248,7 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs never)")
     seg.set_defaults(func=_segment)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="train AL-Net (the paper's recipe by default) and write a weight file")
+    _add_train_data(tr)
+    _add_train_recipe(tr)
+    _add_train_model(tr)
+    tr.set_defaults(func=_train)
+
+
+def _add_train_data(tr: argparse.ArgumentParser) -> None:
+    """What to train and validate on (and ``--init``, the weights to start from)."""
     tr.add_argument("--images", nargs="+", required=True, help="image files, folders or TIFF stacks")
     tr.add_argument("--masks", nargs="+", required=True,
                     help="mask folder(s) (paired by file stem) or one mask file/stack for one image")
@@ -266,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--holdout", type=int, default=0, help="hold out the last N training pairs for validation")
     tr.add_argument("--init", help="start from a built-in model name or weight file (fine-tuning)")
     tr.add_argument("--invert-masks", action="store_true", help="foreground is mask == 0 (ISBI membranes)")
+
+
+def _add_train_recipe(tr: argparse.ArgumentParser) -> None:
+    """The optimisation recipe and augmentation (``TrainConfig``)."""
     tr.add_argument("--epochs", type=int, default=150)
     tr.add_argument("--lr", type=float, default=5e-3)
     tr.add_argument("--gamma", type=float, default=0.95, help="ExponentialLR decay per epoch")
@@ -283,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="augment: zoom each crop by a factor drawn from [1/ZOOM, ZOOM] (default 1 = off)")
     tr.add_argument("--intensity-jitter", type=float, default=0.0, metavar="J",
                     help="augment: contrast x exp(±J), per-channel gain x exp(±J/2), shift ±J (default 0 = off)")
+
+
+def _add_train_model(tr: argparse.ArgumentParser) -> None:
+    """The network, the metadata stored with it, and where it is written."""
     tr.add_argument("--channels", type=int, choices=(1, 3), default=1)
     tr.add_argument("--config-json", help="ALNetConfig fields as JSON, e.g. '{\"decoder_stride\": 1}' "
                     "(default: the shipped architecture)")
@@ -295,8 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     tr.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     tr.add_argument("--out", required=True)
-    tr.set_defaults(func=_train)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="per-image and mean ± std accuracy, IoU and Dice for both classes")
     ev.add_argument("--model", required=True, help="em | fundus | dermoscopy | weight file")
     ev.add_argument("--images", nargs="+", required=True)
@@ -310,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default=None)
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alnet", description="AL-Net segmentation for EM, fundus and dermoscopy")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_segment, _add_train, _add_evaluate):
+        add(sub)
     return parser
 
 
