@@ -141,7 +141,7 @@ def test_evaluate_table_threshold_and_fov(data, weights, capsys):
     folder, membranes = data
     args = ["evaluate", "--model", str(weights), "--images", str(folder / "images"), "--masks",
             str(folder / "masks"), "--invert-masks", "--device", "cpu"]
-    assert cli.main([*args, "--threshold", "0"]) == 0  # every pixel predicted foreground (membrane)
+    assert cli.main([*args, "--threshold", "1e-30"]) == 0  # every pixel predicted foreground (membrane)
     captured = capsys.readouterr()
     table = _table(captured.out)
     assert list(table) == ["00", "01", "02", "mean", "std"]
@@ -156,7 +156,7 @@ def test_evaluate_table_threshold_and_fov(data, weights, capsys):
         region = np.zeros((64, 64), np.uint8)
         region[:, :32] = 255
         imsave(fov / f"{i:02d}.png", region, check_contrast=False)
-    assert cli.main([*args, "--threshold", "0", "--fov", str(fov)]) == 0
+    assert cli.main([*args, "--threshold", "1e-30", "--fov", str(fov)]) == 0
     table = _table(capsys.readouterr().out)
     for i, m in enumerate(membranes):
         assert table[f"{i:02d}"][0] == pytest.approx(m[:, :32].mean(), abs=1e-4)

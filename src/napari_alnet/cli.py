@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -17,9 +18,11 @@ from skimage.io import imsave
 
 from .api import Segmenter, load_model
 from .engine.batch import BatchSummary, segment_files_job
+from .engine.devices import resolve_device
 from .engine.postprocess import instance_labels
 from .engine.progress import Job, Progress, run_job
 from .engine.tiling import check_tile
+from .io.atomic import remove_stale_parts
 from .io.images import pair_files, select_split
 from .io.pretrained import shipped_models
 from .io.sample_data import em_like_stack
@@ -27,7 +30,7 @@ from .io.stack_reader import PixelSize, open_slices
 from .io.stack_writer import TiffStackWriter
 from .io.weights import load_weights, save_weights
 from .model import ALNet, ALNetConfig
-from .model.metadata import ModelMetadata, Normalization
+from .model.metadata import ModelMetadata, Normalization, check_threshold
 from .terminal import ProgressBar
 from .training import Pair, TrainConfig, TrainResult, load_pairs, train_job
 from .training.evaluation import ImageScores, evaluate_job, summarize
@@ -110,6 +113,10 @@ def _write_overlay(path: Path, plane: np.ndarray, labels: np.ndarray) -> Path:
 def _segment(args: argparse.Namespace) -> int:
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # unreadable files get our one-line error instead
     model = load_model(args.model, device=args.device)
+    removed = remove_stale_parts(Path(args.out))
+    if removed:
+        print(f"alnet segment: removed {len(removed)} temporary file(s) left by an earlier interrupted run: "
+              + ", ".join(p.name for p in removed), file=sys.stderr)
     bar = ProgressBar("segment", "slices")
 
     def report(progress: Progress) -> None:
@@ -122,10 +129,10 @@ def _segment(args: argparse.Namespace) -> int:
                             probabilities=args.probabilities, instances=args.instances, overwrite=args.overwrite)
     try:
         summary = _run(job, bar, report)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("alnet segment: interrupted; outputs written so far are complete, no partial file was left",
               file=sys.stderr)
-        return 130
+        return interrupted_exit_code(exc)
     return _segment_report(summary, args.out)
 
 
@@ -265,6 +272,22 @@ def _print_score_table(rows: list[ImageScores], summary: dict[str, dict[str, dic
 
 # --- the parser ---------------------------------------------------------------------------------------------------
 
+def _threshold(text: str) -> float:
+    try:
+        return check_threshold(float(text), "--threshold")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _device(text: str) -> str:
+    """A device that exists here (checked when the command line is read, not after loading a model)."""
+    try:
+        resolve_device(text)
+    except (ValueError, RuntimeError) as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; choose {DEVICE_HELP}") from None
+    return text
+
+
 def _tile_size(text: str) -> int:
     try:
         return check_tile(int(text))
@@ -277,7 +300,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("-o", "--out", default="alnet-demo", help="output folder (default ./alnet-demo)")
     demo.add_argument("--slices", type=int, default=3)
     demo.add_argument("--size", type=int, default=512, help="slice width and height in pixels")
-    demo.add_argument("--device", default=None, help=DEVICE_HELP)
+    demo.add_argument("--device", type=_device, default=None, help=DEVICE_HELP)
     demo.set_defaults(func=_demo)
 
 
@@ -288,10 +311,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("inputs", nargs="+", metavar="INPUT", help="TIFF/OME-TIFF stacks, PNG/JPEG images, or folders")
     seg.add_argument("-o", "--out", required=True, metavar="OUTDIR")
     seg.add_argument("--model", default="em", help="em | fundus | dermoscopy | weight file (default em)")
-    seg.add_argument("--device", default=None, help=DEVICE_HELP)
+    seg.add_argument("--device", type=_device, default=None, help=DEVICE_HELP)
     seg.add_argument("--tile", type=_tile_size, default=None,
                      help="tile size (multiple of 32, >= 544); default: whole slices up to 2048 x 2048")
-    seg.add_argument("--threshold", type=float, default=None, help="default: the model's")
+    seg.add_argument("--threshold", type=_threshold, default=None, help="in (0, 1); default: the model's")
     seg.add_argument("--probabilities", action="store_true", help="also write STEM_prob.tif (float32)")
     seg.add_argument("--instances", action="store_true",
                      help="label objects (int32 ids; EM: the cells between membranes) instead of the mask")
@@ -338,7 +361,7 @@ def _add_train_recipe(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--steps-per-epoch", type=int, default=0, help="0 = about one pass over the pixels")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget; stops cleanly, keeps best")
-    tr.add_argument("--device", default=None)
+    tr.add_argument("--device", type=_device, default=None, help=DEVICE_HELP)
     tr.add_argument("--threads", type=int, default=0)
     tr.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                     help="validate and save an exponential moving average of the weights (e.g. 0.999; default off)")
@@ -375,8 +398,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--tta", action="store_true", help="average the 8 flips/transposes (slower)")
     ev.add_argument("--invert-masks", action="store_true")
     ev.add_argument("--fov", help="folder of field-of-view masks (paired by stem): score inside them only")
-    ev.add_argument("--threshold", type=float, default=None, help="default: the model's")
-    ev.add_argument("--device", default=None)
+    ev.add_argument("--threshold", type=_threshold, default=None, help="in (0, 1); default: the model's")
+    ev.add_argument("--device", type=_device, default=None, help=DEVICE_HELP)
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_evaluate)
 
@@ -389,13 +412,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``timeout``, Slurm, ``docker stop``, a closed terminal), raised where the program is, so
+    the same clean-up runs as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interrupted_exit_code(exc: KeyboardInterrupt) -> int:
+    """128 + the signal's number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
+    return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+def _raise_interrupted(signum: int, _frame) -> None:
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 1 some inputs failed (segment), 2 a usage or input error (nothing
+    was written), 128 + signal when interrupted (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
     args = build_parser().parse_args(argv)
+    handlers = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return args.func(args)
+    except KeyboardInterrupt as exc:
+        print(f"alnet {args.command}: interrupted ({exc or 'SIGINT'})", file=sys.stderr)
+        return interrupted_exit_code(exc)
     except (ValueError, OSError) as exc:
         print(f"alnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,155 @@
-"""Atomic file output: a result appears at its path complete, or not at all."""
+"""Atomic output: a result (file or folder) appears at its path complete, or not at all."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import secrets
+import shutil
 import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+#: Temporary files are ``.NAME.PID-XXXXXXXX.part`` beside their target: hidden, and traceable to the process that
+#: writes them, so a later run can tell the leftovers of a killed run (dead PID) from another run's work in progress.
+_PART = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.part$")
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``; no partial file is ever visible at ``path``."""
+
+def temp_path(path: Path) -> Path:
+    """A new temporary file beside ``path`` (created empty, exclusively, with the usual permissions)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies, unlike mkstemp
+    return tmp
+
+
+def publish(tmp: Path, path: Path, *, overwrite: bool = True) -> Path:
+    """Move the complete temporary file ``tmp`` to ``path`` (fsynced first). ``overwrite=False`` never replaces a
+    file, even one that appeared while ``tmp`` was written (a hard link fails when the target exists; no
+    check-then-replace race); ``FileExistsError`` then, and ``tmp`` is removed either way."""
+    tmp, path = Path(tmp), Path(path)
     try:
-        write(Path(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+            return path
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise FileExistsError(f"{path}: exists (it appeared while this output was being written); kept it, "
+                                  "use --overwrite to replace it") from None
+        except OSError:  # a file system without hard links: the exclusive check is the best left
+            if path.exists():
+                raise FileExistsError(f"{path}: exists; kept it, use --overwrite to replace it") from None
+            os.replace(tmp, path)
+        return path
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, write: Callable[[Path], object], *, overwrite: bool = True) -> None:
+    """Call ``write(tmp_path)`` then move it to ``path`` (see ``publish``); no partial file is ever visible at
+    ``path``, and the temporary file is removed however the write ends."""
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        publish(tmp, Path(path), overwrite=overwrite)
+    except OSError as exc:
+        raise write_error(exc, Path(path)) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_error(exc: BaseException, path: Path) -> OSError:
+    """``exc`` as an ``OSError`` naming ``path``; a full disk is said as such (libraries report it as e.g.
+    "262144 requested and 256928 written")."""
+    text = f"{type(exc).__name__}: {exc}"
+    if getattr(exc, "errno", None) == errno.ENOSPC or re.search(r"\d+ requested and \d+ written", text):
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 1e6:.0f} MB free"
+        except OSError:
+            free = "free space unknown"
+        return OSError(errno.ENOSPC, f"{path}: the disk is full ({free} on {path.parent}); nothing was left at "
+                                     "that path: free some space and run again")
+    if isinstance(exc, OSError) and str(path) in str(exc):
+        return exc
+    return OSError(getattr(exc, "errno", None) or errno.EIO, f"{path}: writing failed ({text})")
+
+
+def stale_parts(folder: Path) -> list[Path]:
+    """Temporary files in ``folder`` left by runs that no longer exist (killed by SIGKILL, a power cut, ...)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        match = _PART.match(entry.name)
+        if match and entry.is_file() and not _running(int(match["pid"])):
+            found.append(entry)
+    return sorted(found)
+
+
+def remove_stale_parts(folder: Path) -> list[Path]:
+    """Remove ``stale_parts(folder)``; returns what was removed."""
+    removed = []
+    for entry in stale_parts(folder):
+        try:
+            entry.unlink()
+            removed.append(entry)
+        except FileNotFoundError:  # another run cleaned it up first
+            continue
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextmanager
+def staging_directory(path: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside ``path`` (same file system, so its contents can be renamed into place),
+    removed with everything left in it when the block ends, however it ends."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def move_into_place(source: Path, path: Path) -> None:
+    """Rename the complete file or folder ``source`` to ``path`` (same file system). An existing ``path`` is
+    moved aside first and deleted only once ``source`` is in place; if the rename fails it is put back."""
+    source, path = Path(source), Path(path)
+    if source.is_file():
+        with open(source, "rb") as fh:
+            os.fsync(fh.fileno())
+    aside = None
+    if path.exists() or path.is_symlink():
+        aside = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(path, aside)
+    try:
+        os.replace(source, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if aside is not None:
+            os.replace(aside, path)
         raise
+    if aside is not None:
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink(missing_ok=True)

@@ -8,15 +8,14 @@ Ctrl-C included) removes it, so the target never holds a partial file.
 
 from __future__ import annotations
 
-import os
 import queue
-import secrets
 import threading
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
+from .atomic import publish, temp_path, write_error
 from .stack_reader import PixelSize
 
 #: Beyond this many bytes of image data a file is written as BigTIFF.
@@ -41,9 +40,7 @@ class TiffStackWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._cancel = threading.Event()
         self._error: BaseException | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.parent / f".{self.path.name}.{secrets.token_hex(4)}.part"
-        os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies, unlike mkstemp
+        self.tmp = temp_path(self.path)
         self._options = _options(self.shape, self.dtype, pixel_size, compress)
         self._thread = threading.Thread(target=self._run, name=f"write {self.path.name}", daemon=True)
         self._thread.start()
@@ -85,15 +82,16 @@ class TiffStackWriter:
                 continue
         self.written += 1
 
-    def finish(self) -> Path:
-        """Wait for the data, then rename the temporary file to ``path``; returns ``path``."""
+    def finish(self, *, overwrite: bool = True) -> Path:
+        """Wait for the data, then move the temporary file to ``path`` (``overwrite=False``: never over a file
+        that exists, see ``atomic.publish``); returns ``path``."""
         if self.written != self.planes:
             self.abort()
             raise ValueError(f"{self.path}: only {self.written} of {self.planes} planes were written")
         self._thread.join()
         try:
             self._raise_error()
-            os.replace(self.tmp, self.path)
+            publish(self.tmp, self.path, overwrite=overwrite)
         finally:
             self.tmp.unlink(missing_ok=True)
         return self.path
@@ -106,8 +104,7 @@ class TiffStackWriter:
 
     def _raise_error(self) -> None:
         if self._error is not None and not isinstance(self._error, _Cancelled):
-            raise OSError(f"{self.path}: writing failed ({type(self._error).__name__}: {self._error})") \
-                from self._error
+            raise write_error(self._error, self.path) from self._error
         if not self._thread.is_alive() and self.written < self.planes and self._error is None:
             raise OSError(f"{self.path}: the writer stopped early")
 
