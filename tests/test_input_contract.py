@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -143,3 +144,57 @@ def test_non_finite_probabilities_never_become_labels(bad):
     for make in (lambda p: semantic_labels(p, 0.5), lambda p: instance_labels(p, 0.5), check_probabilities):
         with pytest.raises(ValueError, match="1 NaN/infinite probabilities"):
             make(prob)
+
+
+@pytest.mark.parametrize(("shape", "spatial"), [
+    ((40, 48), (40, 48)), ((40, 48, 1), (40, 48)), ((40, 48, 2), (40, 48)), ((40, 48, 3), (40, 48)),
+    ((40, 48, 4), (40, 48)), ((3, 40, 48), (3, 40, 48)), ((3, 40, 48, 1), (3, 40, 48)), ((3, 40, 48, 2), (3, 40, 48)),
+    ((3, 40, 48, 3), (3, 40, 48)),
+])
+def test_every_channel_count_has_one_meaning(shape, spatial):
+    """1 = gray, 2 = gray + alpha, 3 = RGB, 4 = RGBA; a gray channel gives exactly the gray image's result."""
+    from model_factory import calibrated_model
+
+    model = calibrated_model()
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, shape, dtype=np.uint8)
+    prob = model.predict(image)
+    assert prob.shape == spatial
+    if shape[-1] in (1, 2) and len(shape) > 2:
+        np.testing.assert_array_equal(prob, model.predict(np.ascontiguousarray(image[..., 0])))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 40, 48), (2, 3, 40, 48, 1), (40,), (1, 2, 3, 40, 48, 3)])
+def test_shapes_without_one_reading_are_refused_naming_the_shape(shape):
+    from model_factory import calibrated_model
+
+    with pytest.raises(ValueError, match=re.escape(f"got shape {shape}")):
+        calibrated_model().predict(np.zeros(shape, np.uint8))
+
+
+def test_any_accepted_image_gives_finite_probabilities_of_its_spatial_shape():
+    """Property: over shapes, dtypes and value ranges the engine accepts, the output has the image's spatial shape
+    and is finite in [0, 1]."""
+    import hypothesis
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+
+    from model_factory import calibrated_model
+
+    model = calibrated_model()
+    dtypes = st.sampled_from([np.uint8, np.uint16, np.int16, np.int64, np.float32, np.float64, np.bool_])
+    shapes = st.tuples(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40),
+                       st.sampled_from([0, 1, 2, 3, 4])).map(
+        lambda t: ((t[0],) if t[0] > 1 else ()) + (t[1], t[2]) + ((t[3],) if t[3] else ()))
+
+    @hypothesis.settings(max_examples=30, deadline=None, derandomize=True)
+    @hypothesis.given(hnp.arrays(dtypes, shapes, elements=None))
+    def check(image):
+        if np.issubdtype(image.dtype, np.floating):
+            image = np.nan_to_num(image, nan=0.0, posinf=np.finfo(image.dtype).max, neginf=np.finfo(image.dtype).min)
+        prob = model.predict(image)
+        spatial = image.shape[:-1] if image.ndim >= 3 and image.shape[-1] <= 4 else image.shape
+        assert prob.shape == spatial and prob.dtype == np.float32
+        assert np.isfinite(prob).all() and prob.min() >= 0 and prob.max() <= 1
+
+    check()

@@ -1,4 +1,4 @@
-"""The ``alnet`` command line: demo, segment, train, evaluate."""
+"""The ``alnet`` command line: demo, segment, train, evaluate, export."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from skimage.io import imsave
 
 from .api import Segmenter, load_model
 from .engine.batch import BatchSummary, segment_files_job
+from .engine.blockwise import VolumeSummary, segment_volume_job, volume_routes
 from .engine.devices import resolve_device
+from .engine.export import FORMATS, export_job
 from .engine.postprocess import instance_labels
 from .engine.progress import Job, Progress, run_job
 from .engine.tiling import check_tile
@@ -113,6 +115,12 @@ def _write_overlay(path: Path, plane: np.ndarray, labels: np.ndarray) -> Path:
 def _segment(args: argparse.Namespace) -> int:
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # unreadable files get our one-line error instead
     model = load_model(args.model, device=args.device)
+    volume_options = any(v is not None for v in (args.block, args.workers, args.scheduler, args.threads))
+    volumes, args.inputs = volume_routes(args.inputs, args.out, args.instances, volume_options)
+    if volumes:
+        code = _segment_volumes(args, model, volumes)
+        if code or not args.inputs:
+            return code
     removed = remove_stale_parts(Path(args.out))
     if removed:
         print(f"alnet segment: removed {len(removed)} temporary file(s) left by an earlier interrupted run: "
@@ -126,7 +134,7 @@ def _segment(args: argparse.Namespace) -> int:
         bar(progress)
 
     job = segment_files_job(args.inputs, args.out, model, tile=args.tile, threshold=args.threshold,
-                            probabilities=args.probabilities, instances=args.instances, overwrite=args.overwrite)
+                            probabilities=args.probabilities, instances=bool(args.instances), overwrite=args.overwrite)
     try:
         summary = _run(job, bar, report)
     except KeyboardInterrupt as exc:
@@ -134,6 +142,30 @@ def _segment(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return interrupted_exit_code(exc)
     return _segment_report(summary, args.out)
+
+
+def _segment_volumes(args: argparse.Namespace, model: Segmenter, sources: list[str]) -> int:
+    """Zarr/N5 inputs (or any, to an -o *.zarr): blockwise into OME-Zarr, resumable (see docs/volumes.md)."""
+    for source in sources:
+        job = segment_volume_job(model, source, args.out, block=args.block, probabilities=args.probabilities,
+                                 instances=args.instances, threshold=args.threshold, overwrite=args.overwrite,
+                                 tile=args.tile, workers=args.workers, scheduler=args.scheduler, threads=args.threads)
+        try:
+            summary = _run(job, ProgressBar("segment", "slices"))
+        except KeyboardInterrupt as exc:
+            print("alnet segment: interrupted; finished blocks are kept: run the same command again to continue",
+                  file=sys.stderr)
+            return interrupted_exit_code(exc)
+        _volume_report(summary)
+    return 0
+
+
+def _volume_report(summary: VolumeSummary) -> None:
+    objects = f", {summary.objects} objects" if summary.objects is not None else ""
+    print(f"segmented {summary.shape} in {summary.blocks} blocks of {summary.block} ({summary.blocks_run} now, "
+          f"{summary.blocks_resumed} done before) in {summary.seconds:.1f} s ({summary.slices_per_second:.2f} "
+          f"slices/s) on {summary.device}, {summary.workers}{objects}; wrote {summary.labels} ({summary.dtype})"
+          + (f" and {summary.probabilities}" if summary.probabilities else ""))
 
 
 def _segment_report(summary: BatchSummary, out: str) -> int:
@@ -270,6 +302,20 @@ def _print_score_table(rows: list[ImageScores], summary: dict[str, dict[str, dic
               + "".join(f"{bg[k][stat]:>12.4f}" for k in keys[1:]))
 
 
+# --- alnet export -------------------------------------------------------------------------------------------------
+
+def _export(args: argparse.Namespace) -> int:
+    job = export_job(args.model, args.out, args.format, sample=args.sample, overwrite=args.overwrite,
+                     name=args.name, authors=args.author)
+    try:
+        report = _run(job, ProgressBar("export", "steps"))
+    except KeyboardInterrupt as exc:
+        print("alnet export: interrupted; nothing was written", file=sys.stderr)
+        return interrupted_exit_code(exc)
+    print(report.summary())
+    return 0
+
+
 # --- the parser ---------------------------------------------------------------------------------------------------
 
 def _threshold(text: str) -> float:
@@ -307,7 +353,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _add_segment(sub: argparse._SubParsersAction) -> None:
     seg = sub.add_parser("segment", help="segment images and TIFF stacks into label (and probability) TIFFs",
                          description="For each input STEM.ext write OUTDIR/STEM_labels.tif (and STEM_prob.tif). "
-                         "Stacks are streamed slice by slice. Exit code 1 if any input failed.")
+                         "Stacks are streamed slice by slice. Exit code 1 if any input failed. Zarr/N5 inputs, "
+                         "-o ending in .zarr and --instances 3d write OME-Zarr (STEM_labels.zarr, STEM_prob.zarr) "
+                         "blockwise and resumably: see docs/volumes.md.")
     seg.add_argument("inputs", nargs="+", metavar="INPUT", help="TIFF/OME-TIFF stacks, PNG/JPEG images, or folders")
     seg.add_argument("-o", "--out", required=True, metavar="OUTDIR")
     seg.add_argument("--model", default="em", help="em | fundus | dermoscopy | weight file (default em)")
@@ -316,8 +364,18 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                      help="tile size (multiple of 32, >= 544); default: whole slices up to 2048 x 2048")
     seg.add_argument("--threshold", type=_threshold, default=None, help="in (0, 1); default: the model's")
     seg.add_argument("--probabilities", action="store_true", help="also write STEM_prob.tif (float32)")
-    seg.add_argument("--instances", action="store_true",
-                     help="label objects (int32 ids; EM: the cells between membranes) instead of the mask")
+    seg.add_argument("--instances", nargs="?", const="2d", choices=("2d", "3d"), default=None,
+                     help="label objects (EM: the cells between membranes) instead of the mask: 2d (plain "
+                     "--instances) per slice, int32 TIFF; 3d in 3D, consistent across blocks, OME-Zarr")
+    seg.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                     help="OME-Zarr outputs: block shape (default: whole planes, or ~1536 px YX tiles for planes "
+                     "over 2048 x 2048)")
+    seg.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="OME-Zarr outputs: run on a local Dask cluster of N worker processes")
+    seg.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="OME-Zarr outputs: run on an existing Dask cluster (e.g. dask-jobqueue), tcp://host:port")
+    seg.add_argument("--threads", type=int, default=None, metavar="T",
+                     help="OME-Zarr outputs: torch threads per worker (default: the cores / workers)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs never)")
     seg.set_defaults(func=_segment)
 
@@ -404,10 +462,28 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_evaluate)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    ex = sub.add_parser("export", help="export a model as a bioimage.io package, ONNX or TorchScript (checked first)",
+                        description="Write MODEL for ilastik, deepImageJ, QuPath, bioimageio.core or any ONNX / "
+                        "TorchScript runtime. Every export is checked against napari-alnet before it is written "
+                        "(each weight format within 1e-4; a package also passes bioimageio.core's test_model); a "
+                        "failed check writes nothing. See docs/export.md.")
+    ex.add_argument("model", metavar="MODEL", help="em | fundus | dermoscopy | weight file | exported package")
+    ex.add_argument("-o", "--out", required=True, metavar="OUT",
+                    help="bioimageio: a .zip file (any other name: a folder); onnx: .onnx; torchscript: .pt")
+    ex.add_argument("--format", choices=FORMATS, default="bioimageio", help="default bioimageio")
+    ex.add_argument("--sample", metavar="IMAGE", help="an image like those the model segments: the package's test "
+                    "tensors and cover (default for grayscale models: a generated EM-like slice)")
+    ex.add_argument("--name", help="the package's name (default: from MODEL)")
+    ex.add_argument("--author", action="append", help="the package's author (repeat for several)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    ex.set_defaults(func=_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alnet", description="AL-Net segmentation for EM, fundus and dermoscopy")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_segment, _add_train, _add_evaluate):
+    for add in (_add_demo, _add_segment, _add_train, _add_evaluate, _add_export):
         add(sub)
     return parser
 

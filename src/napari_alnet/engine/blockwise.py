@@ -1,0 +1,905 @@
+"""Volumes beyond memory and beyond one machine: blockwise segmentation into OME-Zarr, on Dask, resumable.
+
+A volume (``io.volumes.open_volume``: OME-Zarr, Zarr, N5, TIFF, or a NumPy/dask array) is cut into blocks
+(``plan_blocks``): whole YX planes, ``bz`` slices each, when a plane fits the whole-image limit (each block then runs
+``inference.probability_job``, so results equal in-memory ``predict``); otherwise YX tiles, each run in a window
+with ``CONTEXT_MARGIN`` of halo and the pooled context and normalization bounds of its whole slice, computed first
+per slice (``halo``). Blocks are multiples of the output chunks, so parallel writers never share a chunk.
+
+Outputs are standalone OME-Zarr images made with ``zarr``/``ome-zarr``: ``STEM_labels.zarr`` (uint8 semantic mask, or
+uint32/uint64 instance ids) and, on request, ``STEM_prob.zarr`` (uint8 = round(255 p), or float16). Their
+``napari_alnet`` attribute records the settings and, once every block is done, ``complete: true``. While a run is
+under way the labels store holds ``alnet_state/``: one uint8 per block (0 pending, 1 computed, 2 relabelled),
+written after the block's data, so rerunning the same command recomputes only unfinished blocks; it is removed
+when the run completes. An output we did not make, a complete one, or one made with other settings is refused
+unless ``overwrite``.
+
+3D (or 2D) instances (``instances3d``): connected components per block into ``alnet_state/local``, merged across
+block faces with a union-find over touching ids, then relabelled block by block; ids unique over the volume.
+
+Runs in-process (blocks one after another, torch using the cores), on a ``distributed.LocalCluster`` it starts
+(``workers=N``), or on an existing cluster (``scheduler=ADDRESS`` or ``client=``); each block is one task, retried
+if its worker dies. ``segment_volume_job`` is a ``Job`` yielding a ``Progress`` per finished block (metrics: phase,
+blocks done / total, slices/s, ETA, the block's region) and returning a ``VolumeSummary``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from ..io.volumes import (
+    TIFF_SUFFIXES,
+    Volume,
+    VolumeError,
+    create_output,
+    is_volume_path,
+    open_output,
+    open_volume,
+    record_of,
+    remove_output,
+)
+from ..model import STRIDE
+from .halo import PlaneContext, block_probabilities, context_width, halo_window, make_context, plane_context
+from .inference import check_channels, probability_job
+from .instances3d import MODES, block_sizes, face_pairs, label_dtype, local_labels, merge, object_mask, offsets
+from .postprocess import semantic_labels
+from .progress import Job, Progress, StopRequested, run_job
+from .segmenter import Segmenter, as_segmenter
+from .tiling import DEFAULT_TILE, WHOLE_IMAGE_PIXELS, ceil_to, check_overlap, check_tile
+
+#: Automatic blocks of whole planes hold about this many voxels (bz = this / plane, at least 1).
+BLOCK_VOXELS = 4 * 2048 * 2048
+#: Automatic blocks that cut YX planes are about this many pixels on a side (a multiple of the source chunks; less
+#: when the whole-image limit is lowered: 3/4 of its side).
+CUT_BLOCK = 1536
+STATE = "alnet_state"
+PENDING, COMPUTED, FINAL = 0, 1, 2
+RECORD_VERSION = 1
+PROBABILITY_DTYPES = ("uint8", "float16", "float32")
+#: Retries of a block whose worker died or failed (Dask ``retries``).
+RETRIES = 3
+
+
+# --- planning -----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Block:
+    """One block: its ``index`` (C order over the grid), grid ``position`` and (z, y, x) ``region``."""
+
+    index: int
+    position: tuple[int, int, int]
+    region: tuple[slice, slice, slice]
+
+    @property
+    def bounds(self) -> tuple[int, int, int, int, int, int]:
+        """(z0, z1, y0, y1, x0, x1)."""
+        return tuple(v for s in self.region for v in (s.start, s.stop))  # type: ignore[return-value]
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod([s.stop - s.start for s in self.region]))
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How a (Z, Y, X) volume is cut: ``block`` shape, output ``chunks`` (each divides the block where the axis has
+    several blocks), and whether blocks cut YX planes (then the per-slice context pass runs first)."""
+
+    shape: tuple[int, int, int]
+    block: tuple[int, int, int]
+    chunks: tuple[int, int, int]
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return tuple(-(-n // b) for n, b in zip(self.shape, self.block, strict=True))  # type: ignore[return-value]
+
+    @property
+    def cuts_planes(self) -> bool:
+        return self.block[1] < self.shape[1] or self.block[2] < self.shape[2]
+
+    def __len__(self) -> int:
+        return int(np.prod(self.grid))
+
+    def blocks(self) -> list[Block]:
+        out = []
+        for i, pos in enumerate(np.ndindex(*self.grid)):
+            region = tuple(slice(p * b, min((p + 1) * b, n)) for p, b, n in zip(pos, self.block, self.shape,
+                                                                                   strict=True))
+            out.append(Block(i, tuple(int(p) for p in pos), region))  # type: ignore[arg-type]
+        return out
+
+    def index_of(self, position: tuple[int, ...]) -> int:
+        return int(np.ravel_multi_index(position, self.grid))
+
+
+def plan_blocks(shape: tuple[int, int, int], *, chunks: tuple[int, int, int] | None = None,
+                block: tuple[int, int, int] | None = None, whole_pixels: int = WHOLE_IMAGE_PIXELS,
+                can_cut: bool = True) -> BlockPlan:
+    """The blocks of a (Z, Y, X) volume with source ``chunks``; ``block``: an explicit (Z, Y, X) block shape.
+
+    Automatic: whole planes when the padded plane has at most ``whole_pixels`` pixels (or when ``can_cut`` is
+    False: models that resize images for their network), ``BLOCK_VOXELS`` per block; else ``CUT_BLOCK`` tiles.
+    Blocks are rounded to multiples of the source chunks where that keeps them near the intended size.
+    """
+    shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
+    chunks = tuple(max(1, min(int(c), n)) for c, n in zip(chunks or (1, *shape[1:]), shape, strict=True))
+    if block is None:
+        block = _auto_block(shape, chunks, whole_pixels, can_cut)
+    else:
+        if len(block) != 3 or any(int(b) < 1 for b in block):
+            raise ValueError(f"block must be three positive sizes (Z, Y, X), got {tuple(block)}")
+        block = tuple(min(int(b), n) for b, n in zip(block, shape, strict=True))
+    plan_chunks = tuple(c if (b >= n or b % c == 0) else b for b, c, n in zip(block, chunks, shape, strict=True))
+    plan = BlockPlan(shape, block, plan_chunks)  # type: ignore[arg-type]
+    if plan.cuts_planes:
+        if not can_cut:
+            raise ValueError(f"block {block} cuts the {shape[1]} x {shape[2]} planes, but this model resizes "
+                             "images for its network: blocks must hold whole YX planes (--block BZ Y X)")
+        if min(block[1:]) < STRIDE:
+            raise ValueError(f"blocks that cut YX planes must be at least {STRIDE} px on a side, got {block}")
+    return plan
+
+
+def _auto_block(shape: tuple[int, ...], chunks: tuple[int, ...], whole_pixels: int,
+                can_cut: bool) -> tuple[int, int, int]:
+    depth, height, width = shape
+    if ceil_to(height) * ceil_to(width) <= whole_pixels or not can_cut:
+        bz = max(1, min(depth, BLOCK_VOXELS // (height * width)))
+        if chunks[0] <= bz:
+            bz = bz // chunks[0] * chunks[0]
+        return (bz, height, width)
+    target = max(STRIDE, min(CUT_BLOCK, math.isqrt(whole_pixels) * 3 // 4))  # 1536 for the 2048^2 limit
+    side = [min(n, max(c, target // c * c)) if c <= target else min(n, target)
+            for c, n in zip(chunks[1:], shape[1:], strict=True)]
+    bz = chunks[0] if chunks[0] <= 16 else 1
+    return (min(bz, depth), side[0], side[1])
+
+
+# --- settings, outputs and the record -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Settings:
+    """What every task needs besides the data (picklable)."""
+
+    threshold: float
+    objects: str
+    instances: str | None
+    probabilities: str | None
+    tile: int | None
+    overlap: int
+    tta: bool
+    batch_size: int
+    rgb: bool
+    ndim: int
+    min_size: int
+    threads: int | None = None
+
+    @property
+    def context_tile(self) -> int:
+        return self.tile or DEFAULT_TILE
+
+    @property
+    def transforms(self) -> int:
+        return 8 if self.tta else 1
+
+
+@dataclass
+class Outputs:
+    """The arrays a run writes (zarr arrays pickle by store path and are reopened on workers)."""
+
+    labels: zarr.Array
+    state: zarr.Array
+    probabilities: zarr.Array | None = None
+    context: zarr.Array | None = None
+    local: zarr.Array | None = None
+    counts: zarr.Array | None = None
+
+
+@dataclass
+class VolumeSummary:
+    """What a volume run did: output locations, the plan, blocks computed now and found done (resumed), slices
+    computed, objects (instances), wall time, whether it was stopped and where it ran."""
+
+    labels: str
+    probabilities: str | None
+    shape: tuple[int, int, int]
+    block: tuple[int, int, int]
+    blocks: int
+    blocks_run: int = 0
+    blocks_resumed: int = 0
+    slices: float = 0.0
+    objects: int | None = None
+    dtype: str = "uint8"
+    seconds: float = 0.0
+    stopped: bool = False
+    complete: bool = False
+    device: str = ""
+    workers: str = "in-process"
+
+    @property
+    def slices_per_second(self) -> float:
+        return self.slices / self.seconds if self.seconds else 0.0
+
+
+def network_digest(segmenter: Segmenter) -> str:
+    """A short hash of the network's weights (part of the settings a resumed run must share)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(segmenter.network.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where the labels (and probabilities) go: paths, or groups given by the caller."""
+
+    labels: Path | zarr.Group
+    probabilities: Path | zarr.Group | None
+
+
+def output_targets(volume: Volume, dest: str | Path | zarr.Group, probabilities: bool,
+                   prob_dest: str | Path | zarr.Group | None = None) -> Targets:
+    """``dest`` ending in .zarr (or a group): the labels there, probabilities in ``prob_dest`` or a sibling
+    ``STEM_prob.zarr``; any other ``dest`` is a folder for ``STEM_labels.zarr`` and ``STEM_prob.zarr``."""
+    if isinstance(dest, zarr.Group):
+        if probabilities and prob_dest is None:
+            raise ValueError("with a Zarr group as dest, give prob_dest (a path or group) for the probabilities")
+        return Targets(dest, prob_dest if probabilities else None)
+    dest = Path(dest)
+    if dest.name.lower().endswith(".zarr"):
+        stem = dest.name[: -len(".zarr")]
+        stem = stem[: -len("_labels")] if stem.endswith("_labels") else stem
+        prob = Path(prob_dest) if prob_dest is not None else dest.with_name(f"{stem}_prob.zarr")
+        return Targets(dest, prob if probabilities else None)
+    prob = Path(prob_dest) if prob_dest is not None else dest / f"{volume.name}_prob.zarr"
+    return Targets(dest / f"{volume.name}_labels.zarr", prob if probabilities else None)
+
+
+def volume_routes(inputs: list[str], out: str | Path, instances: str | None,
+                  volume_options: bool = False) -> tuple[list[str], list[str]]:
+    """Which ``alnet segment`` inputs go to this engine (OME-Zarr out) and which to the TIFF batch: Zarr/N5 inputs
+    always; every input when ``out`` ends in .zarr (then exactly one) or for 3D instances (volumes and TIFF
+    stacks). ``volume_options`` (--block, --workers, ...) without any volume input is an error."""
+    to_zarr = str(out).lower().rstrip("/").endswith(".zarr")
+    if to_zarr and len(inputs) != 1:
+        raise ValueError(f"-o {out} names one OME-Zarr output: give one input, or an output folder")
+    if to_zarr or instances == "3d":
+        odd = [i for i in inputs if not is_volume_path(i) and not str(i).lower().endswith(TIFF_SUFFIXES)]
+        if odd:
+            raise ValueError(f"{odd[0]}: OME-Zarr output (-o *.zarr, --instances 3d) takes Zarr/N5 volumes or TIFF "
+                             "stacks, one path each (not folders or PNG/JPEG)")
+        return list(inputs), []
+    volumes = [i for i in inputs if is_volume_path(i)]
+    if volume_options and not volumes:
+        raise ValueError("--block, --workers, --scheduler and --threads apply to OME-Zarr outputs: Zarr/N5 inputs, "
+                         "-o ending in .zarr, or --instances 3d")
+    return volumes, [i for i in inputs if i not in volumes]
+
+
+# --- the tasks (module level: they run on Dask workers) -----------------------------------------------------------
+
+def _set_threads(threads: int | None) -> None:
+    """torch threads for this task: ``threads``, or on a Dask worker the cores divided among its task threads."""
+    if threads is None:
+        try:
+            from distributed import get_worker
+
+            worker = get_worker()
+        except (ImportError, ValueError):
+            return
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // max(1, worker.state.nthreads))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _put(array: zarr.Array, region: tuple[slice, slice, slice], data: np.ndarray) -> None:
+    """Write a (z, y, x) block into a 3D array, or its only slice into a 2D one."""
+    if array.ndim == 2:
+        array[region[1], region[2]] = data[0]
+    else:
+        array[region] = data
+
+
+def _get(array: zarr.Array, region: tuple[slice, slice, slice]) -> np.ndarray:
+    return array[region[1], region[2]][None] if array.ndim == 2 else array[region]
+
+
+def context_task(segmenter: Segmenter, reader, outputs: Outputs, settings: Settings, plane: tuple[int, int],
+                 z: int) -> int:
+    """Pass 1 for slice ``z``: its normalization bounds and pooled context, stored as one row."""
+    _set_threads(settings.threads)
+
+    def read(ys: slice, xs: slice) -> np.ndarray:
+        return reader.read((slice(z, z + 1), ys, xs))[0]
+
+    ctx = make_context(segmenter, settings.tta)
+    found = plane_context(ctx, segmenter.metadata, read, plane, tile=settings.context_tile,
+                          overlap=settings.overlap, batch_size=settings.batch_size)
+    outputs.context[z] = found.to_row()
+    return z
+
+
+def _whole_plane_probs(segmenter: Segmenter, reader, settings: Settings, block: Block) -> np.ndarray:
+    raw = reader.read(block.region)
+    job = probability_job(segmenter, raw, tile=settings.tile, overlap=settings.overlap,
+                          batch_size=settings.batch_size, tta=settings.tta, rgb=settings.rgb)
+    return run_job(job)
+
+
+def _cut_plane_probs(segmenter: Segmenter, reader, outputs: Outputs, settings: Settings, plan: BlockPlan,
+                     block: Block) -> np.ndarray:
+    """Probabilities of a block that cuts YX planes: each slice in its halo window with that slice's context."""
+    zs, ys, xs = block.region
+    plane = plan.shape[1:]
+    window = tuple(slice(w.start, min(w.stop, n)) for w, n in zip(halo_window((ys, xs), plane), plane, strict=True))
+    raw = reader.read((zs, *window))
+    rows = outputs.context[zs]
+    if np.isnan(rows).any():
+        raise RuntimeError(f"slices {zs.start}-{zs.stop - 1}: the context pass has not run (a bug)")
+    ctx = make_context(segmenter, settings.tta)
+    out = np.empty((zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start), np.float32)
+    for k in range(len(out)):
+        def read(ry: slice, rx: slice, k=k) -> np.ndarray:
+            return raw[k, ry.start - window[0].start: ry.stop - window[0].start,
+                       rx.start - window[1].start: rx.stop - window[1].start]
+
+        out[k] = block_probabilities(ctx, segmenter.metadata, read, plane, (ys, xs),
+                                     PlaneContext.from_row(rows[k], settings.transforms))
+    return out
+
+
+def encode_probabilities(probs: np.ndarray, dtype: str) -> np.ndarray:
+    """uint8 = round(255 p), or float16 / float32."""
+    if dtype == "uint8":
+        return np.rint(np.clip(probs, 0, 1) * 255).astype(np.uint8)
+    return probs.astype(dtype)
+
+
+def block_task(segmenter: Segmenter, reader, outputs: Outputs, settings: Settings, plan: BlockPlan,
+               block: Block) -> tuple[float, float, float]:
+    """Segment one block and write it (labels or local ids, probabilities), then mark it computed; returns the
+    slices it is worth (voxels / plane), the seconds of inference (reading included) and of the whole task."""
+    start = time.perf_counter()
+    _set_threads(settings.threads)
+    try:
+        if plan.cuts_planes:
+            probs = _cut_plane_probs(segmenter, reader, outputs, settings, plan, block)
+        else:
+            probs = _whole_plane_probs(segmenter, reader, settings, block)
+    except ValueError as exc:
+        z0, z1, y0, y1, x0, x1 = block.bounds
+        raise ValueError(f"block z {z0}:{z1}, y {y0}:{y1}, x {x0}:{x1}: {exc}") from exc
+    inferred = time.perf_counter()
+    if settings.instances:
+        local, count = local_labels(object_mask(probs, settings.threshold, settings.objects), settings.instances)
+        _put(outputs.local, block.region, local)
+        outputs.counts[block.position] = count
+    else:
+        _put(outputs.labels, block.region, semantic_labels(probs, settings.threshold))
+    if outputs.probabilities is not None:
+        _put(outputs.probabilities, block.region, encode_probabilities(probs, settings.probabilities))
+    outputs.state[block.position] = COMPUTED
+    end = time.perf_counter()
+    return block.voxels / (plan.shape[1] * plan.shape[2]), inferred - start, end - start
+
+
+def merge_task(outputs: Outputs, settings: Settings, plan: BlockPlan, block: Block,
+               starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One block's voxels per local id and the id pairs facing each other across its faces with the next blocks
+    (in z, y and x for 3D instances; y and x for 2D)."""
+    local = _get(outputs.local, block.region)
+    count = int(outputs.counts[block.position])
+    sizes = block_sizes(local, count)
+    pairs = []
+    for axis in ((0, 1, 2) if settings.instances == "3d" else (1, 2)):
+        nxt = list(block.position)
+        nxt[axis] += 1
+        if nxt[axis] >= plan.grid[axis]:
+            continue
+        region = list(block.region)
+        start = region[axis].stop
+        region[axis] = slice(start, start + 1)
+        high = _get(outputs.local, tuple(region))  # type: ignore[arg-type]
+        low = np.take(local, [local.shape[axis] - 1], axis=axis)
+        pairs.append(face_pairs(low, high, int(starts[block.index]), int(starts[plan.index_of(tuple(nxt))])))
+    return sizes, (np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64))
+
+
+def relabel_task(outputs: Outputs, lut: zarr.Array, block: Block, start: int) -> int:
+    """Write one block's final ids (its local ids through the merged lookup table), then mark it final."""
+    local = _get(outputs.local, block.region)
+    count = int(outputs.counts[block.position])
+    table = np.asarray(lut[start: start + count + 1]).copy()
+    table[0] = 0
+    _put(outputs.labels, block.region, table[local].astype(outputs.labels.dtype, copy=False))
+    outputs.state[block.position] = FINAL
+    return block.index
+
+
+# --- executors ----------------------------------------------------------------------------------------------------
+
+class InProcess:
+    """Runs tasks one after another in the calling thread (torch uses the cores)."""
+
+    name = "in-process"
+
+    def share(self, obj: Any) -> Any:
+        return obj
+
+    def run(self, fn: Callable, items: list, args: Callable[[Any], tuple]) -> Iterator[tuple[Any, Any]]:
+        for item in items:
+            yield item, fn(*args(item))
+
+    def close(self) -> None:
+        pass
+
+
+class OnDask:
+    """Runs tasks on a ``distributed`` client, each retried ``RETRIES`` times (a dead worker loses its task only)."""
+
+    def __init__(self, client, cluster=None, name: str = "dask", owns_client: bool = False) -> None:
+        self.client, self.cluster, self.name, self.owns_client = client, cluster, name, owns_client
+        self.pending: list = []
+
+    def share(self, obj: Any) -> Any:
+        return self.client.scatter(obj, broadcast=True, hash=False)
+
+    def run(self, fn: Callable, items: list, args: Callable[[Any], tuple]) -> Iterator[tuple[Any, Any]]:
+        from distributed import as_completed
+
+        token = uuid.uuid4().hex[:8]
+        futures = {self.client.submit(fn, *args(item), key=f"alnet-{fn.__name__}-{i}-{token}", retries=RETRIES,
+                                      pure=False): item for i, item in enumerate(items)}
+        self.pending = list(futures)
+        for future in as_completed(futures):
+            result = future.result()
+            self.pending.remove(future)
+            yield futures[future], result
+            future.release()
+
+    def close(self) -> None:
+        if self.pending:
+            self.client.cancel(self.pending)
+            self.pending = []
+        if self.owns_client:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def start_executor(client=None, workers: int | None = None, scheduler: str | None = None,
+                   threads: int | None = None) -> tuple[InProcess | OnDask, int | None]:
+    """The executor for a run and the torch threads its tasks use (``None``: leave torch's setting)."""
+    if client is not None:
+        return OnDask(client, name=f"dask client {client.scheduler.address}"), threads
+    if scheduler:
+        from distributed import Client
+
+        return OnDask(Client(scheduler), name=f"dask scheduler {scheduler}", owns_client=True), threads
+    if workers:
+        from distributed import Client, LocalCluster
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = threads or max(1, cores // workers)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, memory_limit=0)
+        name = f"LocalCluster {workers} workers x {threads} threads"
+        return OnDask(Client(cluster), cluster, name, owns_client=True), threads
+    if threads:
+        torch.set_num_threads(threads)
+    return InProcess(), None
+
+
+# --- preparing a run ----------------------------------------------------------------------------------------------
+
+@dataclass
+class VolumeRun:
+    """A prepared run: the model, source, plan, settings, output groups and arrays, and its summary so far."""
+
+    segmenter: Segmenter
+    volume: Volume
+    plan: BlockPlan
+    settings: Settings
+    labels_group: zarr.Group
+    prob_group: zarr.Group | None
+    outputs: Outputs
+    summary: VolumeSummary
+
+
+def plan_volume(model: Segmenter, source: Any, *, block: tuple[int, int, int] | None = None,
+                whole_pixels: int = WHOLE_IMAGE_PIXELS) -> tuple[Volume, BlockPlan]:
+    """The opened source and its block plan (for an estimate before a run: ``len(plan)`` blocks)."""
+    volume = source if isinstance(source, Volume) else open_volume(source)
+    meta = model.metadata
+    can_cut = meta.network_shape(volume.shape[1:]) == volume.shape[1:]
+    return volume, plan_blocks(volume.shape, chunks=volume.chunks, block=block, whole_pixels=whole_pixels,
+                               can_cut=can_cut)
+
+
+def _settings(segmenter: Segmenter, volume: Volume, *, threshold, instances, probabilities, prob_dtype, tile,
+              overlap, tta, batch_size, min_size) -> Settings:
+    if instances not in (None, *MODES):
+        raise ValueError(f"instances must be None, '2d' or '3d', got {instances!r}")
+    if prob_dtype not in PROBABILITY_DTYPES:
+        raise ValueError(f"prob_dtype must be one of {PROBABILITY_DTYPES}, got {prob_dtype!r}")
+    if tile is not None:
+        check_tile(tile, overlap)
+    check_overlap(tile or DEFAULT_TILE, overlap)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_channels(segmenter.metadata, volume.rgb, volume.data.shape)
+    return Settings(float(segmenter.threshold if threshold is None else threshold), segmenter.metadata.objects,
+                    instances, prob_dtype if probabilities else None, tile, overlap, bool(tta), int(batch_size),
+                    volume.rgb, volume.ndim, int(min_size))
+
+
+def run_record(segmenter: Segmenter, volume: Volume, plan: BlockPlan, settings: Settings) -> dict[str, Any]:
+    """What a resumed run must share with the run that made an output (compared as JSON)."""
+    return _jsonable({"version": RECORD_VERSION, "model": segmenter.source, "model_digest": network_digest(segmenter),
+                      "source": str(volume.path) if volume.path is not None else "array",
+                      "source_shape": list(volume.data.shape), "source_dtype": str(volume.reader.dtype),
+                      "plan": {"shape": plan.shape, "block": plan.block, "chunks": plan.chunks},
+                      "settings": {k: v for k, v in asdict(settings).items() if k != "threads"}})
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = sorted({*old, *new} - {"settings"})
+    diff = [k for k in keys if old.get(k) != new.get(k)]
+    old_s, new_s = old.get("settings", {}), new.get("settings", {})
+    diff += [k for k in sorted({*old_s, *new_s}) if old_s.get(k) != new_s.get(k)]
+    return ", ".join(diff) or "unknown"
+
+
+def _check_not_source(target: Path, volume: Volume) -> None:
+    if volume.path is None:
+        return
+    out, src = target.resolve(), volume.path.resolve()
+    if out == src or out in src.parents or src in out.parents:
+        raise VolumeError(f"output {target} is (or holds, or lies inside) the input {volume.path}; refusing to write "
+                          "there: choose another output")
+
+
+def _claim(target: Path | zarr.Group, record: dict, overwrite: bool, volume: Volume) -> zarr.Group | None:
+    """The existing output to resume, or ``None`` to create one (after clearing it with ``overwrite``);
+    ``VolumeError`` when it must not be touched."""
+    where = target if isinstance(target, Path) else f"Zarr group {target.store_path}"
+    if isinstance(target, Path):
+        _check_not_source(target, volume)
+        try:
+            existing = open_output(target)
+        except VolumeError:
+            if not overwrite:
+                raise
+            remove_output(target)
+            return None
+    else:
+        existing = target if (list(target.keys()) or dict(target.attrs)) else None
+    if existing is None:
+        return None
+    found = record_of(existing)
+    if found is None:
+        why = "was not made by napari-alnet"
+    elif found.get("complete"):
+        why = "is complete"
+    elif found.get("run") != record:
+        why = f"was started with other settings ({_differences(found.get('run') or {}, record)})"
+    else:
+        return existing
+    if not overwrite:
+        raise VolumeError(f"{where} exists and {why}; refusing to write over it (--overwrite / overwrite=True "
+                          "replaces it)")
+    if isinstance(target, Path):
+        remove_output(target)
+    else:
+        _clear_group(target)
+    return None
+
+
+def _clear_group(group: zarr.Group) -> None:
+    for name in list(group.keys()):
+        del group[name]
+    for key in list(group.attrs.keys()):
+        del group.attrs[key]
+
+
+def _spatial(values: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    return tuple(values) if ndim == 3 else tuple(values[1:])
+
+
+def _new_labels(target: Path | zarr.Group, volume: Volume, plan: BlockPlan, settings: Settings, record: dict,
+                width: int) -> zarr.Group:
+    dtype = np.uint32 if settings.instances else np.uint8
+    props = None if settings.instances else [{"label-value": 1, "class": settings.objects}]
+    group = create_output(target, shape=_spatial(plan.shape, volume.ndim), dtype=dtype,
+                          chunks=_spatial(plan.chunks, volume.ndim), geometry=volume.geometry,
+                          zarr_format=volume.zarr_format, label=True, name=f"{volume.name} labels",
+                          record={"version": RECORD_VERSION, "kind": "labels", "complete": False, "run": record},
+                          label_properties=props)
+    state = group.create_group(STATE)
+    state.create_array("blocks", shape=plan.grid, dtype="uint8", chunks=(1, 1, 1), fill_value=0, compressors=None)
+    if settings.instances:
+        state.create_array("counts", shape=plan.grid, dtype="uint64", chunks=(1, 1, 1), fill_value=0,
+                           compressors=None)
+        state.create_array("local", shape=plan.shape, dtype="uint32", chunks=plan.chunks, fill_value=0)
+    if plan.cuts_planes:
+        state.create_array("context", shape=(plan.shape[0], width), dtype="float32", chunks=(1, width),
+                           fill_value=float("nan"), compressors=None)
+    return group
+
+
+def _new_probabilities(target: Path | zarr.Group, volume: Volume, plan: BlockPlan, settings: Settings,
+                       record: dict) -> zarr.Group:
+    encoding = ("uint8: probability = value / 255" if settings.probabilities == "uint8"
+                else f"{settings.probabilities}: probability")
+    return create_output(target, shape=_spatial(plan.shape, volume.ndim), dtype=settings.probabilities,
+                         chunks=_spatial(plan.chunks, volume.ndim), geometry=volume.geometry,
+                         zarr_format=volume.zarr_format, label=False, name=f"{volume.name} probabilities",
+                         record={"version": RECORD_VERSION, "kind": "probabilities", "encoding": encoding,
+                                 "dtype": settings.probabilities, "complete": False, "run": record})
+
+
+def _outputs(labels: zarr.Group, prob: zarr.Group | None) -> Outputs:
+    state = labels[STATE]
+    names = set(state.array_keys())
+    return Outputs(labels["0"], state["blocks"], prob["0"] if prob is not None else None,
+                   state["context"] if "context" in names else None, state["local"] if "local" in names else None,
+                   state["counts"] if "counts" in names else None)
+
+
+def prepare_volume_run(model: Segmenter, source: Any, dest: str | Path | zarr.Group, *,
+                       block: tuple[int, int, int] | None = None, probabilities: bool = False,
+                       prob_dtype: str = "uint8", instances: str | None = None, threshold: float | None = None,
+                       min_size: int = 16, overwrite: bool = False, tile: int | None = None, overlap: int = 64,
+                       tta: bool = False, batch_size: int = 4, whole_pixels: int = WHOLE_IMAGE_PIXELS,
+                       device=None, prob_dest: str | Path | zarr.Group | None = None) -> VolumeRun:
+    """Check everything and create (or reopen, to resume) the outputs; see ``segment_volume_job``."""
+    segmenter = as_segmenter(model, device)
+    volume, plan = plan_volume(segmenter, source, block=block, whole_pixels=whole_pixels)
+    settings = _settings(segmenter, volume, threshold=threshold, instances=instances, probabilities=probabilities,
+                         prob_dtype=prob_dtype, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
+                         min_size=min_size)
+    targets = output_targets(volume, dest, probabilities, prob_dest)
+    record = run_record(segmenter, volume, plan, settings)
+    labels = _claim(targets.labels, record, overwrite, volume)
+    prob = _claim(targets.probabilities, record, overwrite, volume) if targets.probabilities is not None else None
+    if labels is not None and STATE not in labels:
+        raise VolumeError(f"{targets.labels}: its run record is incomplete but its block states are missing; "
+                          "--overwrite starts it anew")
+    width = context_width(make_context(segmenter, tta)) if plan.cuts_planes else 0
+    if labels is None:
+        labels = _new_labels(targets.labels, volume, plan, settings, record, width)
+    if targets.probabilities is not None and prob is None:
+        prob = _new_probabilities(targets.probabilities, volume, plan, settings, record)
+    name = str(targets.labels) if isinstance(targets.labels, Path) else str(labels.store_path)
+    prob_name = None if prob is None else (str(targets.probabilities) if isinstance(targets.probabilities, Path)
+                                           else str(prob.store_path))
+    summary = VolumeSummary(name, prob_name, plan.shape, plan.block, len(plan),
+                            dtype=str(labels["0"].dtype), device=str(segmenter.device))
+    return VolumeRun(segmenter, volume, plan, settings, labels, prob, _outputs(labels, prob), summary)
+
+
+# --- running ------------------------------------------------------------------------------------------------------
+
+#: Work of one pass-1 slice and of one merge or relabel block, in slices of full inference (for progress / ETA).
+CONTEXT_WEIGHT = 0.4
+MERGE_WEIGHT = 0.02
+
+
+@dataclass
+class Tracker:
+    """Progress over all phases in slice-equivalents; the rate counts work done in this run only."""
+
+    total: float
+    blocks: int
+    done: float = 0.0
+    done_now: float = 0.0
+    blocks_done: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, work: float, block: bool = False) -> None:
+        self.done += work
+        self.done_now += work
+        self.blocks_done += int(block)
+
+    def report(self, phase: str, message: str, region: tuple[int, ...] | None = None) -> Progress:
+        elapsed = time.perf_counter() - self.start
+        rate = self.done_now / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else None
+        text = f"{message} · {rate:.2f} slices/s" + (f" · ETA {_duration(eta)}" if eta is not None else "")
+        return Progress(round(self.done), max(1, round(self.total)), text,
+                        {"phase": phase, "blocks_done": self.blocks_done, "blocks_total": self.blocks,
+                         "slices_per_s": rate, "eta_s": eta, "region": region})
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def read_state(array: zarr.Array) -> np.ndarray:
+    """A state array as NumPy; chunks that cannot be read count as never written (fill value)."""
+    try:
+        return np.asarray(array[...])
+    except Exception:
+        out = np.full(array.shape, array.fill_value, array.dtype)
+        for index in np.ndindex(*array.cdata_shape):
+            region = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, array.chunks, strict=True))
+            with contextlib.suppress(Exception):
+                out[region] = array[region]
+        return out
+
+
+@dataclass
+class _Todo:
+    """What is left: pass-1 slices, blocks to compute, whether to merge, blocks to relabel."""
+
+    context: list[int]
+    blocks: list[Block]
+    merge: bool
+    relabel: list[Block]
+
+    def work(self, plan: BlockPlan) -> float:
+        plane = plan.shape[1] * plan.shape[2]
+        return (CONTEXT_WEIGHT * len(self.context) + sum(b.voxels for b in self.blocks) / plane
+                + MERGE_WEIGHT * len(plan) * self.merge + MERGE_WEIGHT * len(self.relabel))
+
+
+def _todo(run: VolumeRun) -> _Todo:
+    blocks = run.plan.blocks()
+    states = read_state(run.outputs.state)
+    context = []
+    if run.outputs.context is not None:
+        rows = read_state(run.outputs.context)
+        context = [z for z in range(len(rows)) if np.isnan(rows[z]).any()]
+    if not run.settings.instances:
+        return _Todo(context, [b for b in blocks if states[b.position] == PENDING], False, [])
+    merged = "merged" in run.labels_group[STATE].attrs
+    return _Todo(context, [b for b in blocks if states[b.position] == PENDING], not merged,
+                 [b for b in blocks if states[b.position] != FINAL])
+
+
+def _run_phases(run: VolumeRun, ex, shared: tuple, settings: Settings, todo: _Todo, tracker: Tracker) -> Job[None]:
+    plan, outputs = run.plan, run.outputs
+    for z, _ in ex.run(context_task, todo.context, lambda z: (*shared, outputs, settings, plan.shape[1:], z)):
+        tracker.add(CONTEXT_WEIGHT)
+        yield tracker.report("context", f"context of slice {z + 1}/{plan.shape[0]}")
+    for block, (slices, inference_s, task_s) in ex.run(block_task, todo.blocks,
+                                                       lambda b: (*shared, outputs, settings, plan, b)):
+        run.summary.blocks_run += 1
+        run.summary.slices += slices
+        tracker.add(slices, block=not settings.instances)
+        report = tracker.report("blocks", f"block {tracker.blocks_done}/{len(plan)}", block.bounds)
+        report.metrics |= {"inference_s": inference_s, "task_s": task_s}
+        yield report
+    if settings.instances:
+        if todo.merge:
+            yield from _merge_phase(run, ex, settings, tracker)
+        yield from _relabel_phase(run, ex, todo.relabel, tracker)
+
+
+def _merge_phase(run: VolumeRun, ex, settings: Settings, tracker: Tracker) -> Job[None]:
+    plan, outputs = run.plan, run.outputs
+    counts = read_state(outputs.counts).ravel().astype(np.int64)
+    starts = offsets(counts)
+    sizes = np.zeros(int(counts.sum()) + 1, np.int64)
+    pairs = []
+    shared_starts = ex.share(starts)
+    for block, (found, edges) in ex.run(merge_task, plan.blocks(),
+                                        lambda b: (outputs, settings, plan, b, shared_starts)):
+        start = int(starts[block.index])
+        sizes[start + 1: start + len(found)] = found[1:]
+        pairs.append(edges)
+        tracker.add(MERGE_WEIGHT)
+        yield tracker.report("merge", f"merging faces of block {block.index + 1}/{len(plan)}")
+    merged = merge(counts, pairs, sizes, settings.min_size)
+    state = run.labels_group[STATE]
+    lut = state.create_array("relabel", shape=merged.lut.shape, dtype=merged.lut.dtype,
+                             chunks=(min(len(merged.lut), 1 << 20),), fill_value=0, overwrite=True)
+    lut[...] = merged.lut
+    if label_dtype(merged.objects) != outputs.labels.dtype:
+        labels = run.labels_group
+        old = labels["0"]
+        labels.create_array("0", shape=old.shape, dtype=label_dtype(merged.objects), chunks=old.chunks,
+                            fill_value=0, overwrite=True, **({"dimension_names": old.metadata.dimension_names}
+                                                             if old.metadata.zarr_format == 3 else {}))
+        run.outputs = _outputs(labels, run.prob_group)
+    state.attrs["merged"] = {"objects": merged.objects, "dtype": str(merged.lut.dtype)}
+
+
+def _relabel_phase(run: VolumeRun, ex, blocks: list[Block], tracker: Tracker) -> Job[None]:
+    plan, outputs = run.plan, run.outputs
+    state = run.labels_group[STATE]
+    starts = offsets(read_state(outputs.counts).ravel())
+    lut = state["relabel"]
+    run.summary.objects = int(state.attrs["merged"]["objects"])
+    for block, _ in ex.run(relabel_task, blocks, lambda b: (outputs, lut, b, int(starts[b.index]))):
+        tracker.add(MERGE_WEIGHT, block=True)
+        yield tracker.report("relabel", f"block {tracker.blocks_done}/{len(plan)}", block.bounds)
+
+
+def _finish(run: VolumeRun) -> None:
+    """Mark the outputs complete (only now), then drop the run's state."""
+    extra = {"objects": run.summary.objects} if run.summary.objects is not None else {}
+    for group in (run.labels_group, run.prob_group):
+        if group is not None:
+            record = record_of(group) or {}
+            group.attrs["napari_alnet"] = record | {"complete": True} | extra
+    del run.labels_group[STATE]
+    run.summary.complete = True
+    run.summary.dtype = str(run.labels_group["0"].dtype)
+
+
+def _drive(run: VolumeRun, client, workers: int | None, scheduler: str | None, threads: int | None,
+           ) -> Job[VolumeSummary]:
+    start = time.perf_counter()
+    todo = _todo(run)
+    summary = run.summary
+    summary.blocks_resumed = len(run.plan) - len(todo.blocks)
+    tracker = Tracker(total=0.0, blocks=len(run.plan))
+    full = _Todo(list(range(run.plan.shape[0])) if run.plan.cuts_planes else [], run.plan.blocks(),
+                 bool(run.settings.instances), run.plan.blocks() if run.settings.instances else [])
+    tracker.total = full.work(run.plan)
+    tracker.done = tracker.total - todo.work(run.plan)
+    tracker.blocks_done = 0 if run.settings.instances else summary.blocks_resumed
+    ex = None
+    try:
+        ex, torch_threads = start_executor(client, workers, scheduler, threads)
+        summary.workers = ex.name
+        settings = Settings(**{**asdict(run.settings), "threads": torch_threads})
+        shared = (ex.share(run.segmenter), ex.share(run.volume.reader))
+        yield tracker.report("start", f"{len(run.plan)} blocks of {run.plan.block}, {summary.blocks_resumed} done")
+        yield from _run_phases(run, ex, shared, settings, todo, tracker)
+        _finish(run)
+    except StopRequested:
+        summary.stopped = True
+    finally:
+        if ex is not None:
+            ex.close()
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def segment_volume_job(model: Segmenter, source: Any, dest: str | Path | zarr.Group, *, client=None,
+                       workers: int | None = None, scheduler: str | None = None, threads: int | None = None,
+                       **options) -> Job[VolumeSummary]:
+    """Segment a volume blockwise into OME-Zarr as a ``Job`` (yields ``Progress`` per block, returns a
+    ``VolumeSummary``; a ``StopRequested`` thrown in stops after the current block, leaving a resumable output).
+
+    ``source``: a path (OME-Zarr, Zarr, N5, TIFF), a ``Volume``, or a NumPy/dask/Zarr array; ``dest``: a path
+    ending in .zarr (the labels image; probabilities in a sibling ``STEM_prob.zarr``), a folder (for
+    ``STEM_labels.zarr`` / ``STEM_prob.zarr``), or a Zarr group. Options (see ``prepare_volume_run``): ``block``
+    (Z, Y, X), ``probabilities``, ``prob_dtype`` ('uint8' or 'float16'), ``instances`` (None, '2d', '3d'),
+    ``threshold``, ``min_size`` (instances), ``overwrite``, ``tile``, ``overlap``, ``tta``, ``batch_size``,
+    ``whole_pixels`` (planes up to this many pixels run whole), ``device``, ``prob_dest``.
+    Where it runs: in-process (default), ``workers=N`` (a LocalCluster it starts and stops), ``scheduler``
+    (the address of a running Dask scheduler) or ``client``; ``threads``: torch threads per worker.
+    The checks (and creating or reopening the outputs) happen at once; ``VolumeError``/``ValueError`` here.
+    """
+    run = prepare_volume_run(model, source, dest, **options)
+    return _drive(run, client, workers, scheduler, threads)
+
+
+def segment_volume(model: Segmenter, source: Any, dest: str | Path | zarr.Group, **options) -> VolumeSummary:
+    """``segment_volume_job`` run to its end (see there for the options)."""
+    return run_job(segment_volume_job(model, source, dest, **options))
