@@ -1,6 +1,8 @@
 """The one way to write and read AL-Net weight files: safetensors plus JSON metadata.
 
-Loading never unpickles anything, so opening a file runs no code. Saving is atomic.
+Loading a weight file never unpickles anything, so opening it runs no code. Saving is atomic. Reading also accepts
+the bioimage.io packages napari-alnet exports (``bioimageio_package``: their state dict goes through PyTorch's
+restricted ``weights_only`` loader, which admits tensors and plain containers only).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from ..model import ALNet
 from ..model.metadata import FORMAT, FORMAT_VERSION, ModelMetadata
 from .atomic import atomic_write
+from .bioimageio_package import PackageError, is_package, read_package
 from .pretrained import BUILTIN_NAMES, builtin_path, shipped_models
 
 
@@ -67,8 +70,17 @@ def _check_header(path: Path) -> None:
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelMetadata, str]:
-    """Tensors, metadata and form (``training`` or ``fused``) of a weight file; ``WeightsError`` if unusable."""
+    """Tensors, metadata and form (``training`` or ``fused``) of a weight file, or of a bioimage.io package
+    napari-alnet exported (zip or folder; always fused); ``WeightsError`` if unusable."""
     path = Path(path)
+    if is_package(path):
+        try:
+            tensors, metadata = read_package(path)
+        except PackageError as exc:
+            raise WeightsError(str(exc)) from exc
+        return tensors, metadata, "fused"
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder, neither a weight file nor a bioimage.io package (no rdf.yaml)")
     if not path.is_file():
         raise WeightsError(f"{path}: no such weight file")
     _check_header(path)
@@ -117,7 +129,7 @@ def load_weights(path: str | Path) -> tuple[ALNet, ModelMetadata]:
 
 
 def resolve_weights(name_or_path: str | Path) -> Path:
-    """Path of a built-in model name or of a weight file; ``WeightsError`` if neither exists."""
+    """Path of a built-in model name, a weight file or a bioimage.io package; ``WeightsError`` if none exists."""
     text = str(name_or_path)
     if text in BUILTIN_NAMES:
         path = builtin_path(text)
