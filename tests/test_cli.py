@@ -120,7 +120,8 @@ def test_train_interrupted_closes_the_run_before_saying_where_the_weights_are(da
     rc = cli.main(["train", "--images", str(folder / "images"), "--masks", str(folder / "masks"),
                    "--epochs", "1", "--out", str(out)])
     assert rc == 130 and fake_training.closed
-    assert f"interrupted; the best weights so far are in {out}" in capsys.readouterr().err
+    # the stand-in training wrote nothing: saying "the best weights are in OUT" would be false
+    assert f"interrupted; no weights were saved yet (nothing was written to {out})" in capsys.readouterr().err
 
 
 def test_train_refuses_resize_with_scale(data, tmp_path, fake_training, capsys):
@@ -173,3 +174,48 @@ def test_segment_error_lines_and_progress_on_stderr(tmp_path, weights, capsys):
     assert re.fullmatch(r"segment \[#{24}\] 2/2 [0-9.]+ slices/s a\.tif: slice 2/2", lines[1])
     assert lines[2:] == ["1 input(s) failed:", lines[3]] and "missing.tif" in lines[3]
     assert captured.out.startswith("segmented 2 slices into 1 files in ")
+
+
+@pytest.mark.parametrize(("out_name", "extra", "message"), [
+    ("images/00.png", ["--overwrite"], "weight files are written as .safetensors"),
+    ("existing.safetensors", [], "existing.safetensors: exists; use --overwrite to replace it"),
+    ("existing.safetensors.ckpt", [], "weight files are written as .safetensors"),
+    ("new.safetensors", ["--checkpoint", "{folder}/images/00.png", "--overwrite"],
+     "00.png: is one of the training or validation inputs; refusing to write over it"),
+])
+def test_train_never_writes_over_a_file_without_consent(data, tmp_path, fake_training, capsys, out_name, extra,
+                                                        message):
+    folder, _ = data
+    (folder / "existing.safetensors").write_bytes(b"precious")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    rc = cli.main(["train", "--images", str(folder / "images"), "--masks", str(folder / "masks"), "--epochs", "1",
+                   "--out", str(folder / out_name), *(e.format(folder=folder) for e in extra)])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not fake_training.calls
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # nothing changed or added
+
+
+def test_train_refuses_an_input_as_output_and_replaces_only_with_overwrite(data, tmp_path, fake_training, capsys):
+    folder, _ = data
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"old")
+    common = ["train", "--images", str(folder / "images"), "--masks", str(folder / "masks"), "--epochs", "1",
+              "--out", str(out)]
+    assert cli.main(common) == 2 and "use --overwrite" in capsys.readouterr().err
+    assert cli.main([*common, "--overwrite"]) == 0 and out.read_bytes() != b"old"
+
+
+def test_train_stopped_by_its_budget_says_so(data, tmp_path, fake_training, monkeypatch, capsys):
+    real_job = fake_training._job
+
+    def budget_job(out, config):
+        result = yield from real_job(out, config)
+        result.stopped = "budget"
+        return result
+
+    monkeypatch.setattr(fake_training, "_job", budget_job)
+    folder, _ = data
+    rc = cli.main(["train", "--images", str(folder / "images"), "--masks", str(folder / "masks"), "--epochs", "4",
+                   "--steps-per-epoch", "300", "--max-minutes", "1", "--out", str(tmp_path / "b.safetensors")])
+    assert rc == 0
+    assert "stopped at the --max-minutes budget after 3 of 1200 steps (1 of 4 epochs)" in capsys.readouterr().err

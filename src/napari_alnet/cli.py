@@ -193,14 +193,22 @@ def _train(args: argparse.Namespace) -> int:
     recipe = _recipe(args)
     print(f"training on {len(pairs)} pairs, validating on {len(val)}; "
           f"{recipe.resolved_steps(pairs)} steps/epoch x {recipe.epochs} epochs", file=sys.stderr)
+    started = time.time()
     job = train_job(pairs, val, meta, out=args.out, config=recipe, init=args.init, checkpoint=args.checkpoint,
                     resume=args.resume)
     try:
         result = _run(job, ProgressBar("train", "steps"))
-    except KeyboardInterrupt:
-        print(f"interrupted; the best weights so far are in {args.out}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        out = Path(args.out)
+        saved = out.is_file() and out.stat().st_mtime >= started
+        print("interrupted; " + (f"the best weights so far are in {out}" if saved else
+                                 f"no weights were saved yet (nothing was written to {out})"), file=sys.stderr)
+        return interrupted_exit_code(exc)
     _finish_weights(args, result, val)
+    if result.stopped == "budget":
+        total = recipe.resolved_steps(pairs) * recipe.epochs
+        print(f"stopped at the --max-minutes budget after {result.steps_done} of {total} steps "
+              f"({result.epochs_done} of {recipe.epochs} epochs): the run did not finish", file=sys.stderr)
     print(f"best epoch {result.best_epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
           + f"; {result.wall_seconds / 60:.1f} min; wrote {result.out}")
     return 0
@@ -215,16 +223,37 @@ def _network_config(args: argparse.Namespace) -> ALNetConfig:
     return config
 
 
+def _check_train_outputs(args: argparse.Namespace, inputs: Sequence[tuple[Path, Path]]) -> None:
+    """``--out`` (and its checkpoint) must be a new ``.safetensors`` path that is none of the inputs; an existing
+    one is replaced only with ``--overwrite`` (or continued with ``--resume``)."""
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out {out}: weight files are written as .safetensors; give a path ending in .safetensors")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
+    used = {p.resolve() for pair in inputs for p in pair}
+    for path in (out, checkpoint):
+        if path.resolve() in used:
+            raise ValueError(f"{path}: is one of the training or validation inputs; refusing to write over it")
+        if path.is_dir():
+            raise ValueError(f"{path}: is a folder; give a file path")
+    if not (args.overwrite or args.resume):
+        for path in (out, checkpoint):
+            if path.exists():
+                raise ValueError(f"{path}: exists; use --overwrite to replace it (or --resume to continue its run)")
+
+
 def _training_pairs(args: argparse.Namespace, norm: Normalization) -> tuple[list[Pair], list[Pair]]:
     """Training and validation pairs: ``--val-images``, else the last ``--holdout`` training pairs, else none."""
     files = pair_files(args.images, args.masks)
-    if args.split_csv:
-        files = select_split(files, args.split_csv, args.subset)
+    val_files = pair_files(args.val_images, args.val_masks or args.masks) if args.val_images else []
     if args.resize and args.scale != 1:
         raise ValueError("give --resize or --scale, not both")
+    _check_train_outputs(args, [*files, *val_files])
+    if args.split_csv:
+        files = select_split(files, args.split_csv, args.subset)
     pairs = _load_pairs(files, args, norm)
     if args.val_images:
-        val = _load_pairs(pair_files(args.val_images, args.val_masks or args.masks), args, norm)
+        val = _load_pairs(val_files, args, norm)
     elif args.holdout:
         pairs, val = pairs[: -args.holdout], pairs[-args.holdout:]
     else:
@@ -443,7 +472,9 @@ def _add_train_model(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--checkpoint", help="resumable state (default: OUT.ckpt)")
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     tr.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
-    tr.add_argument("--out", required=True)
+    tr.add_argument("--out", required=True, help="the weight file to write (.safetensors; a new path unless "
+                    "--overwrite)")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing --out and its checkpoint")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
