@@ -19,9 +19,10 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_alnet import load_model, predict
+from napari_alnet.engine.progress import Progress, run_job
 from napari_alnet.io.images import read_image
 from napari_alnet.io.sample_data import organelle_stack
-from napari_alnet.training.finetune import FinetuneRequest, finetune_job
+from napari_alnet.training.finetune import FinetuneRequest, finetune_job, finetune_recipe
 from napari_alnet.training.metrics import segmentation_scores
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "train"
@@ -51,17 +52,16 @@ def run(name: str, request: FinetuneRequest, test_images, test_truths, base) -> 
     print(f"\n{name}: {len(request.slices or [])} slices, mode {request.mode}, base {base}")
     print(f"{'wall s':>8} {'epoch':>6} {'held-out IoU':>13}")
     print(f"{0.0:>8.1f} {'base':>6} {mean_iou(base, test_images, test_truths):>13.4f}" if base else "")
-    job = finetune_job(request)
-    try:
-        while True:
-            report = next(job)
-            if report.message.endswith("done"):
-                elapsed = time.perf_counter() - start
-                iou = mean_iou(request.out, test_images, test_truths)
-                print(f"{elapsed:>8.1f} {report.metrics['epoch']:>6} {iou:>13.4f}", flush=True)
-                start += time.perf_counter() - start - elapsed  # scoring time is not training time
-    except StopIteration:
-        pass
+
+    def score(report: Progress) -> None:
+        nonlocal start
+        if report.message.endswith("done"):
+            elapsed = time.perf_counter() - start
+            iou = mean_iou(request.out, test_images, test_truths)
+            print(f"{elapsed:>8.1f} {report.metrics['epoch']:>6} {iou:>13.4f}", flush=True)
+            start += time.perf_counter() - start - elapsed  # scoring time is not training time
+
+    run_job(finetune_job(request), score)
 
 
 def main() -> None:
@@ -74,8 +74,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     tmp = Path(tempfile.mkdtemp())
-    common = dict(base=args.base, epochs=args.epochs, lr=1e-3, crop=256, batch_size=4, steps_per_epoch=20,
-                  max_minutes=args.minutes)
+    recipe = finetune_recipe(epochs=args.epochs, lr=1e-3, crop=256, batch_size=4, steps_per_epoch=20,
+                             max_minutes=args.minutes)
+    common = dict(base=args.base, train=recipe)
     if ISBI.is_dir():
         images = np.stack([read_image(ISBI / "images" / f"{i:02d}.png") for i in range(30)])
         membranes = np.stack([read_image(ISBI / "labels" / f"{i:02d}.png") == 0 for i in range(30)])

@@ -1,18 +1,66 @@
-"""Parameters, GFLOPs and CPU latency of AL-Net, training form vs re-parameterized.
+"""Parameters, GFLOPs and CPU latency of AL-Net: training form vs re-parameterized, per precision and backend,
+next to the classic U-Net measured in the same run.
 
-    python benchmarks/latency.py [--size 512 512] [--threads 2] [--config-json '{...}']
+    python benchmarks/latency.py [--size 512 512] [--threads 2] [--config-json '{...}'] [--precisions fp32 bf16]
+                                 [--batches 1 4] [--backends torch onnxruntime openvino] [--runs 10] [--no-unet]
+                                 [--clock wall|cpu] [--no-forms]
+
+The second table times the fused network as the engine runs it (channels-last, inference mode, bf16 through
+autocast), one forward pass of ``batch`` slices, per slice, and the classic U-Net of Ronneberger et al. (2015:
+widths 64-1024, two 3x3 conv + ReLU per level, 2x2 max-pool down, 2x2 up-convolution, "same" padding so a 512²
+input works) in fp32. All candidates are timed round-robin (one call each per round), so drifting load on a
+shared machine hits them alike; "vs U-Net" is the U-Net's median over the candidate's. bf16 is marked
+"emulated" where the CPU has no native bf16 (``devices.cpu_bf16_support``): figures there say nothing about a CPU
+that has it. ``onnxruntime``/``openvino`` (optional, measured only when installed; not used by the engine) run an
+ONNX export of the fused network in fp32 with ``--threads`` threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import itertools
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from napari_alnet.engine.devices import cpu_bf16_support
 from napari_alnet.model import ALNet, ALNetConfig, count_parameters
+
+
+class ClassicUNet(nn.Module):
+    """Ronneberger et al. (2015): 4 poolings, widths 64-1024, two 3x3 conv + ReLU per level, 2x2 up-convolutions,
+    skip concatenation, a 1x1 classifier ("same" padding instead of the paper's valid convolutions)."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 1, widths=(64, 128, 256, 512, 1024)) -> None:
+        super().__init__()
+
+        def double(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
+                                 nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
+
+        self.down = nn.ModuleList([double(in_channels, widths[0])]
+                                  + [double(a, b) for a, b in itertools.pairwise(widths)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in itertools.pairwise(widths)])
+        self.merge = nn.ModuleList([double(2 * a, a) for a in widths[:-1]])
+        self.classify = nn.Conv2d(widths[0], classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, level in enumerate(self.down):
+            x = level(x if i == 0 else nn.functional.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for up, merge in zip(reversed(self.up), reversed(self.merge), strict=True):
+            x = merge(torch.cat([skips.pop(), up(x)], 1))
+        return self.classify(x)
 
 
 def count_gflops(model: nn.Module, x: torch.Tensor) -> float:
@@ -59,20 +107,124 @@ def measure(config: ALNetConfig, size: tuple[int, int], channels_last: bool = Tr
     return out
 
 
+def round_robin(candidates: dict[str, Callable[[], object]], runs: int, warmup: int = 2,
+                limits: dict[str, int] | None = None,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median ms per call of each candidate, timed one call each per round (``limits``: fewer runs for some);
+    ``clock``: wall time, or ``time.process_time`` (CPU time of the process: robust to other load at 1 thread)."""
+    limits = limits or {}
+    for name, call in candidates.items():
+        for _ in range(min(warmup, limits.get(name, warmup))):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_ in range(runs):
+        for name, call in candidates.items():
+            if round_ < limits.get(name, runs):
+                start = clock()
+                call()
+                times[name].append(clock() - start)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
+
+
+def torch_call(model: nn.Module, x: torch.Tensor, precision: str) -> Callable[[], object]:
+    def call():
+        with torch.inference_mode():
+            autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+                        else contextlib.nullcontext())
+            with autocast:
+                return model(x)
+    return call
+
+
+def onnx_calls(model: ALNet, x: torch.Tensor, threads: int, backends: list[str]) -> dict[str, Callable[[], object]]:
+    """fp32 calls of an ONNX export of ``model`` on each installed backend of ``backends``."""
+    calls: dict[str, Callable[[], object]] = {}
+    path = Path(tempfile.mkdtemp(prefix="alnet-onnx-")) / "alnet.onnx"
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    torch.onnx.export(plain, (x.contiguous(),), str(path), input_names=["x"], output_names=["logits"],
+                      opset_version=17, dynamo=False)
+    data = np.ascontiguousarray(x.numpy())
+    if "onnxruntime" in backends:
+        with contextlib.suppress(ImportError):
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no spinning between calls
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            calls["onnxruntime"] = lambda: session.run(None, {"x": data})
+    if "openvino" in backends:
+        with contextlib.suppress(ImportError):
+            import openvino as ov
+
+            compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                                  "INFERENCE_PRECISION_HINT": "f32",
+                                                                  "PERFORMANCE_HINT": "LATENCY"})
+            request = compiled.create_infer_request()
+            calls["openvino"] = lambda: request.infer({0: data})
+    return calls
+
+
+def comparison(config: ALNetConfig, size: tuple[int, int], args: argparse.Namespace) -> None:
+    """The second table: fused AL-Net per precision, batch and backend, and the classic U-Net, round-robin."""
+    model = ALNet(config).eval().reparameterize().to(memory_format=torch.channels_last)
+    rows, candidates, limits = {}, {}, {}
+    gflops = count_gflops(model, torch.randn(1, config.in_channels, *size))
+    for batch in args.batches:
+        x = torch.randn(batch, config.in_channels, *size).contiguous(memory_format=torch.channels_last)
+        for precision in args.precisions:
+            key = f"AL-Net fused | {precision} | torch | {batch}"
+            candidates[key], rows[key] = torch_call(model, x, precision), (count_parameters(model), gflops, batch)
+        if batch == 1 and set(args.backends) - {"torch"}:
+            for backend, call in onnx_calls(model, x, args.threads, args.backends).items():
+                key = f"AL-Net fused | fp32 | {backend} | 1"
+                candidates[key], rows[key] = call, (count_parameters(model), gflops, 1)
+    if not args.no_unet:
+        unet = ClassicUNet(config.in_channels).eval().to(memory_format=torch.channels_last)
+        x = torch.randn(1, config.in_channels, *size).contiguous(memory_format=torch.channels_last)
+        key = "classic U-Net | fp32 | torch | 1"
+        candidates[key], rows[key] = torch_call(unet, x, "fp32"), (count_parameters(unet),
+                                                                  count_gflops(unet, x), 1)
+        limits[key] = max(3, args.runs // 3)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    ms = round_robin(candidates, args.runs, limits=limits, clock=clock)
+    unet_ms = next((v for k, v in ms.items() if k.startswith("classic")), None)
+    unet_runs = max(limits.values()) if limits else 0
+    print(f"\n{args.threads} threads, {args.clock} time, round-robin, median of {args.runs} rounds (U-Net: "
+          f"{unet_runs}); bf16 here"
+          f": {'native' if cpu_bf16_support().native else 'EMULATED'} ({cpu_bf16_support().reason})")
+    print("| network | precision | backend | batch | params | GFLOPs / slice | ms / slice | vs U-Net |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for key, (params, flops, batch) in rows.items():
+        per = ms[key] / batch
+        ratio = f"{unet_ms / per:.1f}x" if unet_ms else "—"
+        print(f"| {key} | {params / 1e6:.2f} M | {flops:.1f} | {per:.1f} | {ratio} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=(512, 512))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--config-json", default=None, help="an ALNetConfig as JSON (default: the shipped one)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1])
+    parser.add_argument("--backends", nargs="+", default=["torch"], choices=["torch", "onnxruntime", "openvino"])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--no-unet", action="store_true", help="skip the classic U-Net reference")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: process CPU time (use with --threads 1 on a loaded machine)")
+    parser.add_argument("--no-forms", action="store_true", help="skip the training-vs-fused table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = ALNetConfig.from_json(args.config_json) if args.config_json else ALNetConfig()
-    r = measure(config, tuple(args.size))
-    print(f"input 1 x {config.in_channels} x {args.size[0]} x {args.size[1]}, {args.threads} CPU threads, "
-          f"median of 10 after 3 warm-up runs")
-    print(f"{'form':<10}{'params':>12}{'GFLOPs':>10}{'latency ms':>12}")
-    print(f"{'training':<10}{r['params_training']:>12,}{r['gflops_training']:>10.2f}{r['ms_training']:>12.1f}")
-    print(f"{'fused':<10}{r['params_fused']:>12,}{r['gflops_fused']:>10.2f}{r['ms_fused']:>12.1f}")
+    if not args.no_forms:
+        r = measure(config, tuple(args.size))
+        print(f"input 1 x {config.in_channels} x {args.size[0]} x {args.size[1]}, {args.threads} CPU threads, "
+              f"median of 10 after 3 warm-up runs")
+        print(f"{'form':<10}{'params':>12}{'GFLOPs':>10}{'latency ms':>12}")
+        print(f"{'training':<10}{r['params_training']:>12,}{r['gflops_training']:>10.2f}{r['ms_training']:>12.1f}")
+        print(f"{'fused':<10}{r['params_fused']:>12,}{r['gflops_fused']:>10.2f}{r['ms_fused']:>12.1f}")
+    comparison(config, tuple(args.size), args)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,27 @@
-"""Streaming segmentation of TIFF stacks: slices/s, latency per slice and peak RSS for 10 and 100 slices.
+"""Streaming segmentation of TIFF stacks (what ``alnet segment`` runs): slices/s, latency per slice and peak RSS
+for 10 and 100 slices, per precision, pipelined (and with ``--serial`` also without the reader/writer threads).
 
     python benchmarks/stack.py [--size 512] [--depths 10 100] [--threads 2] [--model em|FILE] [--labels-only]
+                               [--precisions auto fp32 bf16] [--serial] [--repeats 1]
+                               [--wait-policies inherit passive active]
 
-Each depth runs ``segment_files_job`` (labels + float32 probabilities) in a fresh subprocess, so its peak RSS is its
-own. Streaming means the peak RSS of the deepest stack stays within 1.3x of the shallowest (exit code 1 if not).
+Each run is ``segment_files_job`` (labels + float32 probabilities) in a fresh subprocess, so its peak RSS is its
+own. Streaming means the peak RSS of the deepest stack stays within 1.3x of the shallowest for every precision and
+mode (exit code 1 if not). ``--repeats N`` runs each case N times, interleaved, and reports the median slices/s.
+Default precisions: ``auto`` (what ``alnet segment`` picks here) and ``bf16`` where this CPU has it natively.
+``--wait-policies``: the worker's ``OMP_WAIT_POLICY`` (``inherit``: as this process has it), one column each: with
+libgomp's default (active: idle OpenMP threads spin), a core shared with any other work — the pipeline's threads,
+another program — stalls every parallel region (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,16 +55,20 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from napari_alnet.api import Segmenter, load_model
+    from napari_alnet.engine import batch
     from napari_alnet.engine.batch import segment_files_job
     from napari_alnet.engine.progress import run_job
     from napari_alnet.io.pretrained import shipped_models
     from napari_alnet.model import ALNet
 
     torch.set_num_threads(args.threads)
+    if args.serial:
+        batch.QUEUE_DEPTH = 0
     if args.model and (args.model != "em" or "em" in shipped_models()):
-        model, name = load_model(args.model, device="cpu"), args.model
+        model, name = load_model(args.model, device="cpu", precision=args.precision), args.model
     else:
-        model, name = Segmenter.from_network(ALNet()), "untrained AL-Net (no em weights shipped)"
+        model = Segmenter.from_network(ALNet(), device="cpu", precision=args.precision)
+        name = "untrained AL-Net (no em weights shipped)"
     start = time.perf_counter()
     summary = run_job(segment_files_job([Path(args.worker)], Path(args.out), model, overwrite=True,
                                         probabilities=not args.labels_only))
@@ -61,7 +76,7 @@ def worker(args: argparse.Namespace) -> None:
     if summary.failures:
         raise SystemExit(f"benchmark input failed: {summary.failures}")
     print(json.dumps({"slices": summary.slices, "seconds": seconds, "peak_rss_mb": peak_rss_mb(), "model": name,
-                      "device": summary.device}))
+                      "device": summary.device, "precision": summary.precision}))
 
 
 def peak_rss_mb() -> float:
@@ -84,36 +99,69 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="em", help="em (if shipped, else an untrained AL-Net) or a weight file")
     parser.add_argument("--labels-only", action="store_true", help="do not write probabilities")
+    parser.add_argument("--precisions", nargs="+", choices=("auto", "fp32", "bf16"), default=None)
+    parser.add_argument("--serial", action="store_true", help="also run without the reader/writer threads")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--wait-policies", nargs="+", choices=("inherit", "passive", "active"), default=["inherit"])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
-    rows = []
+    sys.exit(run_all(args))
+
+
+def default_precisions() -> list[str]:
+    from napari_alnet.engine.devices import cpu_bf16_support
+
+    return ["auto", "bf16"] if cpu_bf16_support().native else ["auto"]
+
+
+def run_all(args: argparse.Namespace) -> int:
+    """Every (precision, mode, depth) case ``repeats`` times, interleaved; prints the table; 1 if RSS grows."""
+    precisions = args.precisions or default_precisions()
+    kinds = ["pipelined", "serial"] if args.serial else ["pipelined"]
+    modes = [f"{kind} {policy}" for kind in kinds for policy in args.wait_policies]
+    cases = list(itertools.product(precisions, modes, args.depths))
+    results: dict[tuple, list[dict]] = {case: [] for case in cases}
     slices = em_slices(args.size)
     with tempfile.TemporaryDirectory(prefix="alnet-bench-") as tmp:
         for depth in args.depths:
-            stack = Path(tmp) / f"stack{depth}.tif"
-            make_stack(stack, depth, slices)
-            cmd = [sys.executable, __file__, "--worker", str(stack), "--out", str(Path(tmp) / f"out{depth}"),
-                   "--threads", str(args.threads), "--model", args.model]
-            if args.labels_only:
-                cmd.append("--labels-only")
-            done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-            rows.append((depth, json.loads(done.stdout.strip().splitlines()[-1])))
-    first = rows[0][1]
+            make_stack(Path(tmp) / f"stack{depth}.tif", depth, slices)
+        for _ in range(args.repeats):
+            for precision, mode, depth in cases:
+                serial, policy = mode.split()
+                cmd = [sys.executable, __file__, "--worker", str(Path(tmp) / f"stack{depth}.tif"),
+                       "--out", str(Path(tmp) / "out"), "--threads", str(args.threads), "--model", args.model,
+                       "--precision", precision, *(["--serial"] if serial == "serial" else []),
+                       *(["--labels-only"] if args.labels_only else [])]
+                env = dict(os.environ)
+                if policy != "inherit":
+                    env["OMP_WAIT_POLICY"] = policy.upper()
+                done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+                results[(precision, mode, depth)].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    first = results[cases[0]][0]
     print(f"{args.size} x {args.size} uint8 stacks, {first['model']}, {first['device']}, {args.threads} threads, "
-          f"labels{'' if args.labels_only else ' + float32 probabilities'} streamed to TIFF")
-    print(f"{'slices':>7}{'slices/s':>10}{'ms/slice':>10}{'peak RSS MB':>13}")
-    for depth, r in rows:
-        print(f"{depth:>7}{r['slices'] / r['seconds']:>10.2f}{r['seconds'] / r['slices'] * 1000:>10.0f}"
-              f"{r['peak_rss_mb']:>13.0f}")
-    ratio = rows[-1][1]["peak_rss_mb"] / rows[0][1]["peak_rss_mb"]
-    verdict = "OK" if ratio <= RSS_LIMIT else "FAIL"
-    print(f"peak RSS {rows[-1][0]} vs {rows[0][0]} slices: {ratio:.2f}x (limit {RSS_LIMIT}x) {verdict}")
-    if verdict != "OK":
-        sys.exit(1)
+          f"labels{'' if args.labels_only else ' + float32 probabilities'} streamed to TIFF; median of "
+          f"{args.repeats} interleaved run(s)")
+    print("| precision asked | ran in | mode, OMP_WAIT_POLICY | slices | slices/s | ms/slice | peak RSS MB |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    verdict = 0
+    for precision, mode in itertools.product(precisions, modes):
+        rows = [(depth, results[(precision, mode, depth)]) for depth in args.depths]
+        for depth, runs in rows:
+            rate = statistics.median(r["slices"] / r["seconds"] for r in runs)
+            rss = max(r["peak_rss_mb"] for r in runs)
+            print(f"| {precision} | {runs[0]['precision']} | {mode} | {depth} | {rate:.2f} | {1000 / rate:.0f} | "
+                  f"{rss:.0f} |")
+        ratio = max(r["peak_rss_mb"] for r in rows[-1][1]) / max(r["peak_rss_mb"] for r in rows[0][1])
+        ok = ratio <= RSS_LIMIT
+        verdict |= not ok
+        print(f"|  |  | peak RSS {rows[-1][0]} vs {rows[0][0]} slices: {ratio:.2f}x (limit {RSS_LIMIT}x) "
+              f"{'OK' if ok else 'FAIL'} |  |  |  |")
+    return verdict
 
 
 if __name__ == "__main__":

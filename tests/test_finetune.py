@@ -4,13 +4,20 @@ import numpy as np
 import pytest
 
 from napari_alnet import load_model, predict
-from napari_alnet.training.finetune import AnnotationError, FinetuneRequest, annotation_pairs, check_annotations, finetune_job
-from napari_alnet.training.metrics import segmentation_scores
-from napari_alnet.model import ALNet
 from napari_alnet.engine.normalization import Normalization
 from napari_alnet.engine.progress import run_job
 from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.io.weights import ModelMetadata, save_weights
+from napari_alnet.model import ALNet
+from napari_alnet.training.finetune import (
+    AnnotationError,
+    FinetuneRequest,
+    annotation_pairs,
+    check_annotations,
+    finetune_job,
+    finetune_recipe,
+)
+from napari_alnet.training.metrics import segmentation_scores
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,8 @@ def test_finetune_improves_iou(mode, stack, base, tmp_path):
 def test_unlabelled_pixels_do_not_reach_the_training_pairs(stack):
     images, truth = stack
     labels = scribbles_from(truth[0], np.random.default_rng(1))
-    (pair,) = annotation_pairs(images[0], labels, "scribbles", [0], Normalization(), 1)
+    (pair,) = annotation_pairs(images[0], labels, mode="scribbles", slices=[0], normalization=Normalization(),
+                               in_channels=1)
     assert np.array_equal(pair.ignore, labels == 0)
     assert np.array_equal(pair.mask > 0, labels == 1)
 
@@ -66,8 +74,8 @@ def test_stop_mid_epoch_keeps_best_weights_and_preview(stack, base, tmp_path):
     labels = np.zeros(images.shape, np.uint8)
     labels[0], labels[1] = truth[0], truth[1]
     out = tmp_path / "stopped.safetensors"
-    request = FinetuneRequest(images, labels, base=base, out=out, epochs=5, crop=64, steps_per_epoch=4,
-                              holdout=1, preview_slice=2)
+    request = FinetuneRequest(images, labels, base=base, out=out, train=finetune_recipe(epochs=5, crop=64,
+                              steps_per_epoch=4), holdout=1, preview_slice=2)
     previews = []
 
     def watch(report):
@@ -86,8 +94,8 @@ def test_annotations_are_copied_when_training_starts(stack, base, tmp_path):
     images, truth = stack
     labels = np.zeros(images.shape, np.uint8)
     labels[0] = truth[0]
-    request = FinetuneRequest(images, labels, base=base, out=tmp_path / "m.safetensors", epochs=1, crop=64,
-                              steps_per_epoch=2)
+    request = FinetuneRequest(images, labels, base=base, out=tmp_path / "m.safetensors",
+                              train=finetune_recipe(epochs=1, crop=64, steps_per_epoch=2))
     labels[:] = 0  # the user keeps painting (here: erases everything) after pressing Fine-tune
     images[:] = 0
     result = run_job(finetune_job(request))
@@ -110,7 +118,8 @@ def test_bad_annotations_are_refused_with_a_clear_message(labels, mode, message)
 def test_annotations_are_zoomed_like_the_base_model(stack):
     images, truth = stack
     labels = scribbles_from(truth[0], np.random.default_rng(1))
-    (pair,) = annotation_pairs(images[0], labels, "scribbles", [0], Normalization(), 1, input_scale=2.0)
+    (pair,) = annotation_pairs(images[0], labels, mode="scribbles", slices=[0], normalization=Normalization(),
+                               in_channels=1, input_scale=2.0)
     h, w = labels.shape
     assert pair.image.shape == (1, 2 * h, 2 * w) and pair.mask.shape == pair.ignore.shape == (2 * h, 2 * w)
     assert np.array_equal(pair.ignore[::2, ::2], labels == 0)

@@ -9,9 +9,9 @@ import pytest
 
 from napari_alnet import load_model
 from napari_alnet.engine import registry as model_registry
-from napari_alnet.model import ALNet
 from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.io.weights import ModelMetadata, save_weights
+from napari_alnet.model import ALNet
 from napari_alnet.widgets import SegmentWidget
 from napari_alnet.widgets.finetune import IOU, LOSS, FinetuneWidget
 
@@ -142,6 +142,20 @@ def test_run_in_worker_saves_and_registers_the_model(dock, stack, qtbot, notes, 
     assert dock.start_button.enabled and not dock.stop_button.enabled
 
 
+def test_report_gives_the_best_epoch_as_the_model_card_and_the_cli_do(dock, stack, notes):
+    annotate(dock, stack, (0, 1, 2))
+    dock.holdout.value, dock.preview.value, dock.epochs.value = 2, False, 3
+    assert dock.run_blocking()
+    assert dock.runner.last.status == "done", notes
+    result = dock.result
+    ious = [row["val_iou"] for row in result.history]
+    best = 1 + int(np.argmax(ious))  # epochs count from 1; a later epoch must beat the IoU to replace the best
+    card = load_model(Path(dock.output.value)).metadata.card["training"]
+    assert len(ious) == result.epochs_done == 3
+    assert result.best_epoch == card["best_epoch"] == best
+    assert f"(epoch {best})." in dock.report.value, dock.report.value
+
+
 def test_stop_keeps_the_best_weights(dock, stack, qtbot, notes):
     viewer = dock.viewer
     annotate(dock, stack)
@@ -248,3 +262,37 @@ def test_2d_image_inline_with_preview_and_menu_entry(dock, stack):
     assert dock.runner.last.status == "done"
     assert dock.viewer.layers["slice (fine-tune preview)"].data.shape == (64, 64)
     assert "training loss" in dock.report.value and dock.model_name == "mito"
+
+
+def test_export_button_writes_a_checked_package_with_the_fine_tune_provenance(dock, stack, notes, tmp_path):
+    """Export (next to Save to) after a fine-tune: a bioimage.io package beside the weights, in the JobRunner, with
+    the fine-tune provenance in its card and README; it loads back to the same probabilities."""
+    pytest.importorskip("bioimageio.spec", reason="the export extra is not installed")
+    pytest.importorskip("onnxruntime", reason="the export extra is not installed")
+    import json
+    import zipfile
+
+    import yaml
+
+    from napari_alnet.widgets.finetune import _export_path
+
+    assert not dock.export() and "nothing to export yet" in notes[-1]
+    annotate(dock, stack, (0, 1))
+    dock.epochs.value = dock.steps.value = 1
+    assert dock.run_blocking() and dock.runner.last.status == "done", notes
+    assert dock.runner.run_inline(dock.export)
+    assert dock.runner.last.status == "done", notes
+    report = dock.export_report
+    assert report.path == tmp_path / "mito.bioimageio.zip" and report.path.is_file()
+    assert set(report.tests.values()) == {"passed"} and all(c.passed for c in report.checks)
+    assert "exported" in dock.report.value and str(report.path) in notes[-1]
+    with zipfile.ZipFile(report.path) as zf:
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        readme = zf.read("README.md").decode()
+    tune = json.loads(rdf["config"]["napari_alnet"]["card"])["finetune"]
+    assert tune["image_layer"] == "em" and tune["slices"] == [0, 1] and Path(tune["base"]).name == "base.safetensors"
+    assert "Fine-tuned in napari-alnet from" in readme
+    image = stack[0][2]
+    assert np.array_equal(load_model(report.path, device="cpu").predict(image),
+                          load_model(Path(dock.output.value), device="cpu").predict(image))
+    assert _export_path(Path(dock.output.value)).name == "mito-2.bioimageio.zip"  # never replaces an export

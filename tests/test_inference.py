@@ -262,3 +262,28 @@ def test_zoomed_models_run_on_the_zoomed_image_and_return_full_size(tmp_path):
                                       (40, 50))
     np.testing.assert_allclose(prob, expected, atol=1e-5)
     assert np.abs(prob - predict(plain, stack)).max() > 1e-3  # the zoom is not a no-op
+
+
+def test_the_a_decoders_inference_order_is_the_papers_function():
+    """Eval mode reduces Fhigh to the class logits on the stride-32 grid before upsampling (docs/performance.md):
+    the same function as the paper's order, which training keeps for BatchNorm's batch statistics."""
+    for fused in (False, True):
+        net = ALNet().eval()
+        if fused:
+            net.reparameterize()
+        x = torch.from_numpy(texture((2, 1, 96, 160), 5))
+        with torch.inference_mode():
+            fast = net(x)
+            net.decoder.training = True  # the paper's order; every BatchNorm stays in eval mode
+            paper = net(x)
+        assert torch.allclose(fast, paper, atol=1e-5), (fused, (fast - paper).abs().max())
+
+
+def test_a_segmenter_in_bf16_runs_under_bf16_autocast_and_reports_it():
+    model = calibrated_model().with_precision("bf16")
+    seen = []
+    model.network.encoder.register_forward_hook(
+        lambda _m, _args, out: seen.append((torch.is_autocast_enabled("cpu"), out[-1].dtype)))
+    result = run_job(model.predict_job(texture((40, 40), 2)))
+    assert result.precision == "bf16" and seen == [(True, torch.bfloat16)]
+    assert result.probabilities.dtype == np.float32

@@ -8,14 +8,14 @@ import torch
 
 from napari_alnet import load_model
 from napari_alnet.cli import main as cli_main
-from napari_alnet.training.losses import dice_bce_loss
-from napari_alnet.model import ALNet, ALNetConfig
 from napari_alnet.engine.progress import run_job
 from napari_alnet.io.sample_data import em_like_stack
+from napari_alnet.io.weights import ModelMetadata, load_weights, save_weights
+from napari_alnet.model import ALNet, ALNetConfig
 from napari_alnet.training import TrainConfig, pairs_from_arrays, train, train_job
 from napari_alnet.training.data import CropSampler, dihedral
 from napari_alnet.training.loop import _weight_average
-from napari_alnet.io.weights import ModelMetadata, load_weights, save_weights
+from napari_alnet.training.losses import dice_bce_loss
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def em_pairs():
 
 def test_short_training_lowers_loss_and_reaches_iou(em_pairs, tmp_path):
     cfg = TrainConfig(epochs=6, crop=96, steps_per_epoch=8, seed=0)
-    result = train(em_pairs[:3], em_pairs[3:], ModelMetadata(), tmp_path / "m.safetensors", cfg)
+    result = train(em_pairs[:3], em_pairs[3:], ModelMetadata(), tmp_path / "m.safetensors", config=cfg)
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < 0.5 * losses[0]
     assert result.best_metrics["iou"] > 0.8
@@ -43,18 +43,27 @@ def test_stop_is_honoured_within_one_step_and_resume_continues(em_pairs, tmp_pat
         seen.append(report.step)
         return report.step == 7
 
-    result = train(em_pairs[:3], em_pairs[3:], ModelMetadata(), out, cfg, on_progress=stop_at_7)
+    result = train(em_pairs[:3], em_pairs[3:], ModelMetadata(), out, config=cfg, on_progress=stop_at_7)
     assert result.stopped == "stopped" and result.steps_done == 7 and max(seen) == 7
     assert result.epochs_done == 1
     load_weights(out)  # the best weights so far are there and load
-    resumed = train(em_pairs[:3], em_pairs[3:], ModelMetadata(), out, cfg, resume=True)
+    resumed = train(em_pairs[:3], em_pairs[3:], ModelMetadata(), out, config=cfg, resume=True)
     assert resumed.stopped == "finished" and resumed.epochs_done == 3
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
 
 
+def test_a_stop_at_the_end_of_an_epoch_leaves_that_epoch_the_best(em_pairs, tmp_path):
+    out = tmp_path / "m.safetensors"
+    cfg = TrainConfig(epochs=3, crop=64, steps_per_epoch=2, seed=0)
+    result = train(em_pairs[:2], [], ModelMetadata(), out, config=cfg,
+                   on_progress=lambda report: report.message == "epoch 1/3 done")
+    assert result.stopped == "stopped" and result.epochs_done == 1 and result.steps_done == 2
+    assert result.best_epoch == 1 and load_model(out).metadata.card["training"]["best_epoch"] == 1
+
+
 def test_closing_the_generator_keeps_best_weights(em_pairs, tmp_path):
     out = tmp_path / "m.safetensors"
-    job = train_job(em_pairs[:3], [], ModelMetadata(), out, TrainConfig(epochs=2, crop=64, steps_per_epoch=4))
+    job = train_job(em_pairs[:3], [], ModelMetadata(), out, config=TrainConfig(epochs=2, crop=64, steps_per_epoch=4))
     for _ in range(2):
         next(job)
     job.close()
@@ -64,15 +73,15 @@ def test_closing_the_generator_keeps_best_weights(em_pairs, tmp_path):
 
 def test_wall_clock_budget_stops_cleanly(em_pairs, tmp_path):
     cfg = TrainConfig(epochs=1000, crop=64, steps_per_epoch=4, max_minutes=0.02)
-    result = train(em_pairs[:3], em_pairs[3:], ModelMetadata(), tmp_path / "m.safetensors", cfg)
+    result = train(em_pairs[:3], em_pairs[3:], ModelMetadata(), tmp_path / "m.safetensors", config=cfg)
     assert result.stopped == "budget" and result.epochs_done < 1000 and result.best_metrics
     assert (tmp_path / "m.safetensors").is_file()
 
 
 def test_training_is_reproducible_on_cpu(em_pairs, tmp_path):
     cfg = TrainConfig(epochs=1, crop=64, steps_per_epoch=3, seed=3)
-    a = train(em_pairs[:2], [], ModelMetadata(), tmp_path / "a.safetensors", cfg)
-    b = train(em_pairs[:2], [], ModelMetadata(), tmp_path / "b.safetensors", cfg)
+    a = train(em_pairs[:2], [], ModelMetadata(), tmp_path / "a.safetensors", config=cfg)
+    b = train(em_pairs[:2], [], ModelMetadata(), tmp_path / "b.safetensors", config=cfg)
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
 
 
@@ -161,14 +170,14 @@ def test_run_job_returns_generator_result():
 
 
 def test_zoomed_training_pairs_and_the_zoom_in_the_model_card(tmp_path, capsys):
-    from napari_alnet.io.images import pair_files
     from napari_alnet.engine.normalization import Normalization
+    from napari_alnet.io.images import pair_files
     from napari_alnet.training import load_pairs
 
     data = _write_pairs(tmp_path, n=2, size=64)
     files = pair_files([data / "images"], data / "masks")
-    native = load_pairs(files, Normalization(), 1, invert=True)
-    zoomed = load_pairs(files, Normalization(), 1, invert=True, scale=2.0)
+    native = load_pairs(files, Normalization(), in_channels=1, invert=True)
+    zoomed = load_pairs(files, Normalization(), in_channels=1, invert=True, scale=2.0)
     assert zoomed[0].image.shape == (1, 128, 128) and zoomed[0].mask.shape == (128, 128)
     # membranes stay membranes: the zoomed mask shrunk back agrees with the native one on most pixels
     assert (zoomed[0].mask[::2, ::2] == native[0].mask).mean() > 0.9
@@ -212,15 +221,15 @@ def test_weight_average_is_an_exponential_moving_average_of_weights_and_bn_stati
 
 def test_ema_training_saves_the_average_and_resumes(em_pairs, tmp_path):
     raw = train(em_pairs[:2], [], ModelMetadata(), tmp_path / "raw.safetensors",
-                TrainConfig(epochs=1, crop=64, steps_per_epoch=3, seed=0))
+                config=TrainConfig(epochs=1, crop=64, steps_per_epoch=3, seed=0))
     cfg = TrainConfig(epochs=1, crop=64, steps_per_epoch=3, seed=0, ema_decay=0.5)
-    ema = train(em_pairs[:2], [], ModelMetadata(), tmp_path / "ema.safetensors", cfg)
+    ema = train(em_pairs[:2], [], ModelMetadata(), tmp_path / "ema.safetensors", config=cfg)
     assert ema.history[0]["train_loss"] == raw.history[0]["train_loss"]  # the same raw trajectory
     a, _ = load_weights(raw.out)
     b, meta = load_weights(ema.out)
     assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert meta.card["training"]["recipe"]["ema_decay"] == 0.5
-    resumed = train(em_pairs[:2], [], ModelMetadata(), ema.out, replace(cfg, epochs=2), resume=True)
+    resumed = train(em_pairs[:2], [], ModelMetadata(), ema.out, config=replace(cfg, epochs=2), resume=True)
     assert resumed.epochs_done == 2
 
 
@@ -228,7 +237,7 @@ def test_a_run_started_from_a_weight_file_saves_that_files_network(em_pairs, tmp
     start = tmp_path / "stride1.safetensors"
     save_weights(ALNet(ALNetConfig(decoder_stride=1)), ModelMetadata(config=ALNetConfig(decoder_stride=1)), start)
     out = tmp_path / "tuned.safetensors"
-    train(em_pairs[:2], [], ModelMetadata(), out, TrainConfig(epochs=1, crop=64, steps_per_epoch=2), init=start)
+    train(em_pairs[:2], [], ModelMetadata(), out, config=TrainConfig(epochs=1, crop=64, steps_per_epoch=2), init=start)
     model, meta = load_weights(out)
     assert meta.config.decoder_stride == 1 and model.config.decoder_stride == 1
 
@@ -277,7 +286,7 @@ def test_without_validation_the_latest_epoch_is_kept_even_when_its_loss_is_highe
 
     monkeypatch.setattr(loop, "dice_bce_loss", rising_loss)
     result = train(em_pairs[:2], [], ModelMetadata(), tmp_path / "m.safetensors",
-                   TrainConfig(epochs=3, crop=64, steps_per_epoch=2, seed=0))
+                   config=TrainConfig(epochs=3, crop=64, steps_per_epoch=2, seed=0))
     losses = [row["train_loss"] for row in result.history]
     assert losses[0] < losses[-1] and result.best_epoch == 3
     assert load_model(tmp_path / "m.safetensors").metadata.card["training"]["best_epoch"] == 3

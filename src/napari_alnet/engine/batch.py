@@ -4,6 +4,12 @@ Used by ``alnet segment`` and the Batch widget. For each input ``STEM.ext`` it w
 (uint8 semantic mask, or int32 instance ids with ``instances``) and, with ``probabilities``, ``OUTDIR/STEM_prob.tif``
 (float32). Inputs are never overwritten; existing outputs are kept unless ``overwrite``; outputs appear only
 complete (temporary file + rename). A file that cannot be segmented is reported and the batch goes on.
+
+Stacks are pipelined: a reader thread decodes, checks and normalizes the next batch of slices while the network
+runs this one, and a writer thread thresholds (or labels instances) and hands the previous batch to the TIFF
+writers (which compress in their own threads); every hand-over is a bounded queue of two batches, so memory stays
+flat in stack depth. Each output records what made it (model, device, precision, threshold) in its TIFF metadata
+(``io.stack_writer.recorded_info``).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import metadata as package_metadata
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +26,19 @@ import torch
 from ..io.images import list_images
 from ..io.stack_reader import SliceReader, count_slices, open_slices
 from ..io.stack_writer import TiffStackWriter
-from .inference import check_pixels, probability_job
+from .inference import Prepared, check_pixels, prepare_whole, prepared_probabilities, probability_job
+from .pipeline import Drain, Prefetch
 from .postprocess import instance_labels, offset_ids, semantic_labels
 from .progress import Job, Progress, StopRequested, relay
 from .segmenter import Segmenter, as_segmenter
 from .tiling import check_tile
 
-#: Slices read and segmented together.
+#: Slices read and segmented together (one forward pass; the same as ``Segmenter.predict``'s default, so a stack
+#: streamed to disk gives the very probabilities of the in-memory prediction; docs/performance.md).
 SLICES_PER_BATCH = 4
+#: Batches the reader thread may be ahead of the network, and the writer thread behind it (0: no threads, all in
+#: the job's thread, as before the pipeline; benchmarks/stack.py --serial).
+QUEUE_DEPTH = 2
 
 
 @dataclass
@@ -41,6 +53,8 @@ class BatchSummary:
     seconds: float = 0.0
     stopped: bool = False
     device: str = ""
+    #: The precision the network ran in (``fp32``, ``bf16``, ``fp16``).
+    precision: str = ""
 
     @property
     def ok(self) -> bool:
@@ -74,12 +88,31 @@ def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[
 
 @dataclass(frozen=True)
 class Outputs:
-    """How each file is segmented: threshold, instance labels or not, and which objects they label."""
+    """How each file is segmented: threshold, instance labels or not, which objects they label, slices per forward
+    pass, and what is recorded in each output's metadata (``info``)."""
 
     tile: int | None
     threshold: float
     instances: bool
     objects: str
+    batch: int = 1
+    info: dict = field(default_factory=dict)
+
+    def info_for(self, kind: str) -> dict:
+        """What an output of ``kind`` (``labels``/``prob``) records about how it was made."""
+        output = "probabilities" if kind == "prob" else "instances" if self.instances else "labels"
+        return self.info | {"output": output}
+
+
+def provenance(segmenter: Segmenter, threshold: float) -> dict:
+    """What made an output: software, model, device, precision (and what was asked for), threshold."""
+    try:
+        version = package_metadata.version("napari-alnet")
+    except package_metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"software": f"napari-alnet {version}", "model": segmenter.source, "modality": segmenter.metadata.modality,
+            "device": str(segmenter.device), "precision": segmenter.precision,
+            "precision_requested": segmenter.requested, "threshold": threshold}
 
 
 def segment_files_job(inputs: list[Path], outdir: Path, model: Segmenter, *, tile: int | None = None,
@@ -100,9 +133,10 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: Segmenter, *, til
     files, failures = expand_inputs(inputs)
     summary = BatchSummary(failures=list(failures))
     segmenter = as_segmenter(model, device)
-    summary.device = str(segmenter.device)
-    settings = Outputs(tile, segmenter.threshold if threshold is None else float(threshold), instances,
-                       segmenter.metadata.objects)
+    summary.device, summary.precision = str(segmenter.device), segmenter.precision
+    cut = segmenter.threshold if threshold is None else float(threshold)
+    settings = Outputs(tile, cut, instances, segmenter.metadata.objects, SLICES_PER_BATCH,
+                       provenance(segmenter, cut))
     sizes = [count_slices(f) for f in files]
     total, done = sum(sizes), 0
     inputs_resolved = {f.resolve() for f in files}
@@ -162,34 +196,73 @@ def _targets(path: Path, outdir: Path, probabilities: bool, overwrite: bool, inp
 
 def _segment(reader: SliceReader, targets: dict[str, Path], segmenter: Segmenter, settings: Outputs, *, done: int,
              total: int, summary: BatchSummary) -> Job[int]:
-    """Stream one file through the network into its target files; returns the updated slice count."""
+    """Stream one file through the network into its target files; returns the updated slice count.
+
+    Reading runs ahead in a ``Prefetch`` thread, thresholding and writing behind in a ``Drain`` thread.
+    """
     writers: dict[str, TiffStackWriter] = {}
+    starts = range(0, len(reader), settings.batch)
+    prefetch = drain = None
     try:
         for kind, out in targets.items():
             dtype = np.float32 if kind == "prob" else (np.int32 if settings.instances else np.uint8)
-            writers[kind] = TiffStackWriter(out, reader.shape, dtype, reader.pixel_size, compress=kind != "prob")
-        next_id = 0
-        for z0 in range(0, len(reader), SLICES_PER_BATCH):
-            planes = np.stack([_checked(reader, z) for z in range(z0, min(z0 + SLICES_PER_BATCH, len(reader)))])
-            job = probability_job(segmenter, planes, tile=settings.tile, batch_size=SLICES_PER_BATCH, rgb=reader.rgb)
-            message = f"{reader.path.name}: slice {z0 + 1}/{len(reader)}"
-            probs = yield from relay(job, lambda _p, m=message, d=done: Progress(d, total, m))
-            if probs is None:
-                raise StopRequested
-            for prob in probs:
-                if "labels" in writers:
-                    next_id = _write_labels(writers["labels"], prob, settings, next_id)
-                if "prob" in writers:
-                    writers["prob"].write(prob)
+            writers[kind] = TiffStackWriter(out, reader.shape, dtype, reader.pixel_size, compress=kind != "prob",
+                                            info=settings.info_for(kind))
+        depth = QUEUE_DEPTH  # read when the file starts (a benchmark may change it)
+        drain = Drain(_SliceWriter(writers, settings).write, depth, name=f"write {reader.path.name}")
+        prefetch = Prefetch(lambda z0: _read_batch(reader, segmenter, settings, z0), starts, depth,
+                            name=f"read {reader.path.name}")
+        for z0, (planes, prepared) in zip(starts, prefetch, strict=True):
+            message = f"{reader.path.name}: slice {z0 + len(planes)}/{len(reader)}"
+            probs = yield from _probabilities(segmenter, settings, planes, prepared, reader.rgb,
+                                              lambda _p, m=message, d=done: Progress(d, total, m))
+            drain.put(probs)
             done += len(planes)
             summary.slices += len(planes)
-            yield Progress(done, total, f"{reader.path.name}: slice {z0 + len(planes)}/{len(reader)}")
+            yield Progress(done, total, message)
+        drain.finish()
         for kind in list(writers):
             summary.written.append(writers.pop(kind).finish())
         return done
     finally:
+        for stage in (prefetch, drain):
+            if stage is not None:
+                stage.close()
         for writer in writers.values():
             writer.abort()
+
+
+def _read_batch(reader: SliceReader, segmenter: Segmenter, settings: Outputs,
+                z0: int) -> tuple[np.ndarray, Prepared | None]:
+    """Slices ``z0 ..`` (one batch) read and checked, and their network input where it can be prepared here."""
+    planes = np.stack([_checked(reader, z) for z in range(z0, min(z0 + settings.batch, len(reader)))])
+    return planes, prepare_whole(segmenter, planes, tile=settings.tile, rgb=reader.rgb)
+
+
+def _probabilities(segmenter: Segmenter, settings: Outputs, planes: np.ndarray, prepared: Prepared | None,
+                   rgb: bool, report) -> Job[np.ndarray]:
+    """(N, Y, X) probabilities of one batch: one forward pass of the prepared input, else ``probability_job``."""
+    if prepared is not None:
+        return prepared_probabilities(segmenter, prepared)
+    job = probability_job(segmenter, planes, tile=settings.tile, batch_size=settings.batch, rgb=rgb)
+    probs = yield from relay(job, report)
+    if probs is None:
+        raise StopRequested
+    return probs
+
+
+class _SliceWriter:
+    """Thresholds (or labels) each slice of a batch and hands it to the writers; keeps instance ids increasing."""
+
+    def __init__(self, writers: dict[str, TiffStackWriter], settings: Outputs) -> None:
+        self.writers, self.settings, self.next_id = writers, settings, 0
+
+    def write(self, probs: np.ndarray) -> None:
+        for prob in probs:
+            if "labels" in self.writers:
+                self.next_id = _write_labels(self.writers["labels"], prob, self.settings, self.next_id)
+            if "prob" in self.writers:
+                self.writers["prob"].write(prob)
 
 
 def _write_labels(writer: TiffStackWriter, prob: np.ndarray, settings: Outputs, next_id: int) -> int:

@@ -4,7 +4,8 @@
 returns float32 probabilities with the image's spatial shape. Images up to 2048 x 2048 run whole; larger ones in
 overlapping tiles whose global context (Lite R-ASPP's average pool) is computed over the whole image first
 (pass 1), so the tiled result matches whole-image inference (see ``tiling``). It runs a ``Segmenter``'s network on
-the segmenter's device; ``Segmenter.predict_job`` wraps it and reports the device in its ``Prediction``.
+the segmenter's device in the segmenter's precision (fp32, or bf16/fp16 autocast); ``Segmenter.predict_job`` wraps
+it and reports the device and precision in its ``Prediction``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..io.layout import image_layout
+from ..io.layout import canonical, image_layout
 from ..model import STRIDE, ALNet
 from ..model.metadata import ModelMetadata
+from .devices import autocast_dtype
 from .dihedral import dihedral, undo_dihedral
 from .normalization import model_input
 from .progress import Job, Progress, StopRequested, relay
@@ -72,8 +74,7 @@ def probability_job(segmenter: Segmenter, image: np.ndarray, *, tile: int | None
     pass (at most 2048² pixels in all). ``tta``: average of the 8 flips/transposes.
     Yields a ``Progress`` per batch; a ``StopRequested`` thrown in ends it, returning ``None``.
     """
-    image = np.asarray(image)
-    layout = image_layout(image.shape, rgb)
+    image, layout = canonical(np.asarray(image), rgb)
     image = check_pixels(image, layout.is_stack)
     meta = segmenter.metadata
     check_channels(meta, layout.is_rgb, image.shape)
@@ -84,9 +85,44 @@ def probability_job(segmenter: Segmenter, image: np.ndarray, *, tile: int | None
     tile = choose_tile(working, tile)
     if tile is not None:
         check_overlap(tile, overlap)
-    run = Run(Context(segmenter.network, segmenter.device, tta), meta, tile, overlap, batch_size)
+    run = Run(Context(segmenter.network, segmenter.device, tta, segmenter.precision), meta, tile, overlap, batch_size)
     job = _predict(run, stack) if working == layout.plane else _predict_resampled(run, stack, working)
     return _guarded(job, squeeze=not layout.is_stack)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch of slices ready for the network: ``x`` (N, C, Y', X') padded, normalized float32 input of slices of
+    spatial ``shape`` (Y, X)."""
+
+    x: np.ndarray
+    shape: tuple[int, int]
+
+
+def prepare_whole(segmenter: Segmenter, planes: np.ndarray, *, tile: int | None = None,
+                  rgb: bool | None = None) -> Prepared | None:
+    """The network input of a (N, Y, X[, C]) batch of checked slices (``check_pixels``) when ``probability_job``
+    would run them whole at the network's own resolution, in one forward pass; ``None`` when it would not (tiles,
+    a resampling model, more pixels than a batch may hold): then give the slices to ``probability_job``.
+
+    NumPy only (no torch), so a reader thread can prepare the next batch while the network runs this one.
+    """
+    planes, layout = canonical(np.asarray(planes), rgb)
+    if not layout.is_stack:
+        raise ValueError(f"expected a (N, Y, X[, C]) batch of slices, got shape {planes.shape}")
+    meta = segmenter.metadata
+    check_channels(meta, layout.is_rgb, planes.shape)
+    working = meta.network_shape(layout.plane)
+    if working != layout.plane or choose_tile(working, tile) is not None or batch_limit(working, len(planes)) < len(
+            planes):
+        return None
+    return Prepared(np.stack([_pad(model_input(s, meta)) for s in planes]), layout.plane)
+
+
+def prepared_probabilities(segmenter: Segmenter, prepared: Prepared) -> np.ndarray:
+    """(N, Y, X) float32 probabilities of a ``prepare_whole`` batch: the same as ``probability_job`` gives."""
+    ctx = Context(segmenter.network, segmenter.device, False, segmenter.precision)
+    return ctx.probs(prepared.x)[:, : prepared.shape[0], : prepared.shape[1]]
 
 
 @dataclass(frozen=True)
@@ -173,17 +209,19 @@ def _predict_resampled(run: Run, stack: np.ndarray, working: tuple[int, int]) ->
 
 
 class Context:
-    """Forward passes of one prepared network: probabilities (optionally with 8-fold TTA) and pass-1 sums."""
+    """Forward passes of one prepared network in one precision: probabilities (optionally with 8-fold TTA) and
+    pass-1 sums."""
 
-    def __init__(self, net: ALNet, dev: torch.device, tta: bool) -> None:
-        self.net, self.dev = net, dev
+    def __init__(self, net: ALNet, dev: torch.device, tta: bool, precision: str = "fp32") -> None:
+        self.net, self.dev, self.precision = net, dev, precision
         self.transforms = range(8) if tta else range(1)
 
     def autocast(self):
-        """fp16 autocast on CUDA, nothing elsewhere."""
-        if self.dev.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+        """bf16 or fp16 autocast on the device for those precisions, nothing for fp32."""
+        dtype = autocast_dtype(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dev.type, dtype=dtype)
 
     def tensor(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.dev)

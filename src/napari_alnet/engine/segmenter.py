@@ -1,8 +1,10 @@
-"""``Segmenter``: a model ready to segment — the fused network, its metadata, where it came from, its device.
+"""``Segmenter``: a model ready to segment — the fused network, its metadata, where it came from, its device and
+the numeric precision it runs in.
 
 What ``load_model`` returns. Declared attributes instead of attributes patched onto an ``nn.Module``; the network
 is private to the segmenter (built from a copy, never the caller's module) and is never modified afterwards, so
-``segmenter.to("cuda")`` gives a second segmenter and leaves the first where it was.
+``segmenter.to("cuda")`` gives a second segmenter and leaves the first where it was, and
+``segmenter.with_precision("bf16")`` gives a second one sharing the (unmodified) network.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ import torch
 from ..io.weights import load_weights, resolve_weights
 from ..model import ALNet
 from ..model.metadata import ModelMetadata
-from .devices import resolve_device
+from .devices import PRECISION_CHOICES, PRECISIONS, PrecisionChoice, check_precision, choose_precision, resolve_device
 from .inference import probability_job
 from .progress import Job, run_job
 
-#: Numeric precisions a segmenter can run in (``fp16`` autocast is used on CUDA).
-PRECISIONS = ("fp32",)
+__all__ = ["PRECISIONS", "PRECISION_CHOICES", "Prediction", "Segmenter", "as_segmenter", "load_model", "predict"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class Segmenter:
 
     Build one with ``Segmenter.load(name_or_path)`` or ``Segmenter.from_network(net, metadata)``; the dataclass
     constructor expects ``network`` already fused, in eval mode and on ``device`` (it is taken as is).
+
+    ``precision`` is what it runs in (``fp32``, ``bf16`` or ``fp16``, never ``auto``); ``requested_precision`` what
+    was asked for: ``auto`` is decided again for each device by ``to(device)`` (see ``devices.choose_precision``),
+    an explicit precision is kept. ``None`` means the precision itself.
     """
 
     network: ALNet
@@ -51,40 +56,67 @@ class Segmenter:
     source: str
     device: torch.device
     precision: str = "fp32"
+    requested_precision: str | None = None
 
     def __post_init__(self) -> None:
         if not self.network.is_reparameterized:
             raise ValueError("Segmenter needs a re-parameterized network; use Segmenter.from_network(net)")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_precision(self.precision, self.device)
+        if self.requested_precision not in (None, *PRECISION_CHOICES):
+            raise ValueError(f"requested_precision must be one of {PRECISION_CHOICES}, got "
+                             f"{self.requested_precision!r}")
 
     @classmethod
-    def load(cls, name_or_path: str | Path, device: str | torch.device | None = None) -> Segmenter:
-        """The model stored under a built-in name or in a weight file, on ``device`` (``None``: the best here)."""
+    def load(cls, name_or_path: str | Path, device: str | torch.device | None = None,
+             precision: str = "auto") -> Segmenter:
+        """The model stored under a built-in name or in a weight file, on ``device`` (``None``: the best here), in
+        ``precision`` (``auto``, ``fp32``, ``bf16`` or ``fp16``)."""
         network, metadata = load_weights(resolve_weights(name_or_path))
-        return cls.from_network(network, metadata, source=str(name_or_path), device=device)
+        return cls.from_network(network, metadata, source=str(name_or_path), device=device, precision=precision)
 
     @classmethod
     def from_network(cls, network: ALNet, metadata: ModelMetadata | None = None, *, source: str = "network",
-                     device: str | torch.device | None = None) -> Segmenter:
+                     device: str | torch.device | None = None, precision: str = "auto") -> Segmenter:
         """A segmenter of a copy of ``network`` (training or fused form; the caller's module is left untouched).
 
-        ``metadata``: defaults for the network's config when ``None``; ``device``: ``None`` keeps the network's.
+        ``metadata``: defaults for the network's config when ``None``; ``device``: ``None`` keeps the network's;
+        ``precision``: ``auto`` (see ``devices.choose_precision``) or a precision.
         """
         dev = _device_of(network) if device is None else resolve_device(device)
+        meta = metadata if metadata is not None else ModelMetadata(config=network.config)
+        choice = choose_precision(precision, dev, meta.card)  # refuses before the copy
         net = copy.deepcopy(network)
         if not net.is_reparameterized:
             net.reparameterize()
-        meta = metadata if metadata is not None else ModelMetadata(config=network.config)
-        return cls(_placed(net, dev), meta, source, dev)
+        return cls(_placed(net, dev), meta, source, dev, choice.precision, _requested(precision))
 
-    def to(self, device: str | torch.device | None) -> Segmenter:
-        """The same model on ``device`` (``None``: this one): ``self`` when it is already there, else a new
-        segmenter holding a copy of the network; ``self`` is never changed."""
+    def to(self, device: str | torch.device | None, precision: str | None = None) -> Segmenter:
+        """The same model on ``device`` (``None``: this one) in ``precision`` (``None``: as requested so far, so
+        ``auto`` is decided again for the new device): ``self`` when nothing changes, else a new segmenter —
+        holding a copy of the network on another device, sharing it otherwise; ``self`` is never changed."""
         dev = self.device if device is None else resolve_device(device)
-        if dev == self.device:
+        requested = self.requested if precision is None else precision
+        choice = choose_precision(requested, dev, self.metadata.card)
+        keep = _requested(requested)
+        if dev == self.device and choice.precision == self.precision and keep == self.requested_precision:
             return self
-        return Segmenter(_placed(copy.deepcopy(self.network), dev), self.metadata, self.source, dev, self.precision)
+        network = self.network if dev == self.device else _placed(copy.deepcopy(self.network), dev)
+        return Segmenter(network, self.metadata, self.source, dev, choice.precision, keep)
+
+    def with_precision(self, precision: str) -> Segmenter:
+        """The same model on the same device in ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``); ``self``
+        is never changed (see ``to``)."""
+        return self.to(None, precision)
+
+    @property
+    def requested(self) -> str:
+        """What was asked for: ``auto`` or a precision."""
+        return self.requested_precision or self.precision
+
+    @property
+    def precision_choice(self) -> PrecisionChoice:
+        """The precision and why it was chosen (what ``auto`` saw on this device, or that it was asked for)."""
+        return choose_precision(self.requested, self.device, self.metadata.card)
 
     @property
     def threshold(self) -> float:
@@ -114,7 +146,7 @@ class Segmenter:
 
     def __repr__(self) -> str:
         return (f"Segmenter(source={self.source!r}, modality={self.metadata.modality!r}, device={str(self.device)!r}, "
-                f"precision={self.precision!r})")
+                f"precision={self.precision!r}, requested={self.requested!r})")
 
 
 def _device_of(network: ALNet) -> torch.device:
@@ -140,9 +172,17 @@ def as_segmenter(model: Segmenter | ALNet, device: str | torch.device | None = N
     raise TypeError(f"expected a Segmenter (napari_alnet.load_model) or an ALNet, got {type(model).__name__}")
 
 
-def load_model(name_or_path: str | Path, device: str | torch.device | None = None) -> Segmenter:
-    """The ``Segmenter`` of a built-in model name (``em``, ``fundus``, ``dermoscopy``) or a weight file."""
-    return Segmenter.load(name_or_path, device)
+def load_model(name_or_path: str | Path, device: str | torch.device | None = None,
+               precision: str = "auto") -> Segmenter:
+    """The ``Segmenter`` of a built-in model name (``em``, ``fundus``, ``dermoscopy``) or a weight file, on
+    ``device`` in ``precision`` (``auto``: bf16 on a CPU with native bf16 for models validated in bf16, fp16 on
+    CUDA, else fp32; see ``devices.choose_precision``)."""
+    return Segmenter.load(name_or_path, device, precision)
+
+
+def _requested(precision: str | None) -> str | None:
+    """What to keep as ``requested_precision``: ``auto`` (decided per device), or ``None`` for an explicit one."""
+    return "auto" if precision is None or str(precision).lower() == "auto" else None
 
 
 def predict(model: Segmenter | ALNet, image: np.ndarray, *, device: str | torch.device | None = None,

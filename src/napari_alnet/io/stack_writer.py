@@ -3,11 +3,14 @@
 tifffile writes one compressed series from an iterator only, so a background thread runs ``TiffWriter.write`` on
 planes handed over through a small queue (memory stays at a few slices). The data go to a hidden temporary file
 next to the target, renamed over it by ``finish()``; ``abort()`` (or leaving the ``with`` block on an exception,
-Ctrl-C included) removes it, so the target never holds a partial file.
+Ctrl-C included) removes it, so the target never holds a partial file. ``info`` (a JSON-able dict: what made the
+file — model, device, precision, threshold) is recorded in the file: ImageJ's ``Info`` property (Image ▸ Show Info)
+for ImageJ hyperstacks, a ``napari_alnet`` entry of tifffile's JSON description otherwise; ``recorded_info`` reads it.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from pathlib import Path
@@ -22,6 +25,8 @@ from .stack_reader import PixelSize
 BIGTIFF_BYTES = 2**32 - 2**25
 _IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
 _RESUNITS = {"um": "MICROMETER", "mm": "MILLIMETER", "cm": "CENTIMETER", "inch": "INCH"}
+#: Key of ``info`` in tifffile's JSON description (files that are not ImageJ hyperstacks).
+INFO_KEY = "napari_alnet"
 
 
 class TiffStackWriter:
@@ -29,10 +34,11 @@ class TiffStackWriter:
 
     uint8/uint16/float32 stacks are ImageJ hyperstacks (Z spacing and unit in ImageJ metadata); other dtypes and
     BigTIFF files keep the pixel size in resolution tags and tifffile's JSON metadata. ``compress``: zlib.
+    ``info``: a JSON-able dict recorded in the file (see ``recorded_info``).
     """
 
     def __init__(self, path: str | Path, shape: tuple[int, ...], dtype, pixel_size: PixelSize = PixelSize(),
-                 compress: bool = True) -> None:
+                 compress: bool = True, info: dict | None = None) -> None:
         self.path = Path(path)
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.planes = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
@@ -41,7 +47,7 @@ class TiffStackWriter:
         self._cancel = threading.Event()
         self._error: BaseException | None = None
         self.tmp = temp_path(self.path)
-        self._options = _options(self.shape, self.dtype, pixel_size, compress)
+        self._options = _options(self.shape, self.dtype, pixel_size, compress, info)
         self._thread = threading.Thread(target=self._run, name=f"write {self.path.name}", daemon=True)
         self._thread.start()
 
@@ -120,7 +126,7 @@ class _Cancelled(Exception):
     pass
 
 
-def _options(shape: tuple[int, ...], dtype: np.dtype, px: PixelSize, compress: bool) -> dict:
+def _options(shape: tuple[int, ...], dtype: np.dtype, px: PixelSize, compress: bool, info: dict | None = None) -> dict:
     bigtiff = int(np.prod(shape)) * dtype.itemsize > BIGTIFF_BYTES
     imagej = dtype.type in _IMAGEJ_DTYPES and not bigtiff
     options: dict = {"bigtiff": bigtiff, "imagej": imagej}
@@ -136,5 +142,25 @@ def _options(shape: tuple[int, ...], dtype: np.dtype, px: PixelSize, compress: b
         options["resolution"] = (1.0 / px.x, 1.0 / px.y)
         if not imagej:
             options["resolutionunit"] = _RESUNITS.get(px.unit, "NONE")
+    if info:
+        if imagej:
+            metadata["Info"] = json.dumps(info, sort_keys=True)
+        else:
+            metadata[INFO_KEY] = info
     options["metadata"] = metadata
     return options
+
+
+def recorded_info(path: str | Path) -> dict:
+    """The ``info`` a ``TiffStackWriter`` recorded in ``path`` (``{}`` when there is none)."""
+    with tifffile.TiffFile(path) as tif:
+        if tif.is_imagej:
+            text = (tif.imagej_metadata or {}).get("Info")
+            try:
+                found = json.loads(text) if text else {}
+            except ValueError:  # an Info property written by something else
+                return {}
+            return found if isinstance(found, dict) else {}
+        shaped = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+        found = shaped.get(INFO_KEY, {})
+        return found if isinstance(found, dict) else {}

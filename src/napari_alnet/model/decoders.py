@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocks import ConvBNAct
@@ -31,8 +32,14 @@ class ADecoder(nn.Module):
         fused = sum(resize(proj(f), grid) for proj, f in zip(self.project, skips, strict=True))
         f_low = self.refine(fused)
         half = (context.shape[-2] * 2, context.shape[-1] * 2)
-        f_high = self.high(resize(resize(context, half), grid))
-        return resize(self.classify(f_low + f_high), size)
+        if self.training:  # BatchNorm's batch statistics depend on the grid: the paper's order
+            return resize(self.classify(f_low + self.high(resize(resize(context, half), grid))), size)
+        # classify(Flow + Fhigh) = classify(Flow) + W·Fhigh, and the 1x1 conv(+BN) of Fhigh and W (no bias) are
+        # per-pixel affine maps that commute with the bilinear upsamplings (whose weights sum to 1): Fhigh is reduced
+        # to num_classes channels on the stride-32 grid and only those are upsampled. The same function up to float
+        # rounding, -20 % CPU time per 512² image (docs/performance.md).
+        f_high = F.conv2d(self.high(context), self.classify.weight)
+        return resize(self.classify(f_low) + resize(resize(f_high, half), grid), size)
 
 
 class UDecoder(nn.Module):

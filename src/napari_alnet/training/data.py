@@ -68,11 +68,11 @@ def _slices(array: np.ndarray, path: Path) -> list[np.ndarray]:
     raise ImageReadError(f"{path}: unsupported image shape {array.shape}")
 
 
-def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normalization, in_channels: int,
+def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normalization, *, in_channels: int,
                invert: bool = False, resize: int | None = None, scale: float = 1.0) -> list[Pair]:
-    """Normalized pairs from (image file, mask file) pairs (see ``imageio.pair_files``); TIFF stacks give one
-    pair per slice. ``resize`` trains at a fixed resolution (every image resized to ``resize`` squared), ``scale``
-    on zoomed images (see ``napari_alnet.resolution``)."""
+    """Normalized pairs from (image file, mask file) pairs (see ``io.images.pair_files``); TIFF stacks give one
+    pair per slice; masks: > 0 is foreground unless ``invert``. ``resize`` trains at a fixed resolution (every
+    image resized to ``resize`` squared), ``scale`` on zoomed images (see ``engine.resolution``)."""
     pairs: list[Pair] = []
     for image_file, mask_file in file_pairs:
         ims, ms = _slices(read_image(image_file), image_file), _slices(read_image(mask_file), mask_file)

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..engine.progress import Job, Progress, StopRequested
+from ..engine.progress import Job, Progress, relay
 from ..engine.resolution import network_shape, resample_image, resample_mask
 from ..engine.segmenter import Segmenter
 from ..io.weights import load_weights, resolve_weights
@@ -73,11 +74,11 @@ def check_annotations(image_shape: tuple[int, ...], labels: np.ndarray, mode: st
     return slices
 
 
-def annotation_pairs(image: np.ndarray, labels: np.ndarray, mode: str, slices: Sequence[int],
+def annotation_pairs(image: np.ndarray, labels: np.ndarray, *, mode: str, slices: Sequence[int],
                      normalization: Normalization, in_channels: int, rgb: bool = False,
                      input_size: tuple[int, int] | None = None, input_scale: float = 1.0) -> list[Pair]:
     """Training pairs (copies) from the chosen annotated slices, at the network's working resolution (the base
-    model's ``input_size`` / ``input_scale``, see ``napari_alnet.resolution``)."""
+    model's ``input_size`` / ``input_scale``, see ``engine.resolution``)."""
     images, labs = as_stack(np.asarray(image), rgb), as_stack(np.asarray(labels), False)
     pairs = []
     for z in slices:
@@ -94,6 +95,16 @@ def annotation_pairs(image: np.ndarray, labels: np.ndarray, mode: str, slices: S
     return pairs
 
 
+#: What a fine-tune changes in ``TrainConfig``'s defaults: a short run at a lower learning rate.
+FINETUNE_RECIPE = {"epochs": 10, "lr": 1e-3, "gamma": 0.95, "steps_per_epoch": 25}
+
+
+def finetune_recipe(**changes: Any) -> TrainConfig:
+    """The fine-tune recipe (``TrainConfig`` with ``FINETUNE_RECIPE``: 10 epochs of 25 steps at lr 1e-3, batches
+    of 4 crops of 256 px, seed 0) with ``changes`` applied, e.g. ``finetune_recipe(epochs=3, crop=96)``."""
+    return TrainConfig(**(FINETUNE_RECIPE | changes))
+
+
 @dataclass
 class FinetuneRequest:
     """Everything a fine-tune run needs; arrays are copied when the request is made."""
@@ -104,17 +115,12 @@ class FinetuneRequest:
     slices: list[int] | None = None
     base: str | Path | None = "em"  # built-in name, weight file, or None = scratch
     out: Path = Path("finetuned.safetensors")
-    epochs: int = 10
-    lr: float = 1e-3
-    batch_size: int = 4
-    crop: int = 256
-    steps_per_epoch: int = 25
+    #: Training options (epochs, learning rate, batches, crops, seed, budget...); see ``finetune_recipe``.
+    train: TrainConfig = field(default_factory=finetune_recipe)
     holdout: int | None = None  # slice index kept for validation
     preview_slice: int | None = None
     rgb: bool = False
-    seed: int = 0
     image_name: str = "image"
-    max_minutes: float = 0.0
     card: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -138,38 +144,33 @@ def finetune_job(request: FinetuneRequest) -> Job[TrainResult]:
     if not chosen:
         raise AnnotationError("no annotated slice is selected for training")
     meta = base_metadata(request.base, request.rgb)
-    pairs = annotation_pairs(request.image, request.labels, request.mode, chosen, meta.normalization,
-                             meta.in_channels, request.rgb, meta.input_size, meta.input_scale)
+    pairs = annotation_pairs(request.image, request.labels, mode=request.mode, slices=chosen,
+                             normalization=meta.normalization, in_channels=meta.in_channels, rgb=request.rgb,
+                             input_size=meta.input_size, input_scale=meta.input_scale)
     val = [p for z, p in zip(chosen, pairs, strict=True) if z == request.holdout]
-    train = [p for z, p in zip(chosen, pairs, strict=True) if z != request.holdout]
-    if not train:
+    train_pairs = [p for z, p in zip(chosen, pairs, strict=True) if z != request.holdout]
+    if not train_pairs:
         raise AnnotationError("the only annotated slice is held out for validation; annotate one more slice")
-    meta.card = {"summary": f"fine-tuned from {request.base or 'scratch'} on {request.image_name} "
-                            f"({request.mode}, slices {', '.join(map(str, chosen))})",
-                 "finetune": {"base": str(request.base) if request.base else "scratch", "image_layer":
-                              request.image_name, "slices": chosen, "mode": request.mode, "epochs": request.epochs,
-                              "seed": request.seed, "holdout": request.holdout}} | request.card
+    meta.card = _card(request, chosen)
     meta.threshold = 0.5
-    config = TrainConfig(epochs=request.epochs, lr=request.lr, gamma=0.95, batch_size=request.batch_size,
-                         crop=request.crop, steps_per_epoch=request.steps_per_epoch, seed=request.seed,
-                         max_minutes=request.max_minutes)
-    job = train_job(train, val, meta, request.out, config, init=request.base)
     preview_stack = as_stack(request.image, request.rgb)
-    try:
-        report = next(job)
-        while True:
-            if request.preview_slice is not None and report.message.endswith("done"):
-                report.metrics["preview"] = _preview(request.out, preview_stack[request.preview_slice])
-            try:
-                yield report
-            except StopRequested:
-                report = job.throw(StopRequested())
-                continue
-            report = next(job)
-    except StopIteration as done:
-        return done.value
-    finally:
-        job.close()
+
+    def with_preview(report: Progress) -> Progress:
+        if request.preview_slice is not None and report.message.endswith("done"):
+            report.metrics["preview"] = _preview(request.out, preview_stack[request.preview_slice])
+        return report
+
+    job = train_job(train_pairs, val, meta, request.out, config=request.train, init=request.base)
+    return (yield from relay(job, with_preview))
+
+
+def _card(request: FinetuneRequest, slices: list[int]) -> dict[str, Any]:
+    """The model card of a fine-tuned model: what it was tuned from and on (``request.card`` added)."""
+    return {"summary": f"fine-tuned from {request.base or 'scratch'} on {request.image_name} "
+                       f"({request.mode}, slices {', '.join(map(str, slices))})",
+            "finetune": {"base": str(request.base) if request.base else "scratch", "image_layer": request.image_name,
+                         "slices": slices, "mode": request.mode, "epochs": request.train.epochs,
+                         "seed": request.train.seed, "holdout": request.holdout}} | request.card
 
 
 def _preview(weights: Path, image: np.ndarray) -> np.ndarray:
@@ -178,5 +179,5 @@ def _preview(weights: Path, image: np.ndarray) -> np.ndarray:
         return Segmenter.load(weights, device="cpu").predict(image)
 
 
-__all__ = ["MODES", "AnnotationError", "FinetuneRequest", "Progress", "annotated_slices", "annotation_pairs",
-           "check_annotations", "finetune_job"]
+__all__ = ["FINETUNE_RECIPE", "MODES", "AnnotationError", "FinetuneRequest", "Progress", "annotated_slices",
+           "annotation_pairs", "check_annotations", "finetune_job", "finetune_recipe"]

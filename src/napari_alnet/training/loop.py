@@ -1,10 +1,15 @@
-"""The AL-Net training loop: the paper's recipe by default, progress/stop via a generator, checkpoints."""
+"""The AL-Net training loop: the paper's recipe by default, progress/stop via a generator, checkpoints.
+
+``train_job`` / ``train`` are the entry points; a ``Trainer`` holds one run (model, optimizer, schedule, weight
+average, crop sampler and its ``TrainState``) and has one method per part of it: a step, an epoch, scoring and
+saving the best weights, saving and resuming a checkpoint.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -78,8 +83,21 @@ class TrainResult:
     wall_seconds: float = 0.0
 
 
+@dataclass
+class TrainState:
+    """Where a run stands; saved (as a plain dict) in every checkpoint and restored on resume."""
+
+    epoch: int = 0  # epochs completed
+    steps: int = 0  # optimizer steps done
+    best_epoch: int = 0  # 1-based; 0 = none scored
+    best_score: float = -math.inf  # validation IoU of the saved weights
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall: float = 0.0  # training seconds so far, over all resumed runs
+
+
 @torch.no_grad()
-def evaluate_pairs(model: ALNet, pairs: Sequence[Pair], device: torch.device, threshold: float = 0.5
+def evaluate_pairs(model: ALNet, pairs: Sequence[Pair], device: torch.device, *, threshold: float = 0.5
                    ) -> dict[str, float]:
     """Mean IoU, accuracy, Dice and loss of ``model`` on whole validation images (ignore masks honoured)."""
     was_training = model.training
@@ -103,8 +121,8 @@ def evaluate_pairs(model: ALNet, pairs: Sequence[Pair], device: torch.device, th
 
 
 @torch.no_grad()
-def tune_threshold(model: ALNet, pairs: Sequence[Pair], candidates: Sequence[float] = tuple(np.arange(0.2, 0.81, 0.05))
-                   ) -> tuple[float, float]:
+def tune_threshold(model: ALNet, pairs: Sequence[Pair], *,
+                   candidates: Sequence[float] = tuple(np.arange(0.2, 0.81, 0.05))) -> tuple[float, float]:
     """The threshold (and its mean IoU) that maximizes the mean foreground IoU on ``pairs``."""
     model.eval()
     probs = [torch.sigmoid(model(torch.from_numpy(p.image)[None]))[0, 0].numpy() for p in pairs]
@@ -112,6 +130,195 @@ def tune_threshold(model: ALNet, pairs: Sequence[Pair], candidates: Sequence[flo
                        for pr, p in zip(probs, pairs, strict=True)]) for t in candidates]
     best = int(np.argmax(scores))
     return round(float(candidates[best]), 2), float(scores[best])
+
+
+class Trainer:
+    """One training run of ``train_job``: everything is set up by the constructor (seeded), then ``run()``.
+
+    ``step()`` is one optimizer step, ``epoch()`` one epoch (a job), ``score_and_save()`` validates and writes
+    the best weights, ``save_checkpoint()`` / ``resume()`` keep and restore the resumable state.
+    """
+
+    def __init__(self, train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: ModelMetadata,
+                 out: str | Path, *, config: TrainConfig | None = None, init: str | Path | ALNet | None = None,
+                 checkpoint: str | Path | None = None) -> None:
+        self.config = config = config or TrainConfig()
+        if not any(_has_foreground(p) for p in train_pairs):
+            raise ValueError(f"all {len(train_pairs)} training masks are empty (no foreground pixel among the "
+                             "labelled ones); check the mask convention (--invert-masks) or the annotations")
+        self.train_pairs, self.val_pairs, self.metadata = train_pairs, val_pairs, metadata
+        self.out = Path(out)
+        self.checkpoint = Path(checkpoint) if checkpoint else self.out.with_name(self.out.name + ".ckpt")
+        self.device = _prepare_device(config)
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.model, init_name = _initial_model(init, metadata.config)
+        self.model.to(self.device).train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=config.gamma)
+        self.use_amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.ema = _weight_average(self.model, config.ema_decay)
+        self.sampler = CropSampler(train_pairs, config.crop, self.rng, config.augmentation)
+        self.steps_per_epoch = config.resolved_steps(train_pairs)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.state = TrainState()
+        #: What the model card's ``training`` entry says besides the best epoch and its metrics.
+        self.card = {"init": init_name, "recipe": asdict(config), "train_pairs": [p.name for p in train_pairs],
+                     "val_pairs": [p.name for p in val_pairs]}
+        #: The step losses of the epoch in progress (empty once it is scored).
+        self.losses: list[float] = []
+        self._start = time.perf_counter()
+
+    @property
+    def scored_model(self) -> ALNet:
+        """The network that is validated and saved: the weight average when there is one, else the model."""
+        return self.model if self.ema is None else self.ema.module
+
+    def elapsed(self) -> float:
+        """Training seconds so far, including those of the run a checkpoint was resumed from."""
+        return time.perf_counter() - self._start
+
+    def run(self) -> Job[TrainResult]:
+        """Train the remaining epochs; a stop (``StopRequested``, closing, the budget) scores the partial epoch."""
+        self._start = time.perf_counter() - self.state.wall
+        stopped = "finished"
+        try:
+            while self.state.epoch < self.config.epochs:
+                yield from self.epoch()
+        except (_BudgetReached, StopRequested, GeneratorExit) as exc:
+            stopped = "budget" if isinstance(exc, _BudgetReached) else "stopped"
+            if self.losses:  # score the partial epoch so its progress is not lost
+                self.score_and_save(float(np.mean(self.losses)))
+            if isinstance(exc, GeneratorExit):
+                raise
+        self.state.wall = self.elapsed()
+        s = self.state
+        return TrainResult(out=self.out, best_epoch=s.best_epoch, best_metrics=s.best_metrics, history=s.history,
+                           epochs_done=s.epoch, steps_done=s.steps, stopped=stopped, wall_seconds=s.wall)
+
+    def epoch(self) -> Job[dict[str, Any]]:
+        """One epoch: its steps (a ``Progress`` after each), then ``end_epoch``; returns the epoch's history row."""
+        cfg, number = self.config, self.state.epoch + 1
+        self.losses = []
+        for _ in range(self.steps_per_epoch):
+            loss = self.step()
+            yield Progress(self.state.steps, self.total_steps, f"epoch {number}/{cfg.epochs}",
+                           {"loss": loss, "epoch": number})
+            if cfg.max_minutes and self.elapsed() > cfg.max_minutes * 60:
+                raise _BudgetReached
+        row = self.end_epoch()
+        yield Progress(self.state.steps, self.total_steps, f"epoch {number}/{cfg.epochs} done", row)
+        return row
+
+    def step(self) -> float:
+        """One optimizer step on a random batch of crops (and the weight average's update); returns its loss."""
+        batch = self.sampler.batch(self.config.batch_size)
+        images, masks, ignores = (torch.from_numpy(a).to(self.device) for a in batch)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            logits = self.model(images)
+        loss = dice_bce_loss(logits.float(), masks[:, None], ignores[:, None])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        value = loss.item()
+        self.losses.append(value)
+        self.state.steps += 1
+        return value
+
+    def end_epoch(self) -> dict[str, Any]:
+        """Score and save the epoch, step the learning rate, record the history row and write the checkpoint."""
+        train_loss = float(np.mean(self.losses))
+        metrics = self.score_and_save(train_loss)
+        self.losses = []  # scored: a stop before the next step has no partial epoch to score
+        self.scheduler.step()
+        self.state.epoch += 1
+        self.state.wall = self.elapsed()
+        row = {"epoch": self.state.epoch, "train_loss": train_loss, "lr": self.scheduler.get_last_lr()[0],
+               "wall_seconds": round(self.state.wall, 1)} | {f"val_{k}": v for k, v in metrics.items()}
+        self.state.history.append(row)
+        self.save_checkpoint()
+        return row
+
+    def score_and_save(self, train_loss: float) -> dict[str, float]:
+        """Validate the epoch in progress and write its weights to ``out`` if they are the best by validation IoU;
+        without validation pairs the metrics are ``{"loss": train_loss}`` and the latest weights are always kept
+        (the training loss of random crops is too noisy to choose an epoch by)."""
+        scored, val = self.scored_model, self.val_pairs
+        metrics = evaluate_pairs(scored, val, self.device, threshold=self.config.threshold) if val else {
+            "loss": train_loss}
+        if not val or metrics["iou"] > self.state.best_score:
+            epoch = self.state.epoch + 1
+            self.state.best_score = metrics.get("iou", -math.inf)
+            self.state.best_epoch, self.state.best_metrics = epoch, metrics
+            training = self.card | {"best_epoch": epoch, "val_metrics": metrics}
+            meta = replace(self.metadata, card=dict(self.metadata.card) | {"training": training})
+            save_weights(scored, meta, self.out)
+        return metrics
+
+    def save_checkpoint(self) -> None:
+        """Write everything ``resume`` needs (weights, optimizer, schedule, average, state, random generators)."""
+        payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "scheduler": self.scheduler.state_dict(), "state": asdict(self.state),
+                   "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+        if self.ema is not None:
+            payload["ema"] = self.ema.state_dict()
+        atomic_write(self.checkpoint, lambda tmp: torch.save(payload, tmp))
+
+    def resume(self) -> bool:
+        """Continue from ``checkpoint`` if the file exists (True), else start afresh (False)."""
+        if not self.checkpoint.is_file():
+            return False
+        saved = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.ema is not None and "ema" in saved:  # else the average starts from the resumed weights
+            self.ema.load_state_dict(saved["ema"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = TrainState(**saved["state"])
+        self.rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        return True
+
+
+def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: ModelMetadata, out: str | Path, *,
+              config: TrainConfig | None = None, init: str | Path | ALNet | None = None,
+              checkpoint: str | Path | None = None, resume: bool = False) -> Job[TrainResult]:
+    """Train AL-Net, yielding a ``Progress`` after every step and after every epoch; returns a ``TrainResult``.
+
+    The best weights (by validation IoU; without validation pairs, the latest epoch's: the training loss of random
+    crops is too noisy to choose an epoch by) are written to ``out``
+    (safetensors, atomically) whenever they improve; ``checkpoint`` (default ``out`` + ``.ckpt``) holds the
+    resumable state after each epoch, and ``resume`` continues from it when it exists. Throwing ``StopRequested``
+    in (``run_job``'s stop) or closing the generator ends the run within one step with the best weights saved.
+    Nothing runs (not even the checks) before the first ``next()``.
+    """
+    trainer = Trainer(train_pairs, val_pairs, metadata, out, config=config, init=init, checkpoint=checkpoint)
+    if resume:
+        trainer.resume()
+    return (yield from trainer.run())
+
+
+def train(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: ModelMetadata, out: str | Path, *,
+          config: TrainConfig | None = None, init: str | Path | ALNet | None = None,
+          checkpoint: str | Path | None = None, resume: bool = False,
+          on_progress: Callable[[Progress], bool | None] | None = None) -> TrainResult:
+    """``train_job`` run to completion (``on_progress`` may return True to stop early)."""
+    job = train_job(train_pairs, val_pairs, metadata, out, config=config, init=init, checkpoint=checkpoint,
+                    resume=resume)
+    return run_job(job, on_progress)
+
+
+def _prepare_device(config: TrainConfig) -> torch.device:
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels once
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    return device
 
 
 def _initial_model(init: str | Path | ALNet | None, config: ALNetConfig) -> tuple[ALNet, str]:
@@ -130,111 +337,6 @@ def _initial_model(init: str | Path | ALNet | None, config: ALNetConfig) -> tupl
     return model, str(init)
 
 
-def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: ModelMetadata, out: str | Path,
-              config: TrainConfig | None = None, init: str | Path | ALNet | None = None,
-              checkpoint: str | Path | None = None, resume: bool = False) -> Job[TrainResult]:
-    """Train AL-Net, yielding a ``Progress`` after every step; returns a ``TrainResult``.
-
-    The best weights (by validation IoU; without validation pairs, the latest epoch's: the training loss of random
-    crops is too noisy to choose an epoch by) are written to ``out``
-    (safetensors, atomically) whenever they improve; ``checkpoint`` (default ``out`` + ``.ckpt``) holds the
-    resumable state after each epoch. Throwing ``StopRequested`` in (``run_job``'s stop) or closing the
-    generator ends the run within one step with the best weights saved.
-    """
-    config = config or TrainConfig()
-    if not any(_has_foreground(p) for p in train_pairs):
-        raise ValueError(f"all {len(train_pairs)} training masks are empty (no foreground pixel among the labelled "
-                         "ones); check the mask convention (--invert-masks) or the annotations")
-    out = Path(out)
-    checkpoint = Path(checkpoint) if checkpoint else out.with_name(out.name + ".ckpt")
-    device = resolve_device(config.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels once
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    model, init_name = _initial_model(init, metadata.config)
-    model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.gamma)
-    use_amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    ema = _weight_average(model, config.ema_decay)
-    sampler = CropSampler(train_pairs, config.crop, rng, config.augmentation)
-    steps = config.resolved_steps(train_pairs)
-    total = steps * config.epochs
-    state = {"epoch": 0, "steps": 0, "best_epoch": 0, "best_score": -math.inf, "best_metrics": {}, "history": [],
-             "wall": 0.0}
-    if resume and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if ema is not None and "ema" in saved:  # else the average starts from the resumed weights
-            ema.load_state_dict(saved["ema"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
-        rng.bit_generator.state = saved["rng"]
-        torch.set_rng_state(saved["torch_rng"])
-    card_base = {"init": init_name, "recipe": asdict(config), "train_pairs": [p.name for p in train_pairs],
-                 "val_pairs": [p.name for p in val_pairs]}
-    start = time.perf_counter() - state["wall"]
-    stopped = "finished"
-
-    def score_and_save(epoch_loss: float) -> dict[str, float]:
-        scored = model if ema is None else ema.module
-        metrics = evaluate_pairs(scored, val_pairs, device, config.threshold) if val_pairs else {"loss": epoch_loss}
-        if not val_pairs or metrics["iou"] > state["best_score"]:  # without validation: always the latest
-            state.update(best_score=metrics.get("iou", -math.inf), best_epoch=state["epoch"] + 1,
-                         best_metrics=metrics)
-            card = dict(metadata.card) | {"training": card_base | {"best_epoch": state["epoch"] + 1,
-                                                                    "val_metrics": metrics}}
-            meta = replace(metadata, card=card)
-            save_weights(scored, meta, out)
-        return metrics
-
-    losses: list[float] = []
-    try:
-        while state["epoch"] < config.epochs:
-            losses = []
-            for _ in range(steps):
-                images, masks, ignores = (torch.from_numpy(a).to(device) for a in sampler.batch(config.batch_size))
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    logits = model(images)
-                loss = dice_bce_loss(logits.float(), masks[:, None], ignores[:, None])
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if ema is not None:
-                    ema.update_parameters(model)
-                losses.append(loss.item())
-                state["steps"] += 1
-                yield Progress(state["steps"], total, f"epoch {state['epoch'] + 1}/{config.epochs}",
-                               {"loss": loss.item(), "epoch": state["epoch"] + 1})
-                if config.max_minutes and time.perf_counter() - start > config.max_minutes * 60:
-                    raise _BudgetReached
-            metrics = score_and_save(float(np.mean(losses)))
-            scheduler.step()
-            state["epoch"] += 1
-            state["wall"] = time.perf_counter() - start
-            row = {"epoch": state["epoch"], "train_loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
-                   "wall_seconds": round(state["wall"], 1)} | {f"val_{k}": v for k, v in metrics.items()}
-            state["history"].append(row)
-            _save_checkpoint(checkpoint, model, optimizer, scheduler, state, rng, ema)
-            yield Progress(state["steps"], total, f"epoch {state['epoch']}/{config.epochs} done", row)
-    except (_BudgetReached, StopRequested, GeneratorExit) as exc:
-        stopped = "budget" if isinstance(exc, _BudgetReached) else "stopped"
-        if losses:  # score the partial epoch so its progress is not lost
-            score_and_save(float(np.mean(losses)))
-        if isinstance(exc, GeneratorExit):
-            raise
-    state["wall"] = time.perf_counter() - start
-    return TrainResult(out=out, best_epoch=state["best_epoch"], best_metrics=state["best_metrics"],
-                       history=state["history"], epochs_done=state["epoch"], steps_done=state["steps"],
-                       stopped=stopped, wall_seconds=state["wall"])
-
-
 def _has_foreground(pair: Pair) -> bool:
     fg = pair.mask > 0.5
     return bool(fg.any() if pair.ignore is None else fg[~pair.ignore].any())
@@ -251,17 +353,3 @@ def _weight_average(model: ALNet, decay: float) -> AveragedModel | None:
     if not 0.0 < decay < 1.0:
         raise ValueError(f"ema_decay must lie in (0, 1) (or be 0 for none), got {decay}")
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
-def _save_checkpoint(path: Path, model: ALNet, optimizer, scheduler, state: dict, rng: np.random.Generator,
-                     ema: AveragedModel | None) -> None:
-    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "state": state, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
-    if ema is not None:
-        payload["ema"] = ema.state_dict()
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-
-
-def train(*args, on_progress=None, **kwargs) -> TrainResult:
-    """``train_job`` run to completion (``on_progress`` may return True to stop early)."""
-    return run_job(train_job(*args, **kwargs), on_progress)

@@ -14,6 +14,7 @@ from ..engine.progress import Progress
 from ..io.weights import WeightsError
 from ._models import ModelPicker, device_picker, tile_picker
 from ._worker import JobRunner, unwrap
+from .segment import precision_picker
 
 
 class BatchWidget(Container):
@@ -31,6 +32,7 @@ class BatchWidget(Container):
         self.outdir = FileEdit(label="Output folder", mode="d", value="")
         self.models = ModelPicker()
         self.device = device_picker()
+        self.precision = precision_picker()
         self.tile = tile_picker()
         self.threshold = FloatSpinBox(label="Threshold", min=0.0, max=0.99, step=0.05, value=0.0,
                                       tooltip="0 = the model's own threshold")
@@ -43,13 +45,13 @@ class BatchWidget(Container):
         self.status = Label(value="")
         self.report = Label(value="")
         self.extend([self.files, self.folder, self.outdir, self.models.combo, self.models.summary, self.device,
-                     self.tile, self.threshold, self.probabilities, self.instances, self.overwrite,
+                     self.precision, self.tile, self.threshold, self.probabilities, self.instances, self.overwrite,
                      self.run_button, self.cancel_button, self.progress, self.status, self.report])
         self.report.native.setWordWrap(True)
         self.runner = JobRunner("Batch segment (AL-Net)", progress_bar=self.progress, status=self.status,
                                 cancel_button=self.cancel_button,
                                 controls=[self.files, self.folder, self.outdir, self.models.combo, self.device,
-                                          self.tile, self.threshold, self.probabilities, self.instances,
+                                          self.precision, self.tile, self.threshold, self.probabilities, self.instances,
                                           self.overwrite, self.run_button])
         self.summary: BatchSummary | None = None
         self._live: list[str] = []
@@ -72,7 +74,7 @@ class BatchWidget(Container):
             outdir = _chosen(self.outdir.value)
             if outdir is None:
                 raise ValueError("no output folder: choose where the label images are written")
-            model = self.models.load(self.device.value)
+            model = self.models.load(self.device.value).with_precision(self.precision.value)
             job = batch.segment_files_job(inputs, outdir, model, tile=self.tile.value or None,
                                           threshold=self.threshold.value or None,
                                           probabilities=self.probabilities.value, instances=self.instances.value,
@@ -112,7 +114,7 @@ class BatchWidget(Container):
             show_info(f"Batch segment: {text}")
         self.report.value = text
         state = "cancelled" if summary.stopped else "done"
-        self.status.value = f"{state} on {summary.device} in {summary.seconds:.1f} s"
+        self.status.value = f"{state} on {summary.device} ({summary.precision}) in {summary.seconds:.1f} s"
 
 
 def _chosen(value) -> Path | None:

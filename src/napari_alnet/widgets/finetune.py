@@ -3,7 +3,8 @@
 Everything is checked in the GUI thread before training starts (a notification says what is wrong and what to
 do; nothing starts). The request copies image and annotations, so painting during training changes nothing in
 the run. The best weights are written to the output file as they improve; after finishing or Stop the model is
-registered (every model picker lists it at once) and the file works with ``alnet segment --model FILE``.
+registered (every model picker lists it at once) and the file works with ``alnet segment --model FILE``; Export
+writes it as a checked bioimage.io package beside the file (``engine.export``, in a worker).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from ..engine import registry as model_registry
+from ..engine.export import ExportReport, export_job
 from ..engine.progress import Progress
 from ..io.weights import WeightsError
 from ..training.finetune import (
@@ -40,6 +42,7 @@ from ..training.finetune import (
     annotated_slices,
     check_annotations,
     finetune_job,
+    finetune_recipe,
 )
 from ..training.loop import TrainResult
 from ._curve import CurveWidget
@@ -64,9 +67,26 @@ class FinetuneWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = unwrap(viewer)
+        self.request: FinetuneRequest | None = None
+        self.result: TrainResult | None = None
+        self.model_name: str | None = None
+        self.export_report: ExportReport | None = None
+        self._watched: Labels | None = None
+        self._suggested: Path | None = None
+        inputs, recipe, run = self._build_inputs(), self._build_recipe(), self._build_run()
+        self.extend([*inputs, *recipe, *run])
+        controls = [w for w in (*inputs, *recipe) if w is not self.models.summary]  # a label, not a control
+        self.runner = JobRunner(NAME, progress_bar=self.progress, status=self.status, cancel_button=self.stop_button,
+                                controls=[*controls, self.start_button])
+        self._connect()
+        self._on_layers()
+        self._on_scratch()
+
+    def _build_inputs(self) -> list:
+        """Image, annotations, mode and slice list; returns the widgets in dock order."""
         self.image = ComboBox(label="Image", choices=self._image_choices, tooltip="the image that was annotated")
         self.annotations = ComboBox(label="Annotations", choices=self._annotation_choices,
-                               tooltip="a Labels layer with the image's shape holding your annotations")
+                                    tooltip="a Labels layer with the image's shape holding your annotations")
         self.new_labels = PushButton(text="New annotations layer",
                                      tooltip="an empty Labels layer matching the image (shape, scale, translate)")
         self.mode = RadioButtons(label="Mode", choices=list(MODES), value="dense", orientation="horizontal",
@@ -75,6 +95,13 @@ class FinetuneWidget(Container):
         self.slice_list = SliceList()
         self.slice_box = embed(self.slice_list, "Slices")
         self.refresh_button = PushButton(text="Refresh slices")
+        self._refresh_timer = QTimer()
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(300)
+        return [self.image, self.annotations, self.new_labels, self.mode, self.slice_box, self.refresh_button]
+
+    def _build_recipe(self) -> list:
+        """Starting model, training options, hold-out slice, preview and output file, in dock order."""
         self.models = ModelPicker("Start from")
         self.scratch = CheckBox(text="Train from scratch (random weights)", value=self.models.value is None)
         self.epochs = SpinBox(label="Epochs", min=1, max=1000, value=10)
@@ -88,6 +115,13 @@ class FinetuneWidget(Container):
         self.preview = CheckBox(text="Live preview of the current slice", value=True,
                                 tooltip="after each epoch, predict the current slice into a preview layer")
         self.output = FileEdit(label="Save to", mode="w", filter="AL-Net weights (*.safetensors)")
+        self.export_button = PushButton(text="Export…", tooltip="after fine-tuning: write the model as a bioimage.io "
+                                        "package (ilastik, deepImageJ, QuPath) beside its weight file, checked")
+        return [self.models.combo, self.models.summary, self.scratch, self.epochs, self.steps, self.lr,
+                self.batch_size, self.crop, self.holdout, self.preview, self.output, self.export_button]
+
+    def _build_run(self) -> list:
+        """Start/Stop, progress, status, the loss/IoU curve and the final report, in dock order."""
         self.start_button = PushButton(text="Fine-tune")
         self.stop_button = PushButton(text="Stop", tooltip="stop now and keep the best weights so far")
         self.progress = ProgressBar(label="")
@@ -95,25 +129,13 @@ class FinetuneWidget(Container):
         self.curve = CurveWidget(fixed={IOU: (0.0, 1.0)})
         self.report = Label(value="")
         self.report.native.setWordWrap(True)
-        self.extend([self.image, self.annotations, self.new_labels, self.mode, self.slice_box, self.refresh_button,
-                     self.models.combo, self.models.summary, self.scratch, self.epochs, self.steps, self.lr,
-                     self.batch_size, self.crop, self.holdout, self.preview, self.output, self.start_button,
-                     self.stop_button, self.progress, self.status, embed(self.curve), self.report])
-        self.runner = JobRunner(NAME, progress_bar=self.progress, status=self.status, cancel_button=self.stop_button,
-                                controls=[self.image, self.annotations, self.new_labels, self.mode, self.slice_box,
-                                          self.refresh_button, self.models.combo, self.scratch, self.epochs,
-                                          self.steps, self.lr, self.batch_size, self.crop, self.holdout,
-                                          self.preview, self.output, self.start_button])
-        self.request: FinetuneRequest | None = None
-        self.result: TrainResult | None = None
-        self.model_name: str | None = None
-        self._watched: Labels | None = None
-        self._suggested: Path | None = None
-        self._refresh_timer = QTimer()
-        self._refresh_timer.setSingleShot(True)
-        self._refresh_timer.setInterval(300)
+        return [self.start_button, self.stop_button, self.progress, self.status, embed(self.curve), self.report]
+
+    def _connect(self) -> None:
+        """Buttons, pickers and layer events to their handlers."""
         self._refresh_timer.timeout.connect(self.refresh_slices)
         self.start_button.changed.connect(self.start)
+        self.export_button.changed.connect(self.export)
         self.new_labels.changed.connect(self.add_annotations_layer)
         self.refresh_button.changed.connect(self.refresh_slices)
         self.image.changed.connect(self._on_image)
@@ -122,8 +144,6 @@ class FinetuneWidget(Container):
         self.slice_list.itemChanged.connect(self._reset_holdout)
         for event in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, event).connect(self._on_layers)
-        self._on_layers()
-        self._on_scratch()
 
     # --- public -------------------------------------------------------------------------------------------------
 
@@ -148,6 +168,21 @@ class FinetuneWidget(Container):
     def run_blocking(self) -> bool:
         """``start()`` inline (no thread): for scripts and tests."""
         return self.runner.run_inline(self.start)
+
+    def export(self, *_) -> bool:
+        """Export the last fine-tuned model as a bioimage.io package (``<weights>.bioimageio.zip`` beside its weight
+        file; its test image is the first training slice) in a worker; False (with a notification) if refused."""
+        if self.runner.running:
+            show_info(f"{NAME}: busy; wait until the current run has finished, then export")
+            return False
+        result, request = self.result, self.request
+        if result is None or request is None or not Path(result.out).is_file():
+            show_warning("Fine-tune: nothing to export yet; fine-tune a model first, then press Export")
+            return False
+        out = _export_path(Path(result.out))
+        self.status.value = f"exporting {out.name}…"
+        job = export_job(result.out, out, "bioimageio", sample=_first_slice(request))
+        return self.runner.start(job, self._exported)
 
     def make_request(self) -> FinetuneRequest:
         """The request for the current choices (copies image and annotations); raises with a message to show."""
@@ -176,10 +211,11 @@ class FinetuneWidget(Container):
         if self.preview.value:
             region = region_for(self.viewer, image, CURRENT_SLICE)
             preview = int(region[0]) if len(region) == 3 else 0
+        recipe = finetune_recipe(epochs=self.epochs.value, lr=float(self.lr.value), batch_size=self.batch_size.value,
+                                 crop=self.crop.value, steps_per_epoch=self.steps.value)
         return FinetuneRequest(data, annotations, mode=self.mode.value, slices=chosen, base=base, out=out,
-                               epochs=self.epochs.value, lr=float(self.lr.value), batch_size=self.batch_size.value,
-                               crop=self.crop.value, steps_per_epoch=self.steps.value, holdout=holdout,
-                               preview_slice=preview, rgb=bool(image.rgb), image_name=image.name)
+                               train=recipe, holdout=holdout, preview_slice=preview, rgb=bool(image.rgb),
+                               image_name=image.name)
 
     def add_annotations_layer(self, *_) -> Labels | None:
         """Add an empty Labels layer matching the image and choose it (brush ready to paint label 1)."""
@@ -225,11 +261,11 @@ class FinetuneWidget(Container):
     def _finished(self, result: TrainResult | None) -> None:
         """Register the saved model and say where it is (also after Stop: the best weights are kept)."""
         self.result = result
-        if result is None or result.best_epoch < 0 or not Path(result.out).is_file():
+        if result is None or result.best_epoch < 1 or not Path(result.out).is_file():  # best_epoch: 1-based
             self.report.value = "stopped before any weights were saved; nothing was written"
             show_info(f"Fine-tune: {self.report.value}")
             return
-        steps = self.request.steps_per_epoch if self.request is not None else 1
+        steps = self.request.train.steps_per_epoch if self.request is not None else 1
         ious = [(row["epoch"] * steps, row["val_iou"]) for row in result.history if "val_iou" in row]
         if ious:  # the epoch reports are authoritative (a live report can arrive after the end)
             self.curve.set(IOU, ious)
@@ -238,10 +274,20 @@ class FinetuneWidget(Container):
         self.model_name = _register(out)
         state = "stopped" if result.stopped != "finished" else "finished"
         self.report.value = (f"{state} after {result.epochs_done} epoch(s), {result.wall_seconds:.0f} s; "
-                             f"best: {_describe(result.best_metrics)} (epoch {result.best_epoch + 1}). "
+                             f"best: {_describe(result.best_metrics)} (epoch {result.best_epoch}). "
                              f"Saved to {out}; '{self.model_name}' is now in the Segment model list")
         self.report.tooltip = str(out)
         show_info(f"Fine-tune: {self.report.value}")
+
+    def _exported(self, report: ExportReport | None) -> None:
+        self.export_report = report
+        if report is None:
+            return
+        tests = ", ".join(f"{fmt} {result}" for fmt, result in report.tests.items())
+        text = (f"exported {report.path} ({report.size_bytes / 1e6:.0f} MB, {report.seconds:.0f} s): every weight "
+                f"format reproduces napari-alnet within 1e-4; bioimageio.core test_model: {tests}")
+        self.report.value = f"{self.report.value}\n{text}" if self.report.value else text
+        show_info(f"Fine-tune: {text}")
 
     # --- checks ---------------------------------------------------------------------------------------------------
 
@@ -346,6 +392,20 @@ class FinetuneWidget(Container):
 
     def _on_scratch(self, *_) -> None:
         self.models.combo.enabled = not self.scratch.value
+
+
+def _export_path(weights: Path) -> Path:
+    """``<weights stem>.bioimageio.zip`` beside the weight file, numbered so an existing file is never replaced."""
+    path, n = weights.with_name(f"{weights.stem}.bioimageio.zip"), 2
+    while path.exists():
+        path, n = weights.with_name(f"{weights.stem}-{n}.bioimageio.zip"), n + 1
+    return path
+
+
+def _first_slice(request: FinetuneRequest) -> np.ndarray:
+    """The first slice the request trained on (the image itself when it is 2D): the package's test image."""
+    is_stack = request.image.ndim - int(request.rgb) == 3
+    return request.image[(request.slices or [0])[0]] if is_stack else request.image
 
 
 def _suggest_output(image_name: str) -> Path:

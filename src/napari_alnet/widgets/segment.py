@@ -21,6 +21,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_warning
 
 from ..engine import postprocess
+from ..engine.devices import PRECISION_CHOICES
 from ..engine.inference import check_channels
 from ..engine.segmenter import Prediction
 from ..io.weights import WeightsError
@@ -40,6 +41,13 @@ from ._layers import (
 )
 from ._models import ModelPicker, device_picker, tile_picker
 from ._worker import JobRunner, unwrap
+
+
+def precision_picker() -> ComboBox:
+    """``auto`` plus the precisions (a choice the device cannot run is refused with a notification)."""
+    return ComboBox(label="Precision", choices=list(PRECISION_CHOICES), value="auto",
+                    tooltip="auto: bf16 on a CPU with native bf16 (AMX / AVX-512-BF16) for models validated in "
+                            "bf16, fp16 on CUDA, fp32 otherwise")
 
 
 @dataclass
@@ -67,6 +75,7 @@ class SegmentWidget(Container):
                               tooltip="the image layer to segment")
         self.models = ModelPicker()
         self.device = device_picker()
+        self.precision = precision_picker()
         self.scope = RadioButtons(label="Scope", choices=[CURRENT_SLICE, WHOLE_STACK], value=WHOLE_STACK,
                                   orientation="horizontal")
         self.stack_axis = ComboBox(label="Stack axis", choices=self._axis_choices,
@@ -81,12 +90,14 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel")
         self.progress = ProgressBar(label="")
         self.status = Label(value="")
-        self.extend([self.image, self.models.combo, self.models.summary, self.device, self.scope, self.stack_axis,
+        self.extend([self.image, self.models.combo, self.models.summary, self.device, self.precision, self.scope,
+                     self.stack_axis,
                      self.tile, self.threshold, self.probabilities, self.instances, self.run_button,
                      self.cancel_button, self.progress, self.status])
         self.runner = JobRunner("Segment (AL-Net)", progress_bar=self.progress, status=self.status,
                                 cancel_button=self.cancel_button,
-                                controls=[self.image, self.models.combo, self.device, self.scope, self.stack_axis,
+                                controls=[self.image, self.models.combo, self.device, self.precision, self.scope,
+                                          self.stack_axis,
                                           self.tile, self.threshold, self.probabilities, self.instances,
                                           self.run_button])
         self._result: _Result | None = None
@@ -113,7 +124,7 @@ class SegmentWidget(Container):
                          "napari-alnet), then choose it in 'Image'")
             return False
         try:
-            model = self.models.load(self.device.value)
+            model = self.models.load(self.device.value).with_precision(self.precision.value)
             meta = model.metadata
             region = region_for(self.viewer, layer, self.scope.value, self.stack_axis.value)
             try:

@@ -1,0 +1,78 @@
+"""Record the bf16 validation in the shipped models' cards without touching their tensors.
+
+    python benchmarks/model_cards.py --bf16-json bf16.json   # from benchmarks/precision_accuracy.py --json
+    python benchmarks/model_cards.py --check                 # print each file's tensor-data SHA-256 and bf16 entry
+
+A safetensors file is an 8-byte header length, a JSON header (tensor offsets and ``__metadata__``) and the tensor
+bytes. Only the header's ``__metadata__["card"]`` changes: the tensor bytes are copied verbatim (offsets are
+relative to them), and the rewrite is checked — the SHA-256 of the tensor bytes and every tensor are unchanged, and
+the file still loads as a napari-alnet weight file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import struct
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from napari_alnet.io.atomic import atomic_write
+from napari_alnet.io.pretrained import builtin_path, shipped_models
+from napari_alnet.io.weights import read_weights
+
+
+def split_file(path: Path) -> tuple[dict, bytes]:
+    """(header, tensor bytes) of a safetensors file."""
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + length]), raw[8 + length:]
+
+
+def join_file(header: dict, data: bytes) -> bytes:
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def set_card_entry(path: Path, key: str, entry: dict) -> str:
+    """Set ``card[key] = entry`` in ``path``'s metadata; returns the SHA-256 of its (unchanged) tensor bytes."""
+    before = load_file(str(path))
+    header, data = split_file(path)
+    card = json.loads(header["__metadata__"].get("card", "{}"))
+    card[key] = entry
+    header["__metadata__"]["card"] = json.dumps(card, sort_keys=True)
+    digest = hashlib.sha256(data).hexdigest()
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(join_file(header, data)))
+    _, after_data = split_file(path)
+    assert hashlib.sha256(after_data).hexdigest() == digest, f"{path}: tensor bytes changed"
+    after = load_file(str(path))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), path
+    assert read_weights(path)[1].card[key] == entry, path
+    return digest
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bf16-json", type=Path, help="card entries from precision_accuracy.py --json")
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    if args.bf16_json:
+        for name, entry in json.loads(args.bf16_json.read_text()).items():
+            digest = set_card_entry(builtin_path(name), "bf16", entry)
+            print(f"{name}: card['bf16'] = validated {entry['validated']}; tensor bytes unchanged (sha256 {digest})")
+    if args.check or not args.bf16_json:
+        for name in shipped_models():
+            header, data = split_file(builtin_path(name))
+            entry = json.loads(header["__metadata__"].get("card", "{}")).get("bf16")
+            print(f"{name}: tensor sha256 {hashlib.sha256(data).hexdigest()}; bf16 "
+                  f"{json.dumps({k: entry[k] for k in ('validated', 'max_metric_change')}) if entry else 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
