@@ -1,14 +1,16 @@
 """Streaming segmentation of TIFF stacks (what ``alnet segment`` runs): slices/s, latency per slice and peak RSS
-for 10 and 100 slices, per precision, pipelined (and with ``--serial`` also without the reader/writer threads).
+for 10 and 100 slices, per precision and pipeline mode.
 
     python benchmarks/stack.py [--size 512] [--depths 10 100] [--threads 2] [--model em|FILE] [--labels-only]
-                               [--precisions auto fp32 bf16] [--serial] [--repeats 1]
+                               [--precisions auto fp32 bf16] [--modes auto serial pipelined] [--repeats 1]
                                [--wait-policies inherit passive active]
 
 Each run is ``segment_files_job`` (labels + float32 probabilities) in a fresh subprocess, so its peak RSS is its
 own. Streaming means the peak RSS of the deepest stack stays within 1.3x of the shallowest for every precision and
 mode (exit code 1 if not). ``--repeats N`` runs each case N times, interleaved, and reports the median slices/s.
 Default precisions: ``auto`` (what ``alnet segment`` picks here) and ``bf16`` where this CPU has it natively.
+``--modes``: ``auto`` (the engine's choice, ``batch.pipeline_depth``), ``serial`` (no reader/writer threads) and
+``pipelined`` (reader and writer threads, queues of 2 batches).
 ``--wait-policies``: the worker's ``OMP_WAIT_POLICY`` (``inherit``: as this process has it), one column each: with
 libgomp's default (active: idle OpenMP threads spin), a core shared with any other work — the pipeline's threads,
 another program — stalls every parallel region (docs/performance.md).
@@ -62,8 +64,7 @@ def worker(args: argparse.Namespace) -> None:
     from napari_alnet.model import ALNet
 
     torch.set_num_threads(args.threads)
-    if args.serial:
-        batch.QUEUE_DEPTH = 0
+    batch.QUEUE_DEPTH = {"auto": None, "serial": 0, "pipelined": 2}[args.mode]
     if args.model and (args.model != "em" or "em" in shipped_models()):
         model, name = load_model(args.model, device="cpu", precision=args.precision), args.model
     else:
@@ -100,12 +101,13 @@ def main() -> None:
     parser.add_argument("--model", default="em", help="em (if shipped, else an untrained AL-Net) or a weight file")
     parser.add_argument("--labels-only", action="store_true", help="do not write probabilities")
     parser.add_argument("--precisions", nargs="+", choices=("auto", "fp32", "bf16"), default=None)
-    parser.add_argument("--serial", action="store_true", help="also run without the reader/writer threads")
+    parser.add_argument("--modes", nargs="+", choices=("auto", "serial", "pipelined"), default=["auto"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--wait-policies", nargs="+", choices=("inherit", "passive", "active"), default=["inherit"])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -122,8 +124,7 @@ def default_precisions() -> list[str]:
 def run_all(args: argparse.Namespace) -> int:
     """Every (precision, mode, depth) case ``repeats`` times, interleaved; prints the table; 1 if RSS grows."""
     precisions = args.precisions or default_precisions()
-    kinds = ["pipelined", "serial"] if args.serial else ["pipelined"]
-    modes = [f"{kind} {policy}" for kind in kinds for policy in args.wait_policies]
+    modes = [f"{kind} {policy}" for kind in args.modes for policy in args.wait_policies]
     cases = list(itertools.product(precisions, modes, args.depths))
     results: dict[tuple, list[dict]] = {case: [] for case in cases}
     slices = em_slices(args.size)
@@ -132,10 +133,10 @@ def run_all(args: argparse.Namespace) -> int:
             make_stack(Path(tmp) / f"stack{depth}.tif", depth, slices)
         for _ in range(args.repeats):
             for precision, mode, depth in cases:
-                serial, policy = mode.split()
+                kind, policy = mode.split()
                 cmd = [sys.executable, __file__, "--worker", str(Path(tmp) / f"stack{depth}.tif"),
                        "--out", str(Path(tmp) / "out"), "--threads", str(args.threads), "--model", args.model,
-                       "--precision", precision, *(["--serial"] if serial == "serial" else []),
+                       "--precision", precision, "--mode", kind,
                        *(["--labels-only"] if args.labels_only else [])]
                 env = dict(os.environ)
                 if policy != "inherit":

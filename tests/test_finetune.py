@@ -22,7 +22,7 @@ from napari_alnet.training.metrics import segmentation_scores
 
 @pytest.fixture(scope="module")
 def stack():
-    return em_like_stack(depth=4, size=128, cells=20, seed=5)
+    return em_like_stack(depth=6, size=128, cells=20, seed=5)
 
 
 @pytest.fixture()
@@ -43,21 +43,30 @@ def iou_of(model_path, image, truth) -> float:
 
 @pytest.mark.parametrize("mode", ["dense", "scribbles"])
 def test_finetune_improves_iou(mode, stack, base, tmp_path):
+    """Five annotated slices, 64 steps from an untrained base; IoU on the sixth, unseen slice.
+
+    Measured (seed 0, and seeds 1-5 for the spread): 0.92-0.93 in both modes, natively and with oneDNN capped at
+    SSE4.1/AVX/AVX2. The held-out IoU of such a short run from scratch jumps from below 0.8 to above 0.85 once the
+    network generalizes beyond its batch statistics (epochs 3-5 here, later with fewer slices: with two slices and
+    six epochs it ended anywhere in 0.33-0.93 depending on the processor and seed), so the run has three epochs to
+    spare. Not learnt yet: the untrained base scores 0.0, everything-membrane 0.2.
+    """
     images, truth = stack
+    annotated, unseen = range(5), 5
     labels = np.zeros(images.shape, np.uint8)
     rng = np.random.default_rng(0)
-    for z in (0, 1):
+    for z in annotated:
         labels[z] = truth[z].astype(np.uint8) if mode == "dense" else scribbles_from(truth[z], rng)
     out = tmp_path / f"{mode}.safetensors"
-    before = iou_of(base, images[3], truth[3])
-    request = FinetuneRequest(images, labels, mode=mode, base=base, out=out, epochs=6, lr=5e-3, crop=96,
-                              steps_per_epoch=8, image_name="em")
+    before = iou_of(base, images[unseen], truth[unseen])
+    recipe = finetune_recipe(epochs=8, lr=5e-3, crop=96, steps_per_epoch=8)
+    request = FinetuneRequest(images, labels, mode=mode, base=base, out=out, train=recipe, image_name="em")
     result = run_job(finetune_job(request))
-    after = iou_of(out, images[3], truth[3])
-    assert after > before + 0.2 and after > 0.6, (before, after)
+    after = iou_of(out, images[unseen], truth[unseen])
+    assert after > 0.8 and after > before + 0.5, (before, after)
     card = load_model(out).metadata.card
-    assert card["finetune"]["slices"] == [0, 1] and card["finetune"]["mode"] == mode
-    assert result.epochs_done == 6
+    assert card["finetune"]["slices"] == list(annotated) and card["finetune"]["mode"] == mode
+    assert card["finetune"]["epochs"] == result.epochs_done == 8
 
 
 def test_unlabelled_pixels_do_not_reach_the_training_pairs(stack):

@@ -94,6 +94,7 @@ def _stack(path, depth=9):
 def test_the_pipelined_and_the_serial_path_write_the_same_files(tmp_path, monkeypatch):
     model = calibrated_model(modality="em", threshold=0.5, objects="background")
     src = _stack(tmp_path / "s.tif")
+    monkeypatch.setattr(batch, "QUEUE_DEPTH", 2)
     run_job(segment_files_job([src], tmp_path / "piped", model, probabilities=True, instances=True))
     monkeypatch.setattr(batch, "QUEUE_DEPTH", 0)
     run_job(segment_files_job([src], tmp_path / "serial", model, probabilities=True, instances=True))
@@ -105,7 +106,8 @@ def test_the_pipelined_and_the_serial_path_write_the_same_files(tmp_path, monkey
     assert firsts == sorted(firsts)  # instance ids keep increasing across slices and batches
 
 
-def test_a_stop_mid_stack_leaves_no_thread_and_no_partial_file(tmp_path):
+def test_a_stop_mid_stack_leaves_no_thread_and_no_partial_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(batch, "QUEUE_DEPTH", 2)
     model = calibrated_model()
     src = _stack(tmp_path / "s.tif", depth=12)
     before = threading.active_count()
@@ -121,7 +123,9 @@ def test_a_stop_mid_stack_leaves_no_thread_and_no_partial_file(tmp_path):
     assert threading.active_count() <= before
 
 
-def test_a_reader_failure_fails_that_file_only(tmp_path):
+@pytest.mark.parametrize("depth", [0, 2])
+def test_a_reader_failure_fails_that_file_only(tmp_path, monkeypatch, depth):
+    monkeypatch.setattr(batch, "QUEUE_DEPTH", depth)
     model = calibrated_model()
     good = _stack(tmp_path / "a.tif", depth=5)
     bad = tmp_path / "b.tif"
@@ -130,3 +134,29 @@ def test_a_reader_failure_fails_that_file_only(tmp_path):
     assert [p.name for p in summary.written] == ["a_labels.tif"]
     assert len(summary.failures) == 1 and "slice 0" in summary.failures[0][1]
     assert not any(p.name.startswith(".") for p in (tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_when_idle_unless_the_user_chose(given, expected):
+    """``import napari_alnet`` sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads libgomp (docs/performance.md)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given
+                                                                             else {})
+    code = "import os, napari_alnet; print(os.environ['OMP_WAIT_POLICY'])"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == expected
+
+
+def test_the_pipeline_runs_only_where_torch_leaves_a_core(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert batch.pipeline_depth() == 0
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert batch.pipeline_depth() == 2
+    monkeypatch.setattr(batch, "QUEUE_DEPTH", 0)
+    assert batch.pipeline_depth() == 0

@@ -192,3 +192,18 @@ def test_demo_writes_labels_and_overlay(tmp_path, capsys):
     overlay = io.imread(tmp_path / "demo" / "em_like_stack_overlay.png")
     assert labels.shape == (2, 96, 96) and overlay.shape == (96, 96, 3)
     assert "segmented a generated EM-like stack" in printed and " s (" in printed
+
+
+def test_precision_is_chosen_reported_and_recorded(tmp_path, weights, capsys):
+    from napari_alnet.io.stack_writer import recorded_info
+
+    src = _write_stack(tmp_path / "em.tif", _stack(2))
+    assert _segment(src, "-o", tmp_path / "bf16", "--model", weights, "--precision", "bf16") == 0
+    assert "on cpu (bf16)" in capsys.readouterr().out
+    assert recorded_info(tmp_path / "bf16" / "em_labels.tif")["precision"] == "bf16"
+    assert _segment(src, "-o", tmp_path / "auto", "--model", weights) == 0  # no bf16 validation in its card: fp32
+    assert "on cpu (fp32)" in capsys.readouterr().out
+    info = recorded_info(tmp_path / "auto" / "em_labels.tif")
+    assert info["precision"] == "fp32" and info["precision_requested"] == "auto"
+    assert _segment(src, "-o", tmp_path / "fp16", "--model", weights, "--precision", "fp16") == 2
+    assert "fp16 runs on CUDA only" in capsys.readouterr().err

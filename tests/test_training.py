@@ -24,9 +24,17 @@ def em_pairs():
     return pairs_from_arrays(stack, membranes)
 
 
-def test_short_training_lowers_loss_and_reaches_iou(em_pairs, tmp_path):
-    cfg = TrainConfig(epochs=6, crop=96, steps_per_epoch=8, seed=0)
-    result = train(em_pairs[:3], em_pairs[3:], ModelMetadata(), tmp_path / "m.safetensors", config=cfg)
+def test_short_training_lowers_loss_and_reaches_iou(tmp_path):
+    """Five training slices, one validation slice, 64 steps from scratch.
+
+    Measured (seed 0, and seeds 1-3 for the spread): last/first epoch loss 0.10-0.12, best validation IoU
+    0.94-0.95, natively and with oneDNN capped at SSE4.1/AVX/AVX2; the IoU passes 0.85 between epochs 3 and 5
+    (with three training slices and six epochs it sometimes only did so in the last epoch).
+    """
+    stack, membranes = em_like_stack(depth=6, size=128, cells=20, seed=1)
+    pairs = pairs_from_arrays(stack, membranes)
+    cfg = TrainConfig(epochs=8, crop=96, steps_per_epoch=8, seed=0)
+    result = train(pairs[:5], pairs[5:], ModelMetadata(), tmp_path / "m.safetensors", config=cfg)
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < 0.5 * losses[0]
     assert result.best_metrics["iou"] > 0.8
@@ -145,7 +153,8 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
 def test_cli_train_reports_unpaired_mismatched_and_empty(tmp_path, capsys):
     data = _write_pairs(tmp_path)
     (data / "masks" / "01.png").unlink()
-    args = ["train", "--images", str(data / "images"), "--masks", str(data / "masks"), "--out", str(tmp_path / "o")]
+    args = ["train", "--images", str(data / "images"), "--masks", str(data / "masks"),
+            "--out", str(tmp_path / "o.safetensors")]
     assert cli_main(args) == 2
     err = capsys.readouterr().err
     assert "no mask" in err and "01.png" in err
@@ -157,7 +166,7 @@ def test_cli_train_reports_unpaired_mismatched_and_empty(tmp_path, capsys):
     (tmp_path / "e").mkdir()
     empty = _write_pairs(tmp_path / "e", empty=True)
     assert cli_main(["train", "--images", str(empty / "images"), "--masks", str(empty / "masks"),
-                     "--out", str(tmp_path / "o2")]) == 2
+                     "--out", str(tmp_path / "o2.safetensors")]) == 2
     assert "empty" in capsys.readouterr().err
 
 

@@ -75,7 +75,7 @@ def test_ome_zarr_round_trip_keeps_axes_scale_units_and_chunks(tmp_path, model, 
     assert prob_group["0"].dtype == np.uint8 and "255" in prob_group.attrs["napari_alnet"]["encoding"]
     ref = model.predict(data)
     np.testing.assert_array_equal(lab_group["0"][:], (ref > model.threshold).astype(np.uint8))
-    assert np.abs(prob_group["0"][:] / 255.0 - ref).max() <= 0.5 / 255 + 1e-6
+    assert np.abs(prob_group["0"][:] / 255.0 - ref).max() <= 0.5 / 255 + 1e-5  # rounding + blockwise fp noise
     reopened = open_volume(labels)
     assert reopened.geometry.scale == (0.05, 0.004, 0.004) and reopened.geometry.units == ("micrometer",) * 3
 

@@ -114,7 +114,7 @@ def _write_overlay(path: Path, plane: np.ndarray, labels: np.ndarray) -> Path:
 
 def _segment(args: argparse.Namespace) -> int:
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # unreadable files get our one-line error instead
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, precision=args.precision)
     volume_options = any(v is not None for v in (args.block, args.workers, args.scheduler, args.threads))
     volumes, args.inputs = volume_routes(args.inputs, args.out, args.instances, volume_options)
     if volumes:
@@ -171,7 +171,7 @@ def _volume_report(summary: VolumeSummary) -> None:
 def _segment_report(summary: BatchSummary, out: str) -> int:
     rate = summary.slices / summary.seconds if summary.seconds else 0.0
     print(f"segmented {summary.slices} slices into {len(summary.written)} files in {summary.seconds:.1f} s "
-          f"({rate:.2f} slices/s) on {summary.device}; output folder {out}")
+          f"({rate:.2f} slices/s) on {summary.device} ({summary.precision}); output folder {out}")
     if summary.skipped:
         print(f"kept {len(summary.skipped)} existing outputs (--overwrite replaces them): "
               + ", ".join(p.name for p in summary.skipped))
@@ -389,6 +389,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("-o", "--out", required=True, metavar="OUTDIR")
     seg.add_argument("--model", default="em", help="em | fundus | dermoscopy | weight file (default em)")
     seg.add_argument("--device", type=_device, default=None, help=DEVICE_HELP)
+    seg.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                     help="auto (default): bf16 on a CPU with native bf16 for models validated in bf16, fp16 on "
+                     "CUDA, else fp32; fp16 needs CUDA (docs/performance.md)")
     seg.add_argument("--tile", type=_tile_size, default=None,
                      help="tile size (multiple of 32, >= 544); default: whole slices up to 2048 x 2048")
     seg.add_argument("--threshold", type=_threshold, default=None, help="in (0, 1); default: the model's")

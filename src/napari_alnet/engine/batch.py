@@ -5,15 +5,19 @@ Used by ``alnet segment`` and the Batch widget. For each input ``STEM.ext`` it w
 (float32). Inputs are never overwritten; existing outputs are kept unless ``overwrite``; outputs appear only
 complete (temporary file + rename). A file that cannot be segmented is reported and the batch goes on.
 
-Stacks are pipelined: a reader thread decodes, checks and normalizes the next batch of slices while the network
-runs this one, and a writer thread thresholds (or labels instances) and hands the previous batch to the TIFF
-writers (which compress in their own threads); every hand-over is a bounded queue of two batches, so memory stays
-flat in stack depth. Each output records what made it (model, device, precision, threshold) in its TIFF metadata
+Stacks are pipelined where a core is left to it: when torch runs on fewer threads than there are cores, a reader
+thread decodes, checks and normalizes the next batch of slices while the network runs this one, and a writer thread
+thresholds (or labels instances) and hands the previous batch to the TIFF writers; every hand-over is a bounded
+queue of two batches, so memory stays flat in stack depth. When torch has every core (the default), that work runs
+in the job's thread between forward passes: extra Python threads would take the GIL and the cores from torch's
+threads, measured 20 % slower end to end on two cores (docs/performance.md). The TIFF writers always compress in
+their own threads. Each output records what made it (model, device, precision, threshold) in its TIFF metadata
 (``io.stack_writer.recorded_info``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,19 +30,23 @@ import torch
 from ..io.images import list_images
 from ..io.stack_reader import SliceReader, count_slices, open_slices
 from ..io.stack_writer import TiffStackWriter
-from .inference import Prepared, check_pixels, prepare_whole, prepared_probabilities, probability_job
+from .inference import Prepared, check_pixels, default_batch, prepare_whole, prepared_probabilities, probability_job
 from .pipeline import Drain, Prefetch
 from .postprocess import instance_labels, offset_ids, semantic_labels
 from .progress import Job, Progress, StopRequested, relay
 from .segmenter import Segmenter, as_segmenter
 from .tiling import check_tile
 
-#: Slices read and segmented together (one forward pass; the same as ``Segmenter.predict``'s default, so a stack
-#: streamed to disk gives the very probabilities of the in-memory prediction; docs/performance.md).
-SLICES_PER_BATCH = 4
-#: Batches the reader thread may be ahead of the network, and the writer thread behind it (0: no threads, all in
-#: the job's thread, as before the pipeline; benchmarks/stack.py --serial).
-QUEUE_DEPTH = 2
+#: Batches the reader thread may be ahead of the network, and the writer thread behind it; 0: no reader/writer
+#: threads (all in the job's thread); ``None``: ``pipeline_depth()`` decides (benchmarks/stack.py --modes).
+QUEUE_DEPTH: int | None = None
+
+
+def pipeline_depth() -> int:
+    """``QUEUE_DEPTH``, or where it is ``None``: 2 when torch leaves a core free (fewer threads than cores), else 0."""
+    if QUEUE_DEPTH is not None:
+        return QUEUE_DEPTH
+    return 2 if torch.get_num_threads() < (os.cpu_count() or 1) else 0
 
 
 @dataclass
@@ -135,7 +143,9 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: Segmenter, *, til
     segmenter = as_segmenter(model, device)
     summary.device, summary.precision = str(segmenter.device), segmenter.precision
     cut = segmenter.threshold if threshold is None else float(threshold)
-    settings = Outputs(tile, cut, instances, segmenter.metadata.objects, SLICES_PER_BATCH,
+    # one forward pass per batch, as many slices as ``Segmenter.predict`` puts in one (``inference.DEFAULT_BATCH``),
+    # so a stack streamed to disk gets the very probabilities of the in-memory prediction
+    settings = Outputs(tile, cut, instances, segmenter.metadata.objects, default_batch(segmenter.precision),
                        provenance(segmenter, cut))
     sizes = [count_slices(f) for f in files]
     total, done = sum(sizes), 0
@@ -208,7 +218,7 @@ def _segment(reader: SliceReader, targets: dict[str, Path], segmenter: Segmenter
             dtype = np.float32 if kind == "prob" else (np.int32 if settings.instances else np.uint8)
             writers[kind] = TiffStackWriter(out, reader.shape, dtype, reader.pixel_size, compress=kind != "prob",
                                             info=settings.info_for(kind))
-        depth = QUEUE_DEPTH  # read when the file starts (a benchmark may change it)
+        depth = pipeline_depth()
         drain = Drain(_SliceWriter(writers, settings).write, depth, name=f"write {reader.path.name}")
         prefetch = Prefetch(lambda z0: _read_batch(reader, segmenter, settings, z0), starts, depth,
                             name=f"read {reader.path.name}")

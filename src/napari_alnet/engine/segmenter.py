@@ -122,8 +122,9 @@ class Segmenter:
     def threshold(self) -> float:
         return self.metadata.threshold
 
-    def predict_job(self, image: np.ndarray, *, tile: int | None = None, overlap: int = 64, batch_size: int = 4,
-                    tta: bool = False, rgb: bool | None = None) -> Job[Prediction | None]:
+    def predict_job(self, image: np.ndarray, *, tile: int | None = None, overlap: int = 64,
+                    batch_size: int | None = None, tta: bool = False,
+                    rgb: bool | None = None) -> Job[Prediction | None]:
         """``inference.probability_job`` as a ``Job`` returning a ``Prediction`` (``None`` when stopped).
 
         The image is checked at once (a ``ValueError`` here, not at the first step).
@@ -138,8 +139,8 @@ class Segmenter:
             return None
         return Prediction(probs, str(self.device), self.precision, time.perf_counter() - start)
 
-    def predict(self, image: np.ndarray, *, tile: int | None = None, overlap: int = 64, batch_size: int = 4,
-                tta: bool = False, rgb: bool | None = None) -> np.ndarray:
+    def predict(self, image: np.ndarray, *, tile: int | None = None, overlap: int = 64,
+                batch_size: int | None = None, tta: bool = False, rgb: bool | None = None) -> np.ndarray:
         """float32 foreground probabilities with the image's spatial shape (see ``inference.probability_job``)."""
         job = self.predict_job(image, tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, rgb=rgb)
         return run_job(job).probabilities
@@ -186,7 +187,7 @@ def _requested(precision: str | None) -> str | None:
 
 
 def predict(model: Segmenter | ALNet, image: np.ndarray, *, device: str | torch.device | None = None,
-            tile: int | None = None, overlap: int = 64, batch_size: int = 4, tta: bool = False,
+            tile: int | None = None, overlap: int = 64, batch_size: int | None = None, tta: bool = False,
             rgb: bool | None = None) -> np.ndarray:
     """float32 foreground probabilities of ``image`` (see ``inference.probability_job`` for the parameters).
 

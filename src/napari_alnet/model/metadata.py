@@ -73,7 +73,7 @@ class Normalization:
     def apply(self, image: np.ndarray, bounds: tuple[float, float] | None = None) -> np.ndarray:
         """float32 model input from ``image`` (bounds computed from it unless given)."""
         lo, hi = bounds if bounds is not None else self.bounds(image)
-        if image.dtype.itemsize > 4 or max(abs(lo), abs(hi)) > 1e30:
+        if image.dtype.itemsize > 4 or max(abs(lo), abs(hi)) > 1e30 or 0 < hi - lo < 1e-30:
             # float64 / 64-bit integers / extreme float32: scale in float64, where (x - lo) cannot overflow
             return _scaled(image, lo, hi, self.mean, self.std)
         scale = 1.0 / (hi - lo) if hi > lo else 1.0
