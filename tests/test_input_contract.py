@@ -198,3 +198,102 @@ def test_any_accepted_image_gives_finite_probabilities_of_its_spatial_shape():
         assert np.isfinite(prob).all() and prob.min() >= 0 and prob.max() <= 1
 
     check()
+
+
+# --- every axis and series of a file reaches the CLI; earlier outputs are not inputs ----------------------------
+
+@pytest.fixture(scope="module")
+def weight_file(tmp_path_factory):
+    from model_factory import save_test_model
+
+    return save_test_model(tmp_path_factory.mktemp("model") / "m.safetensors")
+
+
+@pytest.mark.parametrize(("flags", "slices"), [(["--axes", "ZYX"], 5), (["--axes", "zyx"], 5)])
+def test_segment_reads_an_imagej_channel_stack_as_z_when_told(tmp_path, weight_file, flags, slices):
+    from napari_alnet import cli
+
+    path = _imwrite(tmp_path / "ij.tif", np.zeros((slices, 32, 40), np.uint8), imagej=True)
+    assert cli.main(["segment", str(path), "-o", str(tmp_path / "out"), "--model", str(weight_file)]) == 1
+    assert cli.main(["segment", str(path), "-o", str(tmp_path / "out"), "--model", str(weight_file), *flags]) == 0
+    assert tifffile.imread(tmp_path / "out" / "ij_labels.tif").shape == (slices, 32, 40)
+
+
+def test_segment_picks_the_series_it_is_told(tmp_path, weight_file, capsys):
+    from napari_alnet import cli
+
+    path = tmp_path / "two.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(np.zeros((32, 40), np.uint8))
+        tif.write(np.zeros((4, 16, 20), np.uint8), photometric="minisblack")
+    args = ["segment", str(path), "--model", str(weight_file), "-o"]
+    assert cli.main([*args, str(tmp_path / "a")]) == 1 and "--series K" in capsys.readouterr().err
+    assert cli.main([*args, str(tmp_path / "b"), "--series", "1"]) == 0
+    assert tifffile.imread(tmp_path / "b" / "two_labels.tif").shape == (4, 16, 20)
+    assert cli.main([*args, str(tmp_path / "c"), "--series", "2"]) == 1
+    assert "series 2 does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["ZZX", "ZY", "Z1X", ""])
+def test_axes_flags_without_one_y_and_one_x_are_usage_errors(tmp_path, weight_file, bad):
+    from napari_alnet import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["segment", str(tmp_path), "-o", str(tmp_path / "o"), "--model", str(weight_file), "--axes", bad])
+    assert stop.value.code == 2
+
+
+def test_rerunning_into_the_input_folder_does_not_segment_earlier_outputs(tmp_path, weight_file):
+    from napari_alnet import cli
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _imwrite(folder / "cell.tif", np.zeros((32, 40), np.uint8))
+    _imwrite(folder / "other_labels.tif", np.zeros((32, 40), np.uint8))  # no "other" image: an input
+    args = ["segment", str(folder), "-o", str(folder), "--model", str(weight_file), "--probabilities"]
+    for _ in range(3):
+        assert cli.main(args) == 0
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "cell.tif", "cell_labels.tif", "cell_prob.tif", "other_labels.tif", "other_labels_labels.tif",
+        "other_labels_prob.tif"]
+
+
+# --- lossy masks --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("suffix", "values", "expected"), [
+    (".png", [0, 1, 7, 255], [False, True, True, True]),          # lossless: any non-zero value (labels, 0/1, 0/255)
+    (".tif", [0, 3, 200], [False, True, True]),
+    (".jpg", [0, 3, 60, 127, 128, 250, 255], [False, False, False, False, True, True, True]),  # ringing is not fg
+    (".jpeg", [0, 200], [False, True]),
+])
+def test_mask_foreground_per_format(suffix, values, expected):
+    from napari_alnet.io.images import mask_foreground
+
+    mask = np.array([values], np.uint8)
+    assert mask_foreground(mask, f"m{suffix}").tolist() == [expected]
+
+
+def test_a_jpeg_mask_that_cannot_be_read_is_refused_not_guessed():
+    from napari_alnet.io.images import mask_foreground
+
+    with pytest.raises(ValueError, match=r"m\.jpg: a JPEG \(lossy\) mask with values up to 1 only"):
+        mask_foreground(np.array([[0, 1, 1]], np.uint8), "m.jpg")
+
+
+def test_jpeg_training_masks_give_the_png_masks_foreground(tmp_path):
+    import imageio.v3 as iio
+
+    from napari_alnet.training.data import load_pairs
+
+    yy, xx = np.mgrid[:96, :96]
+    truth = ((yy - 48) ** 2 + (xx - 40) ** 2 < 30 ** 2) | ((yy // 8 + xx // 8) % 7 == 0)
+    image = (truth * 180 + 30).astype(np.uint8)
+    iio.imwrite(tmp_path / "im.png", image)
+    iio.imwrite(tmp_path / "m.png", truth.astype(np.uint8) * 255)
+    iio.imwrite(tmp_path / "m.jpg", truth.astype(np.uint8) * 255, quality=50)
+    ringing = iio.imread(tmp_path / "m.jpg")
+    assert ((ringing > 0) != truth).mean() > 0.02  # the old rule's error on this mask
+    (png,), (jpg,) = (load_pairs([(tmp_path / "im.png", tmp_path / m)], Normalization(), in_channels=1)
+                      for m in ("m.png", "m.jpg"))
+    assert (png.mask == truth).all()
+    assert (jpg.mask != png.mask).mean() < 0.005

@@ -102,3 +102,59 @@ def test_bad_flags_are_usage_errors_before_any_work(tmp_path, weights, capsys, a
     err = capsys.readouterr().err
     assert args[0] in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+# --- outputs appear complete or not at all, and never replace a file without consent ------------------------------
+
+def test_a_file_that_appears_while_an_output_is_written_is_kept(tmp_path):
+    from napari_alnet.io.atomic import publish
+
+    target = tmp_path / "out.tif"
+    tmp = temp_path(target)
+    tmp.write_bytes(b"new")
+    target.write_bytes(b"someone else's")  # appeared after any existence check
+    with pytest.raises(FileExistsError, match="appeared while this output was being written"):
+        publish(tmp, target, overwrite=False)
+    assert target.read_bytes() == b"someone else's" and not tmp.exists()
+
+
+def test_concurrent_writers_of_one_path_never_clobber_each_other(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari_alnet.io.atomic import atomic_write
+
+    target = tmp_path / "w.bin"
+
+    def write(i: int) -> bool:
+        try:
+            atomic_write(target, lambda tmp: tmp.write_bytes(str(i).encode() * 10_000), overwrite=False)
+            return True
+        except FileExistsError:
+            return False
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(write, range(16)))
+    assert sum(won) == 1
+    assert target.read_bytes() == str(won.index(True)).encode() * 10_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.bin"]
+
+
+def test_a_full_disk_is_said_as_such_and_leaves_nothing(tmp_path):
+    from napari_alnet.io.atomic import atomic_write
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match=r"out\.tif: the disk is full \(\d+ MB free on .*\); nothing was left"):
+        atomic_write(tmp_path / "out.tif", write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_short_write_reported_in_bytes_is_said_to_be_a_full_disk(tmp_path):
+    from napari_alnet.io.atomic import write_error
+
+    error = write_error(ValueError("262144 requested and 256928 written"), tmp_path / "x.tif")  # tifffile's words
+    assert isinstance(error, OSError) and "the disk is full" in str(error) and "requested" not in str(error)
+    other = write_error(ValueError("bad tag"), tmp_path / "x.tif")
+    assert "disk is full" not in str(other) and "bad tag" in str(other)

@@ -117,6 +117,9 @@ def _segment(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, precision=args.precision)
     volume_options = any(v is not None for v in (args.block, args.workers, args.scheduler, args.threads))
     volumes, args.inputs = volume_routes(args.inputs, args.out, args.instances, volume_options)
+    if volumes and (args.axes or args.series is not None):
+        raise ValueError(f"{volumes[0]}: --axes and --series apply to TIFF inputs written as TIFF outputs; a Zarr "
+                         "volume says its axes in its metadata, and a TIFF stack for -o *.zarr must read as Z, Y, X")
     if volumes:
         code = _segment_volumes(args, model, volumes)
         if code or not args.inputs:
@@ -134,7 +137,8 @@ def _segment(args: argparse.Namespace) -> int:
         bar(progress)
 
     job = segment_files_job(args.inputs, args.out, model, tile=args.tile, threshold=args.threshold,
-                            probabilities=args.probabilities, instances=bool(args.instances), overwrite=args.overwrite)
+                            probabilities=args.probabilities, instances=bool(args.instances), overwrite=args.overwrite,
+                            axes=args.axes, series=args.series)
     try:
         summary = _run(job, bar, report)
     except KeyboardInterrupt as exc:
@@ -363,6 +367,14 @@ def _device(text: str) -> str:
     return text
 
 
+def _axes(text: str) -> str:
+    """Axis letters for ``--axes``: unique letters with exactly one Y and one X."""
+    axes = text.strip().upper()
+    if not axes.isalpha() or len(set(axes)) != len(axes) or axes.count("Y") != 1 or axes.count("X") != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected unique axis letters with one Y and one X, e.g. ZYX")
+    return axes
+
+
 def _tile_size(text: str) -> int:
     try:
         return check_tile(int(text))
@@ -408,6 +420,11 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                      help="OME-Zarr outputs: run on an existing Dask cluster (e.g. dask-jobqueue), tcp://host:port")
     seg.add_argument("--threads", type=int, default=None, metavar="T",
                      help="OME-Zarr outputs: torch threads per worker (default: the cores / workers)")
+    seg.add_argument("--axes", type=_axes, default=None, metavar="AXES",
+                     help="how TIFF inputs' axes read, one letter per axis, e.g. ZYX for a stack tifffile marks as "
+                          "channels (C or S = colour; any letter but Y, X, C, S = the stack axis)")
+    seg.add_argument("--series", type=int, default=None, metavar="K",
+                     help="which series of a multi-series TIFF to segment (0-based; refused without it)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs never)")
     seg.set_defaults(func=_segment)
 

@@ -77,8 +77,20 @@ def output_paths(path: Path, outdir: Path, probabilities: bool) -> dict[str, Pat
     return paths
 
 
+OUTPUT_KINDS = ("labels", "prob")
+
+
+def earlier_outputs(found: list[Path]) -> set[Path]:
+    """The files of a folder listing that are this command's outputs of another file in it (``STEM_labels.tif``,
+    ``STEM_prob.tif`` beside ``STEM.ext``): a rerun with the output folder = the input folder does not segment them."""
+    stems = {f.stem for f in found}
+    return {f for f in found if f.suffix == ".tif"
+            and any(f.stem.endswith(f"_{kind}") and f.stem[: -len(kind) - 1] in stems for kind in OUTPUT_KINDS)}
+
+
 def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Image files from files and folders (folders: their image files, sorted), and the inputs that are neither."""
+    """Image files from files and folders (folders: their image files, sorted, without ``earlier_outputs``), and
+    the inputs that are neither."""
     files, failures = [], []
     for item in inputs:
         item = Path(item)
@@ -86,7 +98,8 @@ def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[
             found = list_images(item)
             if not found:
                 failures.append((item, f"{item}: folder holds no .tif/.tiff/.png/.jpg/.jpeg images"))
-            files.extend(found)
+            outputs = earlier_outputs(found)
+            files.extend(f for f in found if f not in outputs)
         elif item.is_file():
             files.append(item)
         else:
@@ -125,8 +138,13 @@ def provenance(segmenter: Segmenter, threshold: float) -> dict:
 
 def segment_files_job(inputs: list[Path], outdir: Path, model: Segmenter, *, tile: int | None = None,
                       threshold: float | None = None, probabilities: bool = False, instances: bool = False,
-                      overwrite: bool = False, device: str | torch.device | None = None) -> Job[BatchSummary]:
+                      overwrite: bool = False, device: str | torch.device | None = None, axes: str | None = None,
+                      series: int | None = None) -> Job[BatchSummary]:
     """Segment every input (files or folders) into ``outdir``; yields ``Progress`` in slices, returns the summary.
+
+    ``axes``/``series``: how every TIFF input's axes read and which series of a multi-series TIFF is segmented
+    (``stack_reader.open_slices``). Files in an input folder that are outputs of another file there
+    (``earlier_outputs``) are not inputs.
 
     ``threshold``: default the model's; ``instances``: label connected objects per the model's ``objects``
     metadata instead of the semantic mask. ``device``: ``None`` runs where ``model`` is (a copy runs elsewhere).
@@ -147,7 +165,7 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: Segmenter, *, til
     # so a stack streamed to disk gets the very probabilities of the in-memory prediction
     settings = Outputs(tile, cut, instances, segmenter.metadata.objects, default_batch(segmenter.precision),
                        provenance(segmenter, cut))
-    sizes = [count_slices(f) for f in files]
+    sizes = [count_slices(f, axes=axes, series=series) for f in files]
     total, done = sum(sizes), 0
     inputs_resolved = {f.resolve() for f in files}
     claimed: dict[Path, Path] = {}
@@ -158,7 +176,7 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: Segmenter, *, til
             targets, problem = _targets(path, outdir, probabilities, overwrite, inputs_resolved, claimed, summary)
             if problem is None and targets:
                 try:
-                    with open_slices(path) as reader:
+                    with open_slices(path, axes=axes, series=series) as reader:
                         done = yield from _segment(reader, targets, segmenter, settings, done=done, total=total,
                                                    summary=summary)
                 except StopRequested:

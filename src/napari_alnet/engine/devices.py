@@ -44,7 +44,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/``"auto"`` picks the best available device; an unavailable explicit choice raises."""
     if device is None or str(device) == "auto":
         return torch.device(available_devices()[0])
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {str(device)!r}") from None
     if dev.type not in available_devices():
         raise ValueError(f"device {str(device)!r} is not available here (available: {', '.join(available_devices())})")
     return dev

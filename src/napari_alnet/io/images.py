@@ -65,6 +65,24 @@ def mask_plane(mask: np.ndarray) -> np.ndarray:
     return mask[..., 0] if mask.ndim == 3 and has_colour_axis(mask.shape) else mask
 
 
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+
+
+def mask_foreground(mask: np.ndarray, path: str | Path | None = None) -> np.ndarray:
+    """Foreground of a mask read from ``path``: > 0, except for a lossy (JPEG) file, whose compression ringing
+    spreads small values around every edge: there > half the dtype's range (> 127 for 8 bits). ``ValueError`` for a
+    JPEG mask whose values never reach that (e.g. a 0/1 mask saved as JPEG: ringing cannot be told from objects)."""
+    mask = np.asarray(mask)
+    if path is None or Path(path).suffix.lower() not in LOSSY_SUFFIXES or mask.dtype == bool:
+        return mask > 0
+    middle = np.iinfo(mask.dtype).max / 2 if mask.dtype.kind in "ui" else 0.5
+    foreground = mask > middle
+    if mask.any() and not foreground.any():
+        raise ValueError(f"{path}: a JPEG (lossy) mask with values up to {mask.max()} only: its objects cannot be "
+                         f"told from compression ringing; expected 0 and {int(2 * middle)} (or save masks as PNG/TIFF)")
+    return foreground
+
+
 def list_images(path: str | Path) -> list[Path]:
     """Image files in a folder (sorted), or the file itself."""
     path = Path(path)

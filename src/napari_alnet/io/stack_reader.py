@@ -236,12 +236,12 @@ def _inverse(value) -> float | None:
     return float(den) / float(num) if num else None
 
 
-def count_slices(path: Path) -> int:
-    """Number of slices of an image file (1 when it cannot be told cheaply)."""
+def count_slices(path: Path, *, axes: str | None = None, series: int | None = None) -> int:
+    """Number of slices of an image file read with ``axes``/``series`` (1 when it cannot be told cheaply)."""
     if not is_tiff(Path(path)):
         return 1
     try:
-        with open_slices(path) as reader:
+        with open_slices(path, axes=axes, series=series) as reader:
             return len(reader)
     except (ImageReadError, OSError):
         return 1

@@ -11,7 +11,7 @@ import numpy as np
 from ..engine.dihedral import dihedral
 from ..engine.normalization import Normalization, to_channels
 from ..engine.resolution import network_shape, resample_image, resample_mask
-from ..io.images import ImageReadError, mask_plane, read_image
+from ..io.images import ImageReadError, mask_foreground, mask_plane, read_image
 from ..io.layout import is_plane
 from .augment import Augmentation
 
@@ -71,8 +71,8 @@ def _slices(array: np.ndarray, path: Path) -> list[np.ndarray]:
 def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normalization, *, in_channels: int,
                invert: bool = False, resize: int | None = None, scale: float = 1.0) -> list[Pair]:
     """Normalized pairs from (image file, mask file) pairs (see ``io.images.pair_files``); TIFF stacks give one
-    pair per slice; masks: > 0 is foreground unless ``invert``. ``resize`` trains at a fixed resolution (every
-    image resized to ``resize`` squared), ``scale`` on zoomed images (see ``engine.resolution``)."""
+    pair per slice; foreground: ``io.images.mask_foreground`` (unless ``invert``). ``resize`` trains at a fixed
+    resolution (every image resized to ``resize`` squared), ``scale`` on zoomed images (see ``engine.resolution``)."""
     pairs: list[Pair] = []
     for image_file, mask_file in file_pairs:
         ims, ms = _slices(read_image(image_file), image_file), _slices(read_image(mask_file), mask_file)
@@ -80,7 +80,7 @@ def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normaliza
             raise ValueError(f"{image_file.name} has {len(ims)} slices but {mask_file.name} has {len(ms)}")
         for z, (im, m) in enumerate(zip(ims, ms, strict=True)):
             name = image_file.stem if len(ims) == 1 else f"{image_file.stem}[{z}]"
-            m = mask_plane(m)
+            m = mask_foreground(mask_plane(m), mask_file).astype(np.uint8)
             if m.shape != im.shape[:2]:  # checked before any resampling could hide it
                 raise ValueError(f"{name}: mask shape {m.shape} does not match image shape {im.shape[:2]}")
             shape = network_shape(im.shape[:2], (resize, resize) if resize else None, scale)

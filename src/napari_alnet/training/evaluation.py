@@ -10,7 +10,7 @@ import numpy as np
 
 from ..engine.progress import Job, Progress
 from ..engine.segmenter import Segmenter
-from ..io.images import list_images, mask_plane, read_image
+from ..io.images import list_images, mask_foreground, mask_plane, read_image
 from .metrics import Scores, segmentation_scores
 
 
@@ -24,12 +24,13 @@ class ImageScores:
 def evaluate_job(model: Segmenter, pairs: Sequence[tuple[Path, Path]], *, invert: bool = False,
                  fov: str | Path | None = None, threshold: float | None = None, tta: bool = False
                  ) -> Job[list[ImageScores]]:
-    """Scores per image (foreground = mask > 0, or == 0 with ``invert``); ``fov`` restricts to a FOV mask."""
+    """Scores per image (foreground: ``io.images.mask_foreground``, or not with ``invert``); ``fov`` restricts
+    to a FOV mask."""
     threshold = model.threshold if threshold is None else threshold
     fov_by_stem = {f.stem: f for f in list_images(fov)} if fov else {}
     rows = []
     for i, (image_file, mask_file) in enumerate(pairs):
-        truth = (mask_plane(read_image(mask_file)) > 0) != invert
+        truth = mask_foreground(mask_plane(read_image(mask_file)), mask_file) != invert
         pred = model.predict(read_image(image_file), tta=tta) > threshold
         if pred.shape != truth.shape:
             raise ValueError(f"{mask_file}: mask shape {truth.shape} does not match image {pred.shape}")
@@ -37,7 +38,8 @@ def evaluate_job(model: Segmenter, pairs: Sequence[tuple[Path, Path]], *, invert
         if fov:
             if image_file.stem not in fov_by_stem:
                 raise ValueError(f"no FOV mask for {image_file.name} in {fov}")
-            region = mask_plane(read_image(fov_by_stem[image_file.stem])) > 0
+            fov_file = fov_by_stem[image_file.stem]
+            region = mask_foreground(mask_plane(read_image(fov_file)), fov_file)
         rows.append(ImageScores(image_file.stem, segmentation_scores(pred, truth, region),
                                 segmentation_scores(~pred, ~truth, region)))
         yield Progress(i + 1, len(pairs), image_file.name)
