@@ -122,6 +122,9 @@ class FinetuneRequest:
     rgb: bool = False
     image_name: str = "image"
     card: dict = field(default_factory=dict)
+    #: When ``image``/``labels`` hold only some slices of a bigger stack (the ones trained, held out and
+    #: previewed): the stack's slice number of each, so the model card names the slices as the user knows them.
+    slice_numbers: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.image = np.array(self.image, copy=True)
@@ -166,11 +169,15 @@ def finetune_job(request: FinetuneRequest) -> Job[TrainResult]:
 
 def _card(request: FinetuneRequest, slices: list[int]) -> dict[str, Any]:
     """The model card of a fine-tuned model: what it was tuned from and on (``request.card`` added)."""
+    numbers = request.slice_numbers
+    if numbers is not None:
+        slices = [numbers[z] for z in slices]
+    holdout = request.holdout if numbers is None or request.holdout is None else numbers[request.holdout]
     return {"summary": f"fine-tuned from {request.base or 'scratch'} on {request.image_name} "
                        f"({request.mode}, slices {', '.join(map(str, slices))})",
             "finetune": {"base": str(request.base) if request.base else "scratch", "image_layer": request.image_name,
                          "slices": slices, "mode": request.mode, "epochs": request.train.epochs,
-                         "seed": request.train.seed, "holdout": request.holdout}} | request.card
+                         "seed": request.train.seed, "holdout": holdout}} | request.card
 
 
 def _preview(weights: Path, image: np.ndarray) -> np.ndarray:

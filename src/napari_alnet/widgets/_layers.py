@@ -11,7 +11,10 @@ from napari.layers import Image, Labels
 Region = tuple[int | slice, ...]
 
 CURRENT_SLICE = "current slice"
+FIELD_OF_VIEW = "field of view"
+Z_RANGE = "z-range"
 WHOLE_STACK = "whole stack"
+SCOPES = (CURRENT_SLICE, FIELD_OF_VIEW, Z_RANGE, WHOLE_STACK)
 
 
 class InputProblem(ValueError):
@@ -29,11 +32,14 @@ def spatial_shape(layer: Image) -> tuple[int, ...]:
     return shape[:-1] if layer.rgb else shape
 
 
-def region_for(viewer: napari.Viewer, layer: Image, scope: str, stack_axis: int | None = None) -> Region:
-    """Index of the part of ``layer`` to segment: the displayed YX plane, or a (Z, Y, X) stack.
+def region_for(viewer: napari.Viewer, layer: Image, scope: str, stack_axis: int | None = None,
+               z_range: tuple[int, int] | None = None) -> Region:
+    """Index of the part of ``layer`` to segment: the displayed YX plane (``current slice``), its visible part
+    (``field of view``), slices ``z_range`` = (first, last) inclusive of the stack (``z-range``), or the stack.
 
     The last two axes are Y, X; leading axes are taken at the viewer's current position, except the stack
-    axis for ``whole stack`` (axis 0 of a 3D layer; ``stack_axis`` for 4D+ layers, which must be chosen).
+    axis for ``whole stack`` / ``z-range`` (axis 0 of a 3D layer; ``stack_axis`` for 4D+ layers, which must be
+    chosen).
     """
     shape = spatial_shape(layer)
     nd = len(shape)
@@ -43,15 +49,51 @@ def region_for(viewer: napari.Viewer, layer: Image, scope: str, stack_axis: int 
         raise InputProblem(f"layer {layer.name!r} is empty (shape {shape}); choose a layer with pixels")
     point = np.asarray(layer.world_to_data(viewer.dims.point), dtype=float)[-nd:]
     index: list[int | slice] = [int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:-2], shape[:-2], strict=True)]
-    if scope == WHOLE_STACK and nd == 3:
-        index[0] = slice(None)
-    elif scope == WHOLE_STACK and nd >= 4:
-        if stack_axis is None or not 0 <= stack_axis < nd - 2:
+    yx: list[slice] = [slice(None), slice(None)]
+    if scope in (WHOLE_STACK, Z_RANGE) and nd >= 3:
+        axis = 0 if nd == 3 else stack_axis
+        if axis is None or not 0 <= axis < nd - 2:
             raise InputProblem(f"layer {layer.name!r} has {nd} dimensions {shape} (a time series or multi-channel "
                                "stack?): choose which axis is the stack in 'Stack axis', or segment the current "
                                "slice")
-        index[stack_axis] = slice(None)
-    return (*index, slice(None), slice(None))
+        index[axis] = slice(None) if scope == WHOLE_STACK else _z_slice(layer, shape[axis], z_range)
+    elif scope == FIELD_OF_VIEW:
+        yx = visible_yx(viewer, layer)
+    return (*index, *yx)
+
+
+def _z_slice(layer: Image, depth: int, z_range: tuple[int, int] | None) -> slice:
+    first, last = z_range if z_range is not None else (0, depth - 1)
+    if not 0 <= first <= last < depth:
+        raise InputProblem(f"layer {layer.name!r}: z-range {first}-{last} is not within its {depth} slices "
+                           f"(0-{depth - 1}); set 'z from' <= 'z to'")
+    return slice(int(first), int(last) + 1)
+
+
+def visible_yx(viewer: napari.Viewer, layer: Image) -> list[slice]:
+    """The Y and X ranges of ``layer``'s data visible in the canvas (2D view; the whole plane in 3D view)."""
+    shape = spatial_shape(layer)
+    if viewer.dims.ndisplay != 2:
+        return [slice(None), slice(None)]
+    center = np.asarray(viewer.camera.center, float)[-2:]
+    half = np.asarray(viewer.canvas.size, float) / (2.0 * float(viewer.camera.zoom))
+    world = np.asarray(viewer.dims.point, float).copy()
+    corners = []
+    for corner in (center - half, center + half):
+        world[-2:] = corner
+        corners.append(np.asarray(layer.world_to_data(world), float)[-2:])
+    lo, hi = np.minimum(*corners), np.maximum(*corners)
+    out = []
+    for a, b, n in zip(lo, hi, shape[-2:], strict=True):
+        start, stop = int(np.clip(np.floor(a), 0, n - 1)), int(np.clip(np.ceil(b) + 1, 1, n))
+        out.append(slice(start, max(stop, start + 1)))
+    return out
+
+
+def region_shape(layer: Image, region: Region) -> tuple[int, ...]:
+    """The spatial shape ``region`` selects (fixed axes dropped)."""
+    shape = spatial_shape(layer)
+    return tuple(len(range(*r.indices(n))) for r, n in zip(region, shape, strict=True) if isinstance(r, slice))
 
 
 def read_region(layer: Image, region: Region) -> np.ndarray:

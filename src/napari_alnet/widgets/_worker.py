@@ -165,6 +165,7 @@ class JobRunner:
             return
         on_done, _, on_cancelled = self._handlers or (None, None, None)
         self.last = outcome
+        before = self.status.value if self.status is not None else None
         try:
             if outcome.status == "failed":
                 show_error(f"{self.name}: {describe_error(outcome.error)}")
@@ -174,8 +175,8 @@ class JobRunner:
                 show_info(f"{self.name}: cancelled; nothing was changed")
             elif on_done is not None:
                 self._guard(on_done, outcome.value)
-        finally:
-            self._finish(outcome.status)
+        finally:  # a status the callback wrote (e.g. what a cancelled run kept) stays
+            self._finish(outcome.status, said=self.status is not None and self.status.value != before)
 
     def _on_finished(self) -> None:
         if self._running:  # ended without a return value (should not happen): still give the UI back
@@ -190,12 +191,12 @@ class JobRunner:
             self.last = Outcome("failed", error=exc)
             show_error(f"{self.name}: {describe_error(exc)}")
 
-    def _finish(self, status: str) -> None:
+    def _finish(self, status: str, said: bool = False) -> None:
         self._running = False
         self._handlers = None
         try:
             self._busy(False)
-            if self.status is not None and status != "done":
+            if self.status is not None and status != "done" and not said:
                 self.status.value = status
         except RuntimeError:  # the dock was closed while the job ran: nothing left to restore
             log.debug("%s: widgets already deleted", self.name)

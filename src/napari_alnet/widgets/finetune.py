@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+import dask.array as da
 import napari
 import numpy as np
 from magicgui.widgets import (
@@ -49,6 +50,7 @@ from ._curve import CurveWidget
 from ._layers import CURRENT_SLICE, InputProblem, base_data, follow_renames, region_for, spatial_shape, upsert
 from ._models import ModelPicker
 from ._slices import SliceList, embed
+from ._volume import IN_MEMORY_VOXELS
 from ._worker import JobRunner, unwrap
 
 NAME = "Fine-tune (AL-Net)"
@@ -160,7 +162,9 @@ class FinetuneWidget(Container):
         self.request, self.result = request, None
         self.curve.clear()
         self.report.value = ""
-        self.status.value = f"fine-tuning on slices {', '.join(map(str, request.slices or []))}…"
+        numbers = request.slice_numbers
+        shown = [numbers[z] for z in request.slices or []] if numbers is not None else request.slices or []
+        self.status.value = f"fine-tuning on slices {', '.join(map(str, shown))}…"
         image = self.image.value
         return self.runner.start(finetune_job(request), self._finished, on_cancelled=self._finished,
                                  on_progress=lambda report: self._progress(report, image))
@@ -193,29 +197,69 @@ class FinetuneWidget(Container):
         if labels is None:
             raise InputProblem("no annotations layer; press 'New annotations layer', paint a few slices, then "
                                "press Fine-tune")
-        if image.multiscale:
+        if image.multiscale and not _is_big(image):
             raise InputProblem(f"layer {image.name!r} is multiscale; fine-tuning needs a single-resolution image")
+        if _is_big(image) or _is_big(labels):
+            return self._compact_request(image, labels)
         data, annotations = np.asarray(base_data(image)), np.asarray(base_data(labels))
         slices = check_annotations(data.shape, annotations, self.mode.value, bool(image.rgb))
+        chosen, holdout = self._chosen(slices)
+        base = self._base()
+        out = self._output_path(base)
+        preview = self._preview_slice(image)
+        return FinetuneRequest(data, annotations, mode=self.mode.value, slices=chosen, base=base, out=out,
+                               train=self._recipe(), holdout=holdout, preview_slice=preview, rgb=bool(image.rgb),
+                               image_name=image.name)
+
+    def _compact_request(self, image: Image, labels: Labels) -> FinetuneRequest:
+        """A request holding only the ticked, held-out and previewed slices of a big or lazy stack (read one by
+        one from level 0; the rest of the volume is never read)."""
+        data, annotations = base_data(image), base_data(labels)
+        spatial = spatial_shape(image)
+        if tuple(annotations.shape) != spatial:
+            raise AnnotationError(f"the annotations {labels.name!r} have shape {tuple(annotations.shape)} but the "
+                                  f"image {image.name!r} has the spatial shape {spatial}; paint them in a Labels layer "
+                                  "created for this image ('New annotations layer')")
+        if len(spatial) != 3:
+            raise AnnotationError(f"fine-tuning takes a 2D image or a 3D stack; {image.name!r} has shape {spatial}")
         self.refresh_slices()
-        chosen = [z for z in self.slice_list.checked() if z in slices]
+        chosen, holdout = self._chosen(self.slice_list.slices())
+        preview = self._preview_slice(image)
+        needed = sorted({*chosen, *([holdout] if holdout is not None else []),
+                         *([preview] if preview is not None else [])})
+        stack = np.stack([np.asarray(data[z]) for z in needed])
+        marks = np.stack([np.asarray(annotations[z]) for z in needed])
+        annotated = check_annotations(stack.shape, marks, self.mode.value, bool(image.rgb))
+        at = {z: i for i, z in enumerate(needed)}
+        base = self._base()
+        out = self._output_path(base)
+        slices = [at[z] for z in chosen if at[z] in annotated]
+        return FinetuneRequest(stack, marks, mode=self.mode.value, slices=slices, base=base, out=out,
+                               train=self._recipe(), holdout=None if holdout is None else at[holdout],
+                               preview_slice=None if preview is None else at[preview], rgb=bool(image.rgb),
+                               image_name=image.name, slice_numbers=needed)
+
+    def _chosen(self, annotated: list[int]) -> tuple[list[int], int | None]:
+        """The ticked annotated slices and the hold-out slice; raises when nothing is left to train on."""
+        self.refresh_slices()
+        chosen = [z for z in self.slice_list.checked() if z in annotated]
         if not chosen:
             raise AnnotationError("no annotated slice is ticked in 'Slices': tick the slices to train on")
         holdout = self.holdout.value
         if holdout is not None and chosen == [holdout]:
             raise AnnotationError(f"the only ticked slice ({holdout}) is held out for validation; annotate or "
                                   "tick another slice, or set 'Hold out' to (none)")
-        base = self._base()
-        out = self._output_path(base)
-        preview = None
-        if self.preview.value:
-            region = region_for(self.viewer, image, CURRENT_SLICE)
-            preview = int(region[0]) if len(region) == 3 else 0
-        recipe = finetune_recipe(epochs=self.epochs.value, lr=float(self.lr.value), batch_size=self.batch_size.value,
-                                 crop=self.crop.value, steps_per_epoch=self.steps.value)
-        return FinetuneRequest(data, annotations, mode=self.mode.value, slices=chosen, base=base, out=out,
-                               train=recipe, holdout=holdout, preview_slice=preview, rgb=bool(image.rgb),
-                               image_name=image.name)
+        return chosen, holdout
+
+    def _preview_slice(self, image: Image) -> int | None:
+        if not self.preview.value:
+            return None
+        region = region_for(self.viewer, image, CURRENT_SLICE)
+        return int(region[0]) if len(region) == 3 else 0
+
+    def _recipe(self):
+        return finetune_recipe(epochs=self.epochs.value, lr=float(self.lr.value), batch_size=self.batch_size.value,
+                               crop=self.crop.value, steps_per_epoch=self.steps.value)
 
     def add_annotations_layer(self, *_) -> Labels | None:
         """Add an empty Labels layer matching the image and choose it (brush ready to paint label 1)."""
@@ -235,11 +279,13 @@ class FinetuneWidget(Container):
         """Re-detect the annotated slices (any nonzero pixel) of the chosen annotations layer."""
         self._refresh_timer.stop()
         layer = self.annotations.value
-        data = np.asarray(base_data(layer)) if layer is not None else None
+        data = base_data(layer) if layer is not None else None
         if data is None or data.ndim not in (2, 3):
             self.slice_list.set_slices([])
-        else:
+        elif isinstance(data, np.ndarray):
             self.slice_list.set_slices(annotated_slices(data), data.shape[0] if data.ndim == 3 else 1)
+        else:  # dask, Zarr, ...: scanned chunk by chunk, never held whole
+            self.slice_list.set_slices(lazy_annotated_slices(data), data.shape[0] if data.ndim == 3 else 1)
         self._reset_holdout()
 
     # --- running --------------------------------------------------------------------------------------------------
@@ -253,7 +299,8 @@ class FinetuneWidget(Container):
         preview = metrics.get("preview")
         request = self.request
         if preview is not None and request is not None and image in self.viewer.layers:
-            region = (request.preview_slice, slice(None), slice(None)) if request.labels.ndim == 3 else (
+            z = request.preview_slice if request.slice_numbers is None else request.slice_numbers[request.preview_slice]
+            region = (z, slice(None), slice(None)) if request.labels.ndim == 3 else (
                 slice(None), slice(None))
             upsert(self.viewer, f"{image.name} (fine-tune preview)", Image, image, np.dtype(np.float32), region,
                    np.asarray(preview, np.float32))
@@ -431,3 +478,23 @@ def _describe(metrics: dict[str, float]) -> str:
     if "iou" in metrics:
         return f"validation IoU {metrics['iou']:.3f}, Dice {metrics.get('dice', float('nan')):.3f}"
     return f"training loss {metrics.get('loss', float('nan')):.3f}"
+
+
+def _is_big(layer: Image | Labels) -> bool:
+    """A layer not held as one NumPy array, or one bigger than the in-memory budget: read slice by slice."""
+    data = base_data(layer)
+    return not isinstance(data, np.ndarray) or data.size > IN_MEMORY_VOXELS
+
+
+def lazy_annotated_slices(data) -> list[int]:
+    """``annotated_slices`` of a dask / Zarr / array-like (Z, Y, X) or (Y, X) labels array, read chunk by chunk."""
+    array = data if isinstance(data, da.Array) else da.from_array(data, chunks=_chunks(data), asarray=True)
+    if array.ndim == 2:
+        return [0] if bool(array.any().compute()) else []
+    found = array.any(axis=(1, 2)).compute()
+    return [int(z) for z in np.flatnonzero(found)]
+
+
+def _chunks(data):
+    chunks = getattr(data, "chunks", None)
+    return tuple(int(c) for c in chunks) if isinstance(chunks, tuple) and len(chunks) == data.ndim else "auto"
