@@ -183,7 +183,8 @@ def test_cancel_then_segment_again_resumes_to_the_uninterrupted_result(widget, q
         assert np.array_equal(got, want), name
 
 
-def test_threshold_slider_on_a_lazy_result_reads_only_the_displayed_slice(widget, qtbot, monkeypatch, notes):
+def test_threshold_slider_on_a_lazy_result_reads_only_the_displayed_slice(widget, qtbot, monkeypatch, tmp_path,
+                                                                           notes):
     small_blocks(monkeypatch, 2, 128 * 128)
     made: list[int] = []
     widget.viewer.add_image(lazy_volume(12, 128, 2, made), name="vol", contrast_limits=(0, 255))
@@ -207,6 +208,34 @@ def test_threshold_slider_on_a_lazy_result_reads_only_the_displayed_slice(widget
         assert np.array_equal(shown, (prob[4] > value * 255).astype(np.uint8))
         assert 0 < view.voxels_read <= 2 * 128 * 128 and view.whole_reads == 0  # the displayed slice, not 8
     assert 0 < shown.mean() < 1
+    # the temporary result is kept at the threshold now shown (0.7; the run's was 0.5)
+    kept = tmp_path / "kept.zarr"
+    assert widget.save_result(kept), notes
+    wait(qtbot, widget)
+    assert widget.runner.last.status == "done", notes
+    saved = zarr.open_group(str(kept), mode="r")
+    assert np.array_equal(saved["0"][...], (prob > 0.7 * 255).astype(np.uint8))
+    record = saved.attrs["napari_alnet"]
+    assert record["complete"] and record["run"]["settings"]["threshold"] == 0.7
+    assert np.array_equal(zarr.open_array(str(tmp_path / "kept_prob.zarr" / "0"), mode="r")[...], prob)
+    assert not widget.save_result(kept) and "exists" in notes[-1]  # never written over
+
+
+def test_3d_instances_come_from_the_engine(widget, qtbot, monkeypatch, tmp_path, notes):
+    small_blocks(monkeypatch, 2, 128 * 128)
+    image = np.stack([np.roll(texture((128, 128), seed=6), 2 * z, 0) for z in range(6)])
+    widget.viewer.add_image(image, name="vol")
+    widget.instances.value = True
+    widget.instances_3d.value = True  # 3D instances: the blockwise engine, even for a small layer
+    assert widget.segment(), notes
+    wait(qtbot, widget)
+    assert widget.runner.last.status == "done" and widget.volume_summary.objects > 0, notes
+    ids = widget.viewer.layers[widget.output_name("instances")].data
+    assert isinstance(ids, StoreView) and ids.dtype == np.uint32
+    reference = blockwise.segment_volume(widget.models.load("cpu"), image, tmp_path / "ref.zarr", instances="3d",
+                                         threshold=0.5)
+    assert reference.objects == widget.volume_summary.objects
+    assert np.array_equal(ids[...], zarr.open_array(str(tmp_path / "ref.zarr" / "0"), mode="r")[...])
 
 
 def test_finetune_reads_only_annotated_and_held_out_slices_of_a_lazy_stack(make_napari_viewer, model_file,
@@ -233,3 +262,29 @@ def test_finetune_reads_only_annotated_and_held_out_slices_of_a_lazy_stack(make_
     assert request.slice_numbers == [10, 50, 200, 333] and request.slices == [0, 2, 3] and request.holdout == 2
     assert request.preview_slice == 1 and sorted(set(made)) == [10, 50, 200, 333]
     assert np.array_equal(request.labels[3], np.asarray(marks[333]))
+
+
+def test_field_of_view_of_a_multiscale_layer_segments_the_visible_part_of_level_0(widget, qtbot, monkeypatch,
+                                                                                   notes):
+    made: list[int] = []
+    level0 = lazy_volume(4, 512, 1, made)
+    widget.viewer.add_image([level0, level0[:, ::2, ::2]], name="pyramid", contrast_limits=(0, 255),
+                            scale=(1.0, 2.0, 2.0))
+    widget.viewer.dims.set_current_step(0, 3)
+    camera = widget.viewer.scene.camera
+    camera.center = (3.0, 300.0, 500.0)
+    camera.zoom = 4.0  # a few hundred world units of the 1024 x 1024 layer are visible
+    widget.scope.value = "field of view"
+    monkeypatch.setattr("napari_alnet.widgets._volume.IN_MEMORY_VOXELS", 1000)
+    made.clear()
+    assert widget.segment(), notes
+    wait(qtbot, widget)
+    assert widget.runner.last.status == "done", notes
+    labels = widget.viewer.layers[widget.output_name()]
+    depth, height, width = labels.data.shape
+    assert depth == 1 and 0 < height < 512 and 0 < width < 512  # part of one level-0 slice
+    y0, x0 = labels.translate[1:] / 2.0
+    np.testing.assert_allclose(labels.translate[0], 3.0)
+    assert y0 <= 150 <= y0 + height and x0 <= 250 <= x0 + width  # the camera's centre, in level-0 pixels
+    np.testing.assert_allclose(labels.scale, (1.0, 2.0, 2.0))
+    assert set(made) == {3}, made  # only the displayed slice of level 0 was read

@@ -75,8 +75,9 @@ def visible_yx(viewer: napari.Viewer, layer: Image) -> list[slice]:
     shape = spatial_shape(layer)
     if viewer.dims.ndisplay != 2:
         return [slice(None), slice(None)]
-    center = np.asarray(viewer.camera.center, float)[-2:]
-    half = np.asarray(viewer.canvas.size, float) / (2.0 * float(viewer.camera.zoom))
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9: scene.camera
+    center = np.asarray(camera.center, float)[-2:]
+    half = np.asarray(viewer.canvas.size, float) / (2.0 * float(camera.zoom))
     world = np.asarray(viewer.dims.point, float).copy()
     corners = []
     for corner in (center - half, center + half):

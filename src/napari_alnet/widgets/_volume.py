@@ -197,7 +197,8 @@ def estimate(shape: tuple[int, ...], chunks: tuple[int, ...] | None, meta: Model
     if kind in _measured:
         rate, source = _measured[kind], "measured in this session"
     else:
-        rate, source = DEFAULT_SECONDS_PER_MPX.get(kind, DEFAULT_SECONDS_PER_MPX["cpu"]), "typical speed"
+        rate = DEFAULT_SECONDS_PER_MPX.get(kind, DEFAULT_SECONDS_PER_MPX["cpu"])
+        source = "typical speed of two free cores; measured after the first run" if kind == "cpu" else "typical speed"
     context = 1.4 if plan.cuts_planes else 1.0  # the per-slice context pass and the halos
     minutes = int(np.prod(zyx, dtype=np.int64)) / 1e6 * rate * context / 60
     return Estimate(plan, minutes, str(device), source)
