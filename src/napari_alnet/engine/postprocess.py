@@ -30,7 +30,7 @@ def semantic_labels(prob: np.ndarray, threshold: float) -> np.ndarray:
     return (check_probabilities(prob) > threshold).astype(np.uint8)
 
 
-def instance_labels(prob: np.ndarray, threshold: float, objects: str = "foreground", min_size: int = 16,
+def instance_labels(prob: np.ndarray, threshold: float, objects: str = "foreground", *, min_size: int = 16,
                     watershed: bool = False) -> np.ndarray:
     """int32 instance ids (0 = none) of a (Y, X) or (Z, Y, X) probability map.
 
@@ -46,7 +46,8 @@ def instance_labels(prob: np.ndarray, threshold: float, objects: str = "foregrou
         out = np.zeros(prob.shape, np.int32)
         next_id = 0
         for z, plane in enumerate(prob):
-            out[z], next_id = offset_ids(instance_labels(plane, threshold, objects, min_size, watershed), next_id)
+            ids = instance_labels(plane, threshold, objects, min_size=min_size, watershed=watershed)
+            out[z], next_id = offset_ids(ids, next_id)
         return out
     if prob.ndim != 2:
         raise ValueError(f"expected a (Y, X) or (Z, Y, X) probability map, got shape {prob.shape}")
