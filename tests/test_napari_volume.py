@@ -18,6 +18,7 @@ import zarr
 from model_factory import save_test_model, texture
 from napari_alnet.engine import blockwise
 from napari_alnet.widgets import FinetuneWidget, SegmentWidget
+from napari_alnet.widgets import finetune as finetune_widget
 from napari_alnet.widgets._layers import WHOLE_STACK, Z_RANGE
 from napari_alnet.widgets._volume import StoreView
 
@@ -288,3 +289,33 @@ def test_field_of_view_of_a_multiscale_layer_segments_the_visible_part_of_level_
     assert y0 <= 150 <= y0 + height and x0 <= 250 <= x0 + width  # the camera's centre, in level-0 pixels
     np.testing.assert_allclose(labels.scale, (1.0, 2.0, 2.0))
     assert set(made) == {3}, made  # only the displayed slice of level 0 was read
+
+
+def test_painting_a_big_annotations_layer_never_rescans_the_volume(make_napari_viewer, monkeypatch, tmp_path,
+                                                                    qtbot):
+    viewer = make_napari_viewer()
+    dock = FinetuneWidget(viewer)
+    made: list[int] = []
+    image = viewer.add_image(lazy_volume(70, 512, 1, made), name="lazy em", contrast_limits=(0, 255))
+    dock.image.value = image
+    scans: list[int] = []
+    for name in ("annotated_slices", "lazy_annotated_slices"):
+        real = getattr(finetune_widget, name)
+        monkeypatch.setattr(finetune_widget, name, lambda data, _r=real: scans.append(1) or _r(data))
+    layer = dock.add_annotations_layer()  # 70 x 512 x 512: over the in-memory budget
+    assert layer.data.shape == (70, 512, 512) and dock.slice_list.slices() == []
+    layer.brush_size = 20
+    layer.paint((5, 100, 100), 1)
+    layer.paint((40, 300, 300), 1)
+    assert dock.slice_list.slices() == [5, 40]
+    layer.paint((5, 100, 100), 0)  # erased: slice 5 is empty again
+    qtbot.waitUntil(lambda: dock.slice_list.slices() == [40], timeout=5000)
+    assert not scans
+    layer.paint((20, 200, 200), 1)
+    dock.scratch.value = True
+    dock.output.value = tmp_path / "tuned.safetensors"
+    dock.holdout.value = None
+    dock.preview.value = False
+    made.clear()
+    request = dock.make_request()
+    assert request.slice_numbers == [20, 40] and sorted(set(made)) == [20, 40] and not scans

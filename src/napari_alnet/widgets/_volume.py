@@ -276,7 +276,8 @@ class Pending:
 def save_job(labels: Path, dest: Path, threshold: float, *, semantic: bool) -> Job[Path]:
     """Copy a finished result (labels store and its probability store) to ``dest`` / its ``_prob`` sibling, each
     published only once complete; a semantic result at another threshold than its run's is re-thresholded from the
-    probabilities, chunk by chunk, on the way. Refuses to write over anything."""
+    probabilities, chunk by chunk, on the way. The checks happen at once (``VolumeError``: an existing target, an
+    unfinished result); the copying when the job runs. Refuses to write over anything."""
     targets = [(labels, dest), (prob_path(labels), prob_path(dest))]
     for _, target in targets:
         if target.exists():
@@ -286,6 +287,10 @@ def save_job(labels: Path, dest: Path, threshold: float, *, semantic: bool) -> J
         raise VolumeError(f"{labels}: the result is not complete; press Segment to finish it, then save")
     run = record.get("run", {}).get("settings", {})
     redo = semantic and abs(float(run.get("threshold", threshold)) - threshold) > 1e-9
+    return _save(targets, dest, threshold, record, redo)
+
+
+def _save(targets: list[tuple[Path, Path]], dest: Path, threshold: float, record: dict, redo: bool) -> Job[Path]:
     total = 2 + int(redo)
     with staging_directory(dest) as staging:
         copies = []

@@ -74,6 +74,9 @@ class FinetuneWidget(Container):
         self.model_name: str | None = None
         self.export_report: ExportReport | None = None
         self._watched: Labels | None = None
+        #: A big annotations layer and its annotated slices, kept current from its paint events.
+        self._tracked: tuple[Labels, set[int]] | None = None
+        self._recheck: set[int] = set()
         self._suggested: Path | None = None
         inputs, recipe, run = self._build_inputs(), self._build_recipe(), self._build_run()
         self.extend([*inputs, *recipe, *run])
@@ -135,7 +138,7 @@ class FinetuneWidget(Container):
 
     def _connect(self) -> None:
         """Buttons, pickers and layer events to their handlers."""
-        self._refresh_timer.timeout.connect(self.refresh_slices)
+        self._refresh_timer.timeout.connect(self._refresh)
         self.start_button.changed.connect(self.start)
         self.export_button.changed.connect(self.export)
         self.new_labels.changed.connect(self.add_annotations_layer)
@@ -222,8 +225,8 @@ class FinetuneWidget(Container):
                                   "created for this image ('New annotations layer')")
         if len(spatial) != 3:
             raise AnnotationError(f"fine-tuning takes a 2D image or a 3D stack; {image.name!r} has shape {spatial}")
-        self.refresh_slices()
-        chosen, holdout = self._chosen(self.slice_list.slices())
+        self._refresh()
+        chosen, holdout = self._chosen(self.slice_list.slices(), rescan=False)
         preview = self._preview_slice(image)
         needed = sorted({*chosen, *([holdout] if holdout is not None else []),
                          *([preview] if preview is not None else [])})
@@ -239,9 +242,10 @@ class FinetuneWidget(Container):
                                preview_slice=None if preview is None else at[preview], rgb=bool(image.rgb),
                                image_name=image.name, slice_numbers=needed)
 
-    def _chosen(self, annotated: list[int]) -> tuple[list[int], int | None]:
+    def _chosen(self, annotated: list[int], rescan: bool = True) -> tuple[list[int], int | None]:
         """The ticked annotated slices and the hold-out slice; raises when nothing is left to train on."""
-        self.refresh_slices()
+        if rescan:
+            self.refresh_slices()
         chosen = [z for z in self.slice_list.checked() if z in annotated]
         if not chosen:
             raise AnnotationError("no annotated slice is ticked in 'Slices': tick the slices to train on")
@@ -267,8 +271,11 @@ class FinetuneWidget(Container):
         if image is None:
             show_warning("Fine-tune: no image layer to annotate; open an image first")
             return None
-        layer = self.viewer.add_labels(np.zeros(spatial_shape(image), np.uint8), name=f"{image.name} annotations",
-                                       scale=image.scale, translate=image.translate)
+        layer = Labels(np.zeros(spatial_shape(image), np.uint8), name=f"{image.name} annotations",
+                       scale=image.scale, translate=image.translate)
+        if _is_big(layer):
+            self._tracked = (layer, set())  # new and empty: its slices come from paint events, never a scan
+        self.viewer.add_layer(layer)
         layer.selected_label = 1
         self.annotations.value = layer
         self.viewer.layers.selection.active = layer
@@ -277,16 +284,55 @@ class FinetuneWidget(Container):
 
     def refresh_slices(self, *_) -> None:
         """Re-detect the annotated slices (any nonzero pixel) of the chosen annotations layer."""
+        self._refresh(force=True)
+
+    def _refresh(self, force: bool = False) -> None:
+        """The slice list from a scan of the annotations; a big layer's list kept from its paint events is used
+        as it is unless ``force``."""
         self._refresh_timer.stop()
         layer = self.annotations.value
         data = base_data(layer) if layer is not None else None
         if data is None or data.ndim not in (2, 3):
             self.slice_list.set_slices([])
-        elif isinstance(data, np.ndarray):
-            self.slice_list.set_slices(annotated_slices(data), data.shape[0] if data.ndim == 3 else 1)
-        else:  # dask, Zarr, ...: scanned chunk by chunk, never held whole
-            self.slice_list.set_slices(lazy_annotated_slices(data), data.shape[0] if data.ndim == 3 else 1)
+            self._reset_holdout()
+            return
+        tracked = self._tracked[1] if self._tracked is not None and self._tracked[0] is layer else None
+        if tracked is None or force:
+            found = annotated_slices(data) if isinstance(data, np.ndarray) else lazy_annotated_slices(data)
+            tracked = set(found)
+            if _is_big(layer) and data.ndim == 3:
+                self._tracked = (layer, tracked)
+        self.slice_list.set_slices(sorted(tracked), data.shape[0] if data.ndim == 3 else 1)
         self._reset_holdout()
+
+    def _on_paint(self, event) -> None:
+        """A stroke on a big annotations layer: re-check only the slices it touched (no scan of the volume)."""
+        layer = self.annotations.value
+        if self._tracked is None or self._tracked[0] is not layer:
+            self._schedule_refresh()
+            return
+        data, found = base_data(layer), self._tracked[1]
+        for atom in event.value or []:
+            zs = _painted_slices(atom, data.shape[0])
+            if zs is None:  # an edit we cannot place: scan once more
+                self._tracked = None
+                self._schedule_refresh()
+                return
+            if np.any(np.asarray(atom[-1]) != 0):  # painted a label: these slices are annotated
+                found.update(zs)
+            else:  # erased: napari may write after telling, so look once the event has been handled
+                self._recheck.update(zs)
+                QTimer.singleShot(0, self._recheck_slices)
+        self._refresh()
+
+    def _recheck_slices(self) -> None:
+        layer = self.annotations.value
+        if self._tracked is not None and self._tracked[0] is layer:
+            data, found = base_data(layer), self._tracked[1]
+            for z in sorted(self._recheck):
+                (found.add if np.any(data[z]) else found.discard)(z)
+            self._refresh()
+        self._recheck.clear()
 
     # --- running --------------------------------------------------------------------------------------------------
 
@@ -426,13 +472,20 @@ class FinetuneWidget(Container):
         layer = self.annotations.value
         if layer is not self._watched:
             for old in [self._watched] if self._watched is not None else []:
-                old.events.data.disconnect(self._schedule_refresh)
+                old.events.data.disconnect(self._on_data)
                 old.events.paint.disconnect(self._schedule_refresh)
+                old.events.paint.disconnect(self._on_paint)
             if layer is not None:
-                layer.events.data.connect(self._schedule_refresh)
-                layer.events.paint.connect(self._schedule_refresh)
+                layer.events.data.connect(self._on_data)
+                big = _is_big(layer) and base_data(layer).ndim == 3
+                layer.events.paint.connect(self._on_paint if big else self._schedule_refresh)
             self._watched = layer
-            self.refresh_slices()
+            self._refresh()
+
+    def _on_data(self, *_) -> None:
+        """The annotations' data was replaced: forget what paint events said, scan again (debounced)."""
+        self._tracked = None
+        self._schedule_refresh()
 
     def _schedule_refresh(self, *_) -> None:
         self._refresh_timer.start()
@@ -484,6 +537,17 @@ def _is_big(layer: Image | Labels) -> bool:
     """A layer not held as one NumPy array, or one bigger than the in-memory budget: read slice by slice."""
     data = base_data(layer)
     return not isinstance(data, np.ndarray) or data.size > IN_MEMORY_VOXELS
+
+
+def _painted_slices(atom, depth: int) -> list[int] | None:
+    """The z of the slices a napari Labels history atom changed: a masked paint (``slice_key``: its bounding
+    box) or a ``data_setitem`` 3-tuple (indices, old, new); ``None`` for anything else."""
+    key = getattr(atom, "slice_key", None)
+    if key is not None and isinstance(key[0], slice):
+        return list(range(*key[0].indices(depth)))
+    if isinstance(atom, tuple) and len(atom) == 3 and isinstance(atom[0], tuple) and len(atom[0]) == 3:
+        return [int(z) for z in np.unique(np.asarray(atom[0][0]))]
+    return None
 
 
 def lazy_annotated_slices(data) -> list[int]:

@@ -244,9 +244,8 @@ class SegmentWidget(Container):
         if dest is None:
             show_warning("Segment: choose where to save the result (a name ending in .zarr)")
             return False
-        try:
+        try:  # the checks run here; the copying in the worker
             job = save_job(result.labels, dest, float(self.threshold.value), semantic=result.instances is None)
-            next_report = next(job)  # the checks run here, in the GUI thread, before anything is copied
         except (VolumeError, OSError) as exc:
             show_warning(f"Segment: {exc}")
             return False
@@ -255,7 +254,7 @@ class SegmentWidget(Container):
             show_info(f"Segment: saved {out} and {prob_path(out).name}")
             self.status.value = f"saved {out}"
 
-        return self.runner.start(_prepend(next_report, job), saved)
+        return self.runner.start(job, saved)
 
     # --- in memory ----------------------------------------------------------------------------------------------
 
@@ -332,6 +331,8 @@ class SegmentWidget(Container):
         """Show the result once its stores exist (the engine's first report); then refresh the output layers
         (napari re-reads the displayed slice only), at most every ``REFRESH_S``."""
         metrics = report.metrics
+        if result.source not in self.viewer.layers:  # removed while it is segmented: nothing to show it over
+            return
         if self._result is not result:
             self._result, self._pending = result, pending
             self._render_volume(result)
@@ -513,12 +514,6 @@ def _in_worker(model: Segmenter, source, dest: Path, options: dict):
 
 def _layer_named(viewer: napari.Viewer, name: str | None):
     return next((layer for layer in viewer.layers if layer.name == name), None) if name is not None else None
-
-
-def _prepend(first, job):
-    """A job that yields ``first`` (already taken from ``job``), then the rest of ``job``."""
-    yield first
-    return (yield from job)
 
 
 def _volume_message(result: _VolumeResult, summary: VolumeSummary | None) -> str:
