@@ -161,27 +161,43 @@ def test_the_viewer_never_stalls_during_a_whole_volume_run(widget, qtbot, monkey
 
 
 def test_cancel_then_segment_again_resumes_to_the_uninterrupted_result(widget, qtbot, monkeypatch, tmp_path, notes):
+    """Cancel, Segment again (continues), Cancel, then a new dock (as after restarting napari) continues the same
+    Output to the end: the stores equal an uninterrupted run's."""
     small_blocks(monkeypatch, 1, 128 * 128)
     image = np.stack([np.roll(texture((128, 128), seed=4), 5 * z, 1) for z in range(10)])
     widget.viewer.add_image(image, name="vol")
     widget.output.value = tmp_path / "cut.zarr"
-    assert widget.segment()
-    widget.runner.worker.yielded.connect(
-        lambda report: report.metrics.get("blocks_done", 0) >= 2 and widget.runner.cancel())
-    wait(qtbot, widget)
-    first = widget.volume_summary
+
+    def run(dock, stop_at: int | None):
+        assert dock.segment(), notes
+        if stop_at is not None:
+            dock.runner.worker.yielded.connect(
+                lambda report: report.metrics.get("blocks_done", 0) >= stop_at and dock.runner.cancel())
+        wait(qtbot, dock)
+        return dock.volume_summary
+
+    first = run(widget, 2)
     assert widget.runner.last.status == "cancelled" and 2 <= first.blocks_run < 10, notes
-    assert widget.segment(), notes  # the same choices: continues the store
-    wait(qtbot, widget)
-    second = widget.volume_summary
-    assert widget.runner.last.status == "done" and second.complete, notes
-    assert second.blocks_resumed == first.blocks_run and second.blocks_run == 10 - first.blocks_run
+    widget.threshold.value = 0.3  # moved meanwhile: a resumed run keeps the threshold it started with
+    second = run(widget, 5)
+    assert widget.runner.last.status == "cancelled" and second.blocks_resumed == first.blocks_run, notes
+    assert "continue" in widget.status.value
+    again = SegmentWidget(widget.viewer)  # a new session: nothing pending, the same layer and Output
+    again.models.select(widget.models.value)
+    again.output.value = tmp_path / "cut.zarr"
+    third = run(again, None)
+    assert again.runner.last.status == "done" and third.complete, notes
+    assert third.blocks_resumed == first.blocks_run + second.blocks_run and third.blocks_resumed < 10
     reference = blockwise.segment_volume(widget.models.load("cpu"), image, tmp_path / "ref.zarr",
                                          probabilities=True, threshold=0.5)
     for name in ("cut.zarr", "cut_prob.zarr"):
         got = zarr.open_array(str(tmp_path / name / "0"), mode="r")[...]
         want = zarr.open_array(str(Path(reference.labels).with_name(name.replace("cut", "ref")) / "0"), mode="r")[...]
         assert np.array_equal(got, want), name
+    other = SegmentWidget(widget.viewer)  # a complete Output is refused, never written over
+    other.models.select(widget.models.value)
+    other.output.value = tmp_path / "cut.zarr"
+    assert not other.segment() and "exists" in notes[-1]
 
 
 def test_threshold_slider_on_a_lazy_result_reads_only_the_displayed_slice(widget, qtbot, monkeypatch, tmp_path,

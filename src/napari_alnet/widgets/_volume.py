@@ -256,6 +256,39 @@ def output_store(value: Any) -> Path | None:
     return path
 
 
+#: The attribute of a labels store that names the layer and region it was made from (so a later session can
+#: continue an unfinished run into the same 'Output').
+LAYER_KEY = "napari_alnet_layer"
+
+
+def layer_marker(layer: Image, region: Region) -> dict[str, Any]:
+    """What identifies a run's input across sessions: the layer's name, file (when napari read it from one),
+    spatial shape, and the region."""
+    shape = spatial_shape(layer)
+    path = getattr(getattr(layer, "source", None), "path", None)
+    where = [int(r) if not isinstance(r, slice) else list(r.indices(n)[:2]) for r, n in zip(region, shape,
+                                                                                             strict=True)]
+    return {"layer": layer.name, "file": str(path) if path else None, "shape": list(shape), "region": where}
+
+
+def unfinished_run(labels: Path, marker: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of an unfinished run of the same layer and region in the labels store ``labels`` (one we
+    made), else ``None``."""
+    try:
+        group = zarr.open_group(zarr.storage.LocalStore(labels, read_only=True), mode="r")
+    except Exception:  # not a Zarr group: the caller refuses to touch it
+        return None
+    record = record_of(group)
+    if record is None or record.get("complete") or group.attrs.get(LAYER_KEY) != marker:
+        return None
+    return record
+
+
+def mark_store(labels: Path, marker: dict[str, Any]) -> None:
+    """Record in the labels store which layer and region it is made from (see ``unfinished_run``)."""
+    zarr.open_group(zarr.storage.LocalStore(labels), mode="r+").attrs[LAYER_KEY] = marker
+
+
 @dataclass
 class Pending:
     """A run that stopped before the end: Segment again with the same layer, region and options resumes it."""

@@ -61,13 +61,16 @@ from ._volume import (
     Placement,
     StoreView,
     estimate,
+    layer_marker,
     lazy_source,
+    mark_store,
     output_store,
     prob_path,
     record_rate,
     save_job,
     source_chunks,
     temporary_store,
+    unfinished_run,
     uses_engine,
 )
 from ._worker import JobRunner, unwrap
@@ -302,11 +305,11 @@ class SegmentWidget(Container):
         chosen = output_store(self.output.value)
         dest = pending.labels if pending else (chosen or temporary_store(layer.name))
         threshold = pending.threshold if pending else float(self.threshold.value)
+        marker = layer_marker(layer, region)
         if pending is None and chosen is not None and not self.overwrite.value:
-            for path in (chosen, prob_path(chosen)):
-                if path.exists():
-                    raise InputProblem(f"the output {path} exists; choose another 'Output', or tick 'Overwrite the "
-                                       "output store' to replace it")
+            earlier = _earlier_run(chosen, marker)
+            threshold = threshold if earlier is None else float(earlier["run"]["settings"]["threshold"])
+            pending = None if earlier is None else Pending(layer, region, key, chosen, threshold)
         source = lazy_source(layer, region)
         options = {"probabilities": True, "prob_dtype": self.prob_dtype.value, "instances": key[4],
                    "threshold": threshold, "tile": self.tile.value or None,
@@ -322,7 +325,7 @@ class SegmentWidget(Container):
         self.status.value = f"{'resuming' if pending else 'segmenting'} {layer.name!r} blockwise into {dest}…"
         self._refreshed = 0.0
         shown = Pending(layer, region, key, dest, threshold)
-        return self.runner.start(_in_worker(model, source, dest, options),
+        return self.runner.start(_in_worker(model, source, dest, options, marker),
                                  lambda summary: self._volume_ended(result, summary),
                                  on_progress=lambda report: self._volume_progress(result, report, shown),
                                  on_cancelled=lambda summary: self._volume_ended(result, summary))
@@ -506,10 +509,25 @@ class SegmentWidget(Container):
         self._update_estimate()
 
 
-def _in_worker(model: Segmenter, source, dest: Path, options: dict):
+def _in_worker(model: Segmenter, source, dest: Path, options: dict, marker: dict):
     """The blockwise run as a job whose checks and store creation (``prepare_volume_run``) happen in the worker
-    too: nothing of it runs in the GUI thread."""
-    return (yield from segment_volume_job(model, source, dest, **options))
+    too (nothing of it runs in the GUI thread); the labels store is marked with the layer and region."""
+    job = segment_volume_job(model, source, dest, **options)
+    mark_store(dest, marker)
+    return (yield from job)
+
+
+def _earlier_run(chosen: Path, marker: dict) -> dict | None:
+    """The record of an unfinished run of this layer and region at the chosen output (to continue it); ``None``
+    when nothing is there; ``InputProblem`` when something else is."""
+    if not (chosen.exists() or prob_path(chosen).exists()):
+        return None
+    earlier = unfinished_run(chosen, marker) if chosen.exists() else None
+    if earlier is None:
+        raise InputProblem(f"the output {chosen} (or {prob_path(chosen).name}) exists and is not an unfinished run "
+                           "of this layer and region; choose another 'Output', or tick 'Overwrite the output store' "
+                           "to replace it")
+    return earlier
 
 
 def _layer_named(viewer: napari.Viewer, name: str | None):
