@@ -17,6 +17,7 @@ import zarr
 
 from model_factory import save_test_model, texture
 from napari_alnet.engine import blockwise
+from napari_alnet.engine.postprocess import semantic_labels
 from napari_alnet.widgets import FinetuneWidget, SegmentWidget
 from napari_alnet.widgets import finetune as finetune_widget
 from napari_alnet.widgets._layers import WHOLE_STACK, Z_RANGE
@@ -335,3 +336,20 @@ def test_painting_a_big_annotations_layer_never_rescans_the_volume(make_napari_v
     made.clear()
     request = dock.make_request()
     assert request.slice_numbers == [20, 40] and sorted(set(made)) == [20, 40] and not scans
+
+
+def test_a_big_rgb_image_goes_through_the_engine_as_one_colour_plane(make_napari_viewer, qtbot, monkeypatch,
+                                                                     tmp_path, notes):
+    widget = SegmentWidget(make_napari_viewer())
+    widget.models.load_file(save_test_model(tmp_path / "rgb.safetensors", in_channels=3))
+    widget.threshold.value = 0.5
+    image = (texture((96, 80, 3), seed=7) * 255).astype(np.uint8)
+    widget.viewer.add_image(image, name="photo", rgb=True)
+    monkeypatch.setattr("napari_alnet.widgets._volume.IN_MEMORY_VOXELS", 1000)
+    assert widget.segment(), notes
+    wait(qtbot, widget)
+    assert widget.runner.last.status == "done", notes
+    labels = widget.viewer.layers[widget.output_name()]
+    assert isinstance(labels.data, StoreView) and labels.data.shape == (96, 80)
+    expected = semantic_labels(widget.models.load("cpu").predict(image, rgb=True), 0.5)
+    assert np.array_equal(labels.data[...], expected) and 0 < expected.mean() < 1

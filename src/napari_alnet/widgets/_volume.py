@@ -51,13 +51,13 @@ def lazy_source(layer: Image, region: Region) -> Any:
     """The part ``region`` of ``layer``'s level-0 data, unread: a NumPy view, or a dask array (dask data as is;
     Zarr and other array-likes wrapped chunk by chunk)."""
     data = base_data(layer)
-    if isinstance(data, np.ndarray):
-        return data[region]
-    if not isinstance(data, da.Array):
+    if not isinstance(data, (np.ndarray, da.Array)):
         chunks = getattr(data, "chunks", None)
         chunks = tuple(int(c) for c in chunks) if isinstance(chunks, tuple) and len(chunks) == data.ndim else "auto"
         data = da.from_array(data, chunks=chunks, asarray=True, fancy=False)
-    return data[region]
+    part = data[region]
+    # always (Z, Y, X[, C]) for the engine: a single plane gets a Z of one (so a colour axis is never read as X)
+    return part[None] if Placement.of(layer, region).extra_z else part
 
 
 def uses_engine(layer: Image, instances_3d: bool, has_output: bool) -> bool:
@@ -82,6 +82,11 @@ class Placement:
                        for r, n in zip(region, shape, strict=True))
         return cls(single, origin, len(shape))
 
+    @property
+    def extra_z(self) -> bool:
+        """Whether the region is one plane, which the engine gets (and stores) with a leading Z of one."""
+        return self.ndim - len(self.singletons) == 2
+
     def translate(self, layer: Image) -> np.ndarray:
         """The output layer's translate: the layer's, moved to the region's first voxel."""
         return np.asarray(layer.translate, float) + np.asarray(self.origin, float) * np.asarray(layer.scale, float)
@@ -105,7 +110,8 @@ class StoreView:
         self.scale = 255.0 if self.array.dtype == np.uint8 and threshold is not None else 1.0
         self.voxels_read = 0
         self.whole_reads = 0
-        shape = list(self.array.shape)
+        self.lead = (0,) if placement.extra_z else ()  # the store's Z of one, not an axis of the layer
+        shape = list(self.array.shape[len(self.lead):])
         for axis in placement.singletons:
             shape.insert(axis, 1)
         self.shape = tuple(shape)
@@ -127,7 +133,7 @@ class StoreView:
         for i in self.placement.singletons:
             if isinstance(key[i], slice) and not range(*key[i].indices(1)):
                 inner = None
-        values = np.asarray(self.array[inner]) if inner is not None else None
+        values = np.asarray(self.array[(*self.lead, *inner)]) if inner is not None else None
         if values is None:
             sizes = [len(range(*k.indices(n))) for k, n in zip(key, self.shape, strict=True) if isinstance(k, slice)]
             return np.zeros(sizes, self.dtype)
