@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_alnet import load_model, predict
-from napari_alnet.io.images import read_image
+from napari_alnet.io.stack_reader import read_image
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "train"
 PAPER_ACCURACY, PAPER_IOU = 0.9406, 0.8963

@@ -20,8 +20,8 @@ from scipy import ndimage as ndi
 
 from napari_alnet import load_model, predict
 from napari_alnet.engine.progress import Progress, run_job
-from napari_alnet.io.images import read_image
 from napari_alnet.io.sample_data import organelle_stack
+from napari_alnet.io.stack_reader import read_image
 from napari_alnet.training.finetune import FinetuneRequest, finetune_job, finetune_recipe
 from napari_alnet.training.metrics import segmentation_scores
 

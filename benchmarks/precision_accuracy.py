@@ -27,7 +27,8 @@ import torch
 
 from napari_alnet import load_model
 from napari_alnet.engine.devices import cpu_bf16_support
-from napari_alnet.io.images import list_images, mask_plane, pair_files, read_image, select_split
+from napari_alnet.io.images import list_images, mask_plane, pair_files, select_split
+from napari_alnet.io.stack_reader import read_image
 from napari_alnet.training.metrics import segmentation_scores
 
 LIMIT = 0.002

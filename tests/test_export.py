@@ -40,8 +40,8 @@ from napari_alnet.engine.portable import (
 )
 from napari_alnet.engine.progress import run_job
 from napari_alnet.engine.resolution import resample_image
-from napari_alnet.io.images import read_image
 from napari_alnet.io.sample_data import em_like_stack, organelle_stack
+from napari_alnet.io.stack_reader import read_image
 from napari_alnet.io.weights import WeightsError
 from napari_alnet.model import ALNet, ALNetConfig
 from napari_alnet.model.metadata import ModelMetadata, Normalization

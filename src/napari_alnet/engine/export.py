@@ -23,9 +23,9 @@ import torch
 
 from ..io.atomic import move_into_place, staging_directory
 from ..io.bioimageio_package import is_package
-from ..io.images import read_image
 from ..io.layout import image_layout
 from ..io.sample_data import em_like_stack
+from ..io.stack_reader import read_image
 from ..model import ALNet
 from ..model.metadata import ModelMetadata
 from .bioimageio import (

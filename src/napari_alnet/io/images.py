@@ -23,14 +23,22 @@ def is_tiff(path: Path) -> bool:
     return path.suffix.lower() in (".tif", ".tiff")
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """The pixel array of a TIFF/OME-TIFF, PNG or JPEG file (TIFF stacks as (Z, Y, X[, C]))."""
+def checked_image_file(path: str | Path) -> Path:
+    """``path`` if it is an existing file of an image type whose first bytes fit its name, else ``ImageReadError``
+    saying which of those it is not."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ImageReadError(f"{path}: unsupported file type {path.suffix!r} (expected {', '.join(IMAGE_SUFFIXES)})")
     check_signature(path)
+    return path
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """The whole pixel array of an image file as its decoder gives it (no axis checks: see
+    ``io.stack_reader.read_image``, which every reader of image files uses)."""
+    path = checked_image_file(path)
     try:
         if is_tiff(path):
             return np.asarray(tifffile.imread(path))

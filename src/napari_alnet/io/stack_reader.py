@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .images import IMAGE_SUFFIXES, ImageReadError, check_signature, is_tiff, read_image
+from .images import ImageReadError, checked_image_file, decode_image, is_tiff
 from .layout import COLOUR_SIZES, is_plane
 
 
@@ -71,22 +71,26 @@ def open_slices(path: str | Path, *, axes: str | None = None, series: int | None
     tifffile marks as channels; ``C`` or ``S`` = colour, any other letter besides Y and X = the stack axis).
     ``series`` picks one series of a multi-series TIFF (refused without it, naming every series).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ImageReadError(f"{path}: unsupported file type {path.suffix!r} (expected {', '.join(IMAGE_SUFFIXES)})")
-    check_signature(path)
+    path = checked_image_file(path)
     if is_tiff(path):
         return _open_tiff(path, axes=axes, series=series)
     if axes is not None or series is not None:
         raise ImageReadError(f"{path}: axes and series apply to TIFF files only")
-    image = read_image(path)
+    image = decode_image(path)
     if image.ndim == 3 and image.shape[-1] in (1, 2):  # gray, gray + alpha
         image = image[..., 0]
     if not is_plane(image.shape):
         raise ImageReadError(f"{path}: unsupported image shape {image.shape} (expected gray or RGB(A))")
     return SliceReader(path, 1, image.shape, image.dtype, image.ndim == 3, False, lambda _i: image)
+
+
+def read_image(path: str | Path, *, axes: str | None = None, series: int | None = None) -> np.ndarray:
+    """The pixels of an image file, read by the one input contract of ``open_slices`` (every series and axis of a
+    TIFF segmented or refused by name): (Y, X[, C]) for one plane, (Z, Y, X[, C]) for a stack."""
+    with open_slices(path, axes=axes, series=series) as reader:
+        if not reader.is_stack:
+            return reader[0]
+        return np.stack([reader[z] for z in range(len(reader))])
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ import numpy as np
 from ..engine.dihedral import dihedral
 from ..engine.normalization import Normalization, to_channels
 from ..engine.resolution import network_shape, resample_image, resample_mask
-from ..io.images import ImageReadError, mask_foreground, mask_plane, read_image
+from ..io.images import ImageReadError, mask_foreground, mask_plane
 from ..io.layout import is_plane
+from ..io.stack_reader import read_image
 from .augment import Augmentation
 
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from ..engine.progress import Job, Progress
 from ..engine.segmenter import Segmenter
-from ..io.images import list_images, mask_foreground, mask_plane, read_image
+from ..io.images import list_images, mask_foreground, mask_plane
+from ..io.stack_reader import read_image
 from .metrics import Scores, segmentation_scores
 
 
