@@ -112,11 +112,26 @@ def _write_overlay(path: Path, plane: np.ndarray, labels: np.ndarray) -> Path:
 
 # --- alnet segment ------------------------------------------------------------------------------------------------
 
+def _check_watershed(args: argparse.Namespace, volumes: list[str] | None) -> None:
+    """--watershed needs --instances; --watershed-halo needs --watershed and, once the inputs are routed
+    (``volumes``), an OME-Zarr output (TIFF outputs are split slice by slice, whole)."""
+    if args.watershed and not args.instances:
+        raise ValueError("--watershed splits instances: give it with --instances 2d or --instances 3d")
+    if args.watershed_halo is not None and volumes is not None:
+        if not args.watershed:
+            raise ValueError("--watershed-halo is the context of the blockwise watershed: give it with --watershed")
+        if not volumes:
+            raise ValueError("--watershed-halo applies to OME-Zarr outputs (Zarr/N5 inputs, -o ending in .zarr, "
+                             "--instances 3d); TIFF outputs are split slice by slice, each slice whole")
+
+
 def _segment(args: argparse.Namespace) -> int:
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # unreadable files get our one-line error instead
+    _check_watershed(args, None)  # before loading the model
     model = load_model(args.model, device=args.device, precision=args.precision)
     volume_options = any(v is not None for v in (args.block, args.workers, args.scheduler, args.threads))
     volumes, args.inputs = volume_routes(args.inputs, args.out, args.instances, volume_options)
+    _check_watershed(args, volumes)
     if volumes and (args.axes or args.series is not None):
         raise ValueError(f"{volumes[0]}: --axes and --series apply to TIFF inputs written as TIFF outputs; a Zarr "
                          "volume says its axes in its metadata, and a TIFF stack for -o *.zarr must read as Z, Y, X")
@@ -138,7 +153,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     job = segment_files_job(args.inputs, args.out, model, tile=args.tile, threshold=args.threshold,
                             probabilities=args.probabilities, instances=bool(args.instances), overwrite=args.overwrite,
-                            axes=args.axes, series=args.series)
+                            axes=args.axes, series=args.series, watershed=args.watershed)
     try:
         summary = _run(job, bar, report)
     except KeyboardInterrupt as exc:
@@ -153,7 +168,8 @@ def _segment_volumes(args: argparse.Namespace, model: Segmenter, sources: list[s
     for source in sources:
         job = segment_volume_job(model, source, args.out, block=args.block, probabilities=args.probabilities,
                                  instances=args.instances, threshold=args.threshold, overwrite=args.overwrite,
-                                 tile=args.tile, workers=args.workers, scheduler=args.scheduler, threads=args.threads)
+                                 tile=args.tile, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
+                                 **_watershed_options(args))
         try:
             summary = _run(job, ProgressBar("segment", "slices"))
         except KeyboardInterrupt as exc:
@@ -162,6 +178,13 @@ def _segment_volumes(args: argparse.Namespace, model: Segmenter, sources: list[s
             return interrupted_exit_code(exc)
         _volume_report(summary)
     return 0
+
+
+def _watershed_options(args: argparse.Namespace) -> dict:
+    """The engine's watershed options from --watershed / --watershed-halo (none when off: the engine's defaults)."""
+    if not args.watershed:
+        return {}
+    return {"watershed": True} | ({"watershed_halo": args.watershed_halo} if args.watershed_halo is not None else {})
 
 
 def _volume_report(summary: VolumeSummary) -> None:
@@ -375,6 +398,16 @@ def _axes(text: str) -> str:
     return axes
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _tile_size(text: str) -> int:
     try:
         return check_tile(int(text))
@@ -411,6 +444,12 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--instances", nargs="?", const="2d", choices=("2d", "3d"), default=None,
                      help="label objects (EM: the cells between membranes) instead of the mask: 2d (plain "
                      "--instances) per slice, int32 TIFF; 3d in 3D, consistent across blocks, OME-Zarr")
+    seg.add_argument("--watershed", action="store_true",
+                     help="with --instances: split touching objects at the ridges of their distance transform "
+                     "(seeded by its maxima; in 3D for --instances 3d, using the voxel size; docs/volumes.md)")
+    seg.add_argument("--watershed-halo", type=_positive, default=None, metavar="VOXELS",
+                     help="OME-Zarr outputs: context of each block's watershed, in voxels of the finest axis "
+                     "(default 16); exact across blocks for objects at most this long on each axis")
     seg.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
                      help="OME-Zarr outputs: block shape (default: whole planes, or ~1536 px YX tiles for planes "
                      "over 2048 x 2048)")

@@ -29,7 +29,7 @@ import torch
 
 from ..io.images import list_images
 from ..io.stack_reader import SliceReader, count_slices, open_slices
-from ..io.stack_writer import TiffStackWriter
+from ..io.stack_writer import TiffStackWriter, recorded_info
 from .inference import Prepared, check_pixels, default_batch, prepare_whole, prepared_probabilities, probability_job
 from .pipeline import Drain, Prefetch
 from .postprocess import instance_labels, offset_ids, semantic_labels
@@ -81,11 +81,20 @@ OUTPUT_KINDS = ("labels", "prob")
 
 
 def earlier_outputs(found: list[Path]) -> set[Path]:
-    """The files of a folder listing that are this command's outputs of another file in it (``STEM_labels.tif``,
-    ``STEM_prob.tif`` beside ``STEM.ext``): a rerun with the output folder = the input folder does not segment them."""
+    """The files of a folder listing that this command wrote from another file in it: named ``STEM_labels.tif`` or
+    ``STEM_prob.tif`` beside ``STEM.ext`` and recording napari-alnet as their maker. A rerun with the output folder =
+    the input folder does not segment them; any other file stays an input (and is never written over)."""
     stems = {f.stem for f in found}
-    return {f for f in found if f.suffix == ".tif"
-            and any(f.stem.endswith(f"_{kind}") and f.stem[: -len(kind) - 1] in stems for kind in OUTPUT_KINDS)}
+    named = [f for f in found if f.suffix == ".tif"
+             and any(f.stem.endswith(f"_{kind}") and f.stem[: -len(kind) - 1] in stems for kind in OUTPUT_KINDS)]
+    return {f for f in named if _made_here(f)}
+
+
+def _made_here(path: Path) -> bool:
+    try:
+        return str(recorded_info(path).get("software", "")).startswith("napari-alnet")
+    except Exception:  # unreadable: not one of ours; reading it as an input will say what is wrong
+        return False
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -110,7 +119,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[
 @dataclass(frozen=True)
 class Outputs:
     """How each file is segmented: threshold, instance labels or not, which objects they label, slices per forward
-    pass, and what is recorded in each output's metadata (``info``)."""
+    pass, what is recorded in each output's metadata (``info``), and whether instances are split by a watershed."""
 
     tile: int | None
     threshold: float
@@ -118,11 +127,13 @@ class Outputs:
     objects: str
     batch: int = 1
     info: dict = field(default_factory=dict)
+    watershed: bool = False
 
     def info_for(self, kind: str) -> dict:
         """What an output of ``kind`` (``labels``/``prob``) records about how it was made."""
         output = "probabilities" if kind == "prob" else "instances" if self.instances else "labels"
-        return self.info | {"output": output}
+        return self.info | {"output": output} | ({"watershed": True} if output == "instances" and self.watershed
+                                                 else {})
 
 
 def provenance(segmenter: Segmenter, threshold: float) -> dict:
@@ -139,7 +150,7 @@ def provenance(segmenter: Segmenter, threshold: float) -> dict:
 def segment_files_job(inputs: list[Path], outdir: Path, model: Segmenter, *, tile: int | None = None,
                       threshold: float | None = None, probabilities: bool = False, instances: bool = False,
                       overwrite: bool = False, device: str | torch.device | None = None, axes: str | None = None,
-                      series: int | None = None) -> Job[BatchSummary]:
+                      series: int | None = None, watershed: bool = False) -> Job[BatchSummary]:
     """Segment every input (files or folders) into ``outdir``; yields ``Progress`` in slices, returns the summary.
 
     ``axes``/``series``: how every TIFF input's axes read and which series of a multi-series TIFF is segmented
@@ -147,14 +158,16 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: Segmenter, *, til
     (``earlier_outputs``) are not inputs.
 
     ``threshold``: default the model's; ``instances``: label connected objects per the model's ``objects``
-    metadata instead of the semantic mask. ``device``: ``None`` runs where ``model`` is (a copy runs elsewhere).
-    A ``StopRequested`` thrown in stops after cleaning up the file in
-    progress and returns the summary with ``stopped=True``. Failures are also reported as they happen, in a
-    ``Progress`` whose ``metrics["failure"]`` is ``(path, message)``.
+    metadata instead of the semantic mask; ``watershed``: split them per slice (``postprocess.split_objects``).
+    ``device``: ``None`` runs where ``model`` is (a copy runs elsewhere). A ``StopRequested`` thrown in stops after
+    cleaning up the file in progress and returns the summary with ``stopped=True``. Failures are also reported as
+    they happen, in a ``Progress`` whose ``metrics["failure"]`` is ``(path, message)``.
     """
     start = time.perf_counter()
     if tile is not None:
         check_tile(tile)
+    if watershed and not instances:
+        raise ValueError("the watershed splits instances: give instances=True with it")
     outdir = Path(outdir)
     files, failures = expand_inputs(inputs)
     summary = BatchSummary(failures=list(failures))
@@ -164,7 +177,7 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: Segmenter, *, til
     # one forward pass per batch, as many slices as ``Segmenter.predict`` puts in one (``inference.DEFAULT_BATCH``),
     # so a stack streamed to disk gets the very probabilities of the in-memory prediction
     settings = Outputs(tile, cut, instances, segmenter.metadata.objects, default_batch(segmenter.precision),
-                       provenance(segmenter, cut))
+                       provenance(segmenter, cut), watershed=bool(watershed))
     sizes = [count_slices(f, axes=axes, series=series) for f in files]
     total, done = sum(sizes), 0
     inputs_resolved = {f.resolve() for f in files}
@@ -296,7 +309,8 @@ class _SliceWriter:
 def _write_labels(writer: TiffStackWriter, prob: np.ndarray, settings: Outputs, next_id: int) -> int:
     """Write one slice's labels; returns the last instance id used so far."""
     if settings.instances:
-        ids, next_id = offset_ids(instance_labels(prob, settings.threshold, settings.objects), next_id)
+        ids, next_id = offset_ids(instance_labels(prob, settings.threshold, settings.objects,
+                                                  watershed=settings.watershed), next_id)
         writer.write(ids)
     else:
         writer.write(semantic_labels(prob, settings.threshold))

@@ -15,7 +15,10 @@ when the run completes. An output we did not make, a complete one, or one made w
 unless ``overwrite``.
 
 3D (or 2D) instances (``instances3d``): connected components per block into ``alnet_state/local``, merged across
-block faces with a union-find over touching ids, then relabelled block by block; ids unique over the volume.
+block faces with a union-find over touching ids, then relabelled block by block; ids unique over the volume. With
+``watershed``, a split phase first runs a distance-transform watershed of each block in a window with a halo (its
+mask read from the neighbours' ``local``) into ``alnet_state/split``, and ids across a face are merged only where
+both sides' watersheds agree (``instances3d.face_votes``).
 
 Runs in-process (blocks one after another, torch using the cores), on a ``distributed.LocalCluster`` it starts
 (``workers=N``), or on an existing cluster (``scheduler=ADDRESS`` or ``client=``); each block is one task, retried
@@ -34,7 +37,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +59,24 @@ from ..io.volumes import (
 from ..model import STRIDE
 from .halo import PlaneContext, block_probabilities, context_width, halo_window, make_context, plane_context
 from .inference import check_channels, probability_job
-from .instances3d import MODES, block_sizes, face_pairs, label_dtype, local_labels, merge, object_mask, offsets
+from .instances3d import (
+    FACE_AXES,
+    MODES,
+    block_sizes,
+    core_ids,
+    face_pairs,
+    face_votes,
+    ghost_plane,
+    halo_voxels,
+    label_dtype,
+    local_labels,
+    merge,
+    object_mask,
+    offsets,
+    split_block,
+    voxel_sampling,
+    watershed_window,
+)
 from .postprocess import semantic_labels
 from .progress import Job, Progress, StopRequested, run_job
 from .segmenter import Segmenter, as_segmenter
@@ -73,6 +93,8 @@ RECORD_VERSION = 1
 PROBABILITY_DTYPES = ("uint8", "float16", "float32")
 #: Retries of a block whose worker died or failed (Dask ``retries``).
 RETRIES = 3
+#: Default context of the blockwise watershed, in voxels of the finest axis (``watershed_halo``).
+WATERSHED_HALO = 16
 
 
 # --- planning -----------------------------------------------------------------------------------------------------
@@ -188,6 +210,10 @@ class Settings:
     ndim: int
     min_size: int
     threads: int | None = None
+    watershed: bool = False
+    #: Voxels of context per (z, y, x) axis of each block's watershed, and the voxel size relative to the finest axis.
+    watershed_halo: tuple[int, int, int] = (0, 0, 0)
+    watershed_sampling: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     @property
     def context_tile(self) -> int:
@@ -208,6 +234,12 @@ class Outputs:
     context: zarr.Array | None = None
     local: zarr.Array | None = None
     counts: zarr.Array | None = None
+    #: The watershed split: its ids and counts per block, which blocks are split, and per face axis the planes
+    #: beyond each block's faces as its window saw them (index 2 * block position + side along that axis).
+    split: zarr.Array | None = None
+    split_counts: zarr.Array | None = None
+    split_state: zarr.Array | None = None
+    ghosts: tuple[zarr.Array | None, ...] = (None, None, None)
 
 
 @dataclass
@@ -412,7 +444,7 @@ def merge_task(outputs: Outputs, settings: Settings, plan: BlockPlan, block: Blo
     count = int(outputs.counts[block.position])
     sizes = block_sizes(local, count)
     pairs = []
-    for axis in ((0, 1, 2) if settings.instances == "3d" else (1, 2)):
+    for axis in FACE_AXES[settings.instances]:
         nxt = list(block.position)
         nxt[axis] += 1
         if nxt[axis] >= plan.grid[axis]:
@@ -422,8 +454,47 @@ def merge_task(outputs: Outputs, settings: Settings, plan: BlockPlan, block: Blo
         region[axis] = slice(start, start + 1)
         high = _get(outputs.local, tuple(region))  # type: ignore[arg-type]
         low = np.take(local, [local.shape[axis] - 1], axis=axis)
-        pairs.append(face_pairs(low, high, int(starts[block.index]), int(starts[plan.index_of(tuple(nxt))])))
+        here, there = int(starts[block.index]), int(starts[plan.index_of(tuple(nxt))])
+        if settings.watershed:
+            pairs.append(_agreed_pairs(outputs, block, axis, nxt[axis], (low, high), (here, there)))
+        else:
+            pairs.append(face_pairs(low, high, here, there))
     return sizes, (np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64))
+
+
+def _agreed_pairs(outputs: Outputs, block: Block, axis: int, nxt: int, planes: tuple[np.ndarray, np.ndarray],
+                  starts: tuple[int, int]) -> np.ndarray:
+    """The pairs across the face between ``block`` and its next block along ``axis`` (at grid position ``nxt``)
+    that both watersheds agree on: each side's ids on its face plane (``planes``: the low block's last, the high
+    block's first) voted against what the other side's window made of the same voxels (its ghost plane)."""
+    low, high = planes
+    region = list(block.region)
+    region[axis] = slice(2 * block.position[axis] + 1, 2 * block.position[axis] + 2)
+    seen_by_low = outputs.ghosts[axis][tuple(region)]  # the high block's first plane, in the low block's ids
+    region[axis] = slice(2 * nxt, 2 * nxt + 1)
+    seen_by_high = outputs.ghosts[axis][tuple(region)]  # the low block's last plane, in the high block's ids
+    here, there = starts
+    return np.concatenate([face_votes(high, seen_by_low, there, here), face_votes(low, seen_by_high, here, there)])
+
+
+def split_task(outputs: Outputs, settings: Settings, plan: BlockPlan, block: Block) -> int:
+    """The watershed of one block in its window (the block plus ``watershed_halo``; the mask is where the block
+    phase wrote local ids): the core's ids into ``split``, the planes beyond its inner faces into the ghosts, then
+    mark it split."""
+    window = watershed_window(block.region, plan.shape, settings.watershed_halo)
+    ids = split_block(_get(outputs.local, window) > 0, settings.instances, settings.watershed_sampling)
+    core = tuple(slice(r.start - w.start, r.stop - w.start) for r, w in zip(block.region, window, strict=True))
+    local, count, table = core_ids(ids, core)
+    outputs.split[block.region] = local
+    outputs.split_counts[block.position] = count
+    for axis in FACE_AXES[settings.instances]:
+        for side, step in ((0, -1), (1, 1)):
+            if 0 <= block.position[axis] + step < plan.grid[axis]:
+                region = list(block.region)
+                region[axis] = slice(2 * block.position[axis] + side, 2 * block.position[axis] + side + 1)
+                outputs.ghosts[axis][tuple(region)] = ghost_plane(ids, core, axis, side, table)
+    outputs.split_state[block.position] = 1
+    return block.index
 
 
 def relabel_task(outputs: Outputs, lut: zarr.Array, block: Block, start: int) -> int:
@@ -554,13 +625,28 @@ def _settings(segmenter: Segmenter, volume: Volume, *, threshold, instances, pro
                     volume.rgb, volume.ndim, int(min_size))
 
 
+def _watershed_settings(settings: Settings, volume: Volume, watershed: bool, halo: int) -> Settings:
+    """``settings`` with the watershed split: its halo in voxels per axis from ``halo`` voxels of the finest axis
+    and the volume's voxel size (``instances3d.voxel_sampling``: isotropic without a usable scale)."""
+    if not watershed:
+        raise ValueError("watershed_halo is the context of the watershed split: give it with watershed=True")
+    if not settings.instances:
+        raise ValueError("the watershed splits instances: give instances='2d' or '3d' with it")
+    if isinstance(halo, bool) or not isinstance(halo, (int, np.integer)):
+        raise ValueError(f"watershed_halo must be a whole number of voxels, got {halo!r}")
+    sampling = voxel_sampling(volume.geometry.scale, volume.geometry.units)
+    return replace(settings, watershed=True, watershed_halo=halo_voxels(sampling, int(halo), settings.instances),
+                   watershed_sampling=sampling)
+
+
 def run_record(segmenter: Segmenter, volume: Volume, plan: BlockPlan, settings: Settings) -> dict[str, Any]:
     """What a resumed run must share with the run that made an output (compared as JSON)."""
     return _jsonable({"version": RECORD_VERSION, "model": segmenter.source, "model_digest": network_digest(segmenter),
                       "source": str(volume.path) if volume.path is not None else "array",
                       "source_shape": list(volume.data.shape), "source_dtype": str(volume.reader.dtype),
                       "plan": {"shape": plan.shape, "block": plan.block, "chunks": plan.chunks},
-                      "settings": {k: v for k, v in asdict(settings).items() if k != "threads"}})
+                      "settings": {k: v for k, v in asdict(settings).items()
+                                   if k != "threads" and (settings.watershed or not k.startswith("watershed"))}})
 
 
 def _differences(old: dict, new: dict) -> str:
@@ -642,6 +728,8 @@ def _new_labels(target: Path | zarr.Group, volume: Volume, plan: BlockPlan, sett
         state.create_array("counts", shape=plan.grid, dtype="uint64", chunks=(1, 1, 1), fill_value=0,
                            compressors=None)
         state.create_array("local", shape=plan.shape, dtype="uint32", chunks=plan.chunks, fill_value=0)
+    if settings.watershed:
+        _new_split(state, plan, settings)
     if plan.cuts_planes:
         state.create_array("context", shape=(plan.shape[0], width), dtype="float32", chunks=(1, width),
                            fill_value=float("nan"), compressors=None)
@@ -659,12 +747,34 @@ def _new_probabilities(target: Path | zarr.Group, volume: Volume, plan: BlockPla
                                  "dtype": settings.probabilities, "complete": False, "run": record})
 
 
+def _new_split(state: zarr.Group, plan: BlockPlan, settings: Settings) -> None:
+    """The watershed's arrays: ids like ``local``, counts and done flags per block, and per face axis the ghost
+    planes (the axis holds 2 per block, its low and high side; chunks of one plane, so each block writes its own)."""
+    state.create_array("split", shape=plan.shape, dtype="uint32", chunks=plan.chunks, fill_value=0)
+    for name, dtype in (("split_counts", "uint64"), ("split_blocks", "uint8")):
+        state.create_array(name, shape=plan.grid, dtype=dtype, chunks=(1, 1, 1), fill_value=0, compressors=None)
+    for axis in FACE_AXES[settings.instances]:
+        shape, chunks = list(plan.shape), list(plan.chunks)
+        shape[axis], chunks[axis] = 2 * plan.grid[axis], 1
+        state.create_array(f"ghost{axis}", shape=tuple(shape), dtype="uint32", chunks=tuple(chunks), fill_value=0)
+
+
 def _outputs(labels: zarr.Group, prob: zarr.Group | None) -> Outputs:
     state = labels[STATE]
     names = set(state.array_keys())
-    return Outputs(labels["0"], state["blocks"], prob["0"] if prob is not None else None,
-                   state["context"] if "context" in names else None, state["local"] if "local" in names else None,
-                   state["counts"] if "counts" in names else None)
+    outputs = Outputs(labels["0"], state["blocks"], prob["0"] if prob is not None else None,
+                      state["context"] if "context" in names else None, state["local"] if "local" in names else None,
+                      state["counts"] if "counts" in names else None)
+    if "split" in names:
+        outputs.split, outputs.split_counts = state["split"], state["split_counts"]
+        outputs.split_state = state["split_blocks"]
+        outputs.ghosts = tuple(state[f"ghost{a}"] if f"ghost{a}" in names else None for a in range(3))
+    return outputs
+
+
+def _id_outputs(outputs: Outputs) -> Outputs:
+    """What the merge and relabel phases read as the blocks' ids: the watershed's where it ran, else ``local``."""
+    return outputs if outputs.split is None else replace(outputs, local=outputs.split, counts=outputs.split_counts)
 
 
 def prepare_volume_run(model: Segmenter, source: Any, dest: str | Path | zarr.Group, *,
@@ -672,13 +782,16 @@ def prepare_volume_run(model: Segmenter, source: Any, dest: str | Path | zarr.Gr
                        prob_dtype: str = "uint8", instances: str | None = None, threshold: float | None = None,
                        min_size: int = 16, overwrite: bool = False, tile: int | None = None, overlap: int = 64,
                        tta: bool = False, batch_size: int = 4, whole_pixels: int = WHOLE_IMAGE_PIXELS,
-                       device=None, prob_dest: str | Path | zarr.Group | None = None) -> VolumeRun:
+                       device=None, prob_dest: str | Path | zarr.Group | None = None, watershed: bool = False,
+                       watershed_halo: int = WATERSHED_HALO) -> VolumeRun:
     """Check everything and create (or reopen, to resume) the outputs; see ``segment_volume_job``."""
     segmenter = as_segmenter(model, device)
     volume, plan = plan_volume(segmenter, source, block=block, whole_pixels=whole_pixels)
     settings = _settings(segmenter, volume, threshold=threshold, instances=instances, probabilities=probabilities,
                          prob_dtype=prob_dtype, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
                          min_size=min_size)
+    if watershed or watershed_halo != WATERSHED_HALO:
+        settings = _watershed_settings(settings, volume, watershed, watershed_halo)
     targets = output_targets(volume, dest, probabilities, prob_dest)
     record = run_record(segmenter, volume, plan, settings)
     labels = _claim(targets.labels, record, overwrite, volume)
@@ -704,6 +817,9 @@ def prepare_volume_run(model: Segmenter, source: Any, dest: str | Path | zarr.Gr
 #: Work of one pass-1 slice and of one merge or relabel block, in slices of full inference (for progress / ETA).
 CONTEXT_WEIGHT = 0.4
 MERGE_WEIGHT = 0.02
+#: Work of the watershed split per slice of a block, in slices of full inference (for progress / ETA: about the
+#: network's cost per voxel, times a window about twice the block; benchmarks/watershed.py).
+SPLIT_WEIGHT = 2.0
 
 
 @dataclass
@@ -752,17 +868,19 @@ def read_state(array: zarr.Array) -> np.ndarray:
 
 @dataclass
 class _Todo:
-    """What is left: pass-1 slices, blocks to compute, whether to merge, blocks to relabel."""
+    """What is left: pass-1 slices, blocks to compute, whether to merge, blocks to relabel, blocks to split."""
 
     context: list[int]
     blocks: list[Block]
     merge: bool
     relabel: list[Block]
+    split: list[Block] = field(default_factory=list)
 
     def work(self, plan: BlockPlan) -> float:
         plane = plan.shape[1] * plan.shape[2]
         return (CONTEXT_WEIGHT * len(self.context) + sum(b.voxels for b in self.blocks) / plane
-                + MERGE_WEIGHT * len(plan) * self.merge + MERGE_WEIGHT * len(self.relabel))
+                + MERGE_WEIGHT * len(plan) * self.merge + MERGE_WEIGHT * len(self.relabel)
+                + SPLIT_WEIGHT * sum(b.voxels for b in self.split) / plane)
 
 
 def _todo(run: VolumeRun) -> _Todo:
@@ -775,8 +893,12 @@ def _todo(run: VolumeRun) -> _Todo:
     if not run.settings.instances:
         return _Todo(context, [b for b in blocks if states[b.position] == PENDING], False, [])
     merged = "merged" in run.labels_group[STATE].attrs
+    split = []
+    if run.outputs.split_state is not None and not merged:
+        done = read_state(run.outputs.split_state)
+        split = [b for b in blocks if not done[b.position]]
     return _Todo(context, [b for b in blocks if states[b.position] == PENDING], not merged,
-                 [b for b in blocks if states[b.position] != FINAL])
+                 [b for b in blocks if states[b.position] != FINAL], split)
 
 
 def _run_phases(run: VolumeRun, ex, shared: tuple, settings: Settings, todo: _Todo, tracker: Tracker) -> Job[None]:
@@ -793,13 +915,21 @@ def _run_phases(run: VolumeRun, ex, shared: tuple, settings: Settings, todo: _To
         report.metrics |= {"inference_s": inference_s, "task_s": task_s}
         yield report
     if settings.instances:
+        yield from _split_phase(run, ex, settings, todo.split, tracker)
         if todo.merge:
             yield from _merge_phase(run, ex, settings, tracker)
         yield from _relabel_phase(run, ex, todo.relabel, tracker)
 
 
-def _merge_phase(run: VolumeRun, ex, settings: Settings, tracker: Tracker) -> Job[None]:
+def _split_phase(run: VolumeRun, ex, settings: Settings, blocks: list[Block], tracker: Tracker) -> Job[None]:
     plan, outputs = run.plan, run.outputs
+    for block, _ in ex.run(split_task, blocks, lambda b: (outputs, settings, plan, b)):
+        tracker.add(SPLIT_WEIGHT * block.voxels / (plan.shape[1] * plan.shape[2]))
+        yield tracker.report("watershed", f"watershed of block {block.index + 1}/{len(plan)}", block.bounds)
+
+
+def _merge_phase(run: VolumeRun, ex, settings: Settings, tracker: Tracker) -> Job[None]:
+    plan, outputs = run.plan, _id_outputs(run.outputs)
     counts = read_state(outputs.counts).ravel().astype(np.int64)
     starts = offsets(counts)
     sizes = np.zeros(int(counts.sum()) + 1, np.int64)
@@ -828,7 +958,7 @@ def _merge_phase(run: VolumeRun, ex, settings: Settings, tracker: Tracker) -> Jo
 
 
 def _relabel_phase(run: VolumeRun, ex, blocks: list[Block], tracker: Tracker) -> Job[None]:
-    plan, outputs = run.plan, run.outputs
+    plan, outputs = run.plan, _id_outputs(run.outputs)
     state = run.labels_group[STATE]
     starts = offsets(read_state(outputs.counts).ravel())
     lut = state["relabel"]
@@ -858,7 +988,8 @@ def _drive(run: VolumeRun, client, workers: int | None, scheduler: str | None, t
     summary.blocks_resumed = len(run.plan) - len(todo.blocks)
     tracker = Tracker(total=0.0, blocks=len(run.plan))
     full = _Todo(list(range(run.plan.shape[0])) if run.plan.cuts_planes else [], run.plan.blocks(),
-                 bool(run.settings.instances), run.plan.blocks() if run.settings.instances else [])
+                 bool(run.settings.instances), run.plan.blocks() if run.settings.instances else [],
+                 run.plan.blocks() if run.settings.watershed else [])
     tracker.total = full.work(run.plan)
     tracker.done = tracker.total - todo.work(run.plan)
     tracker.blocks_done = 0 if run.settings.instances else summary.blocks_resumed
@@ -891,7 +1022,9 @@ def segment_volume_job(model: Segmenter, source: Any, dest: str | Path | zarr.Gr
     ``STEM_labels.zarr`` / ``STEM_prob.zarr``), or a Zarr group. Options (see ``prepare_volume_run``): ``block``
     (Z, Y, X), ``probabilities``, ``prob_dtype`` ('uint8' or 'float16'), ``instances`` (None, '2d', '3d'),
     ``threshold``, ``min_size`` (instances), ``overwrite``, ``tile``, ``overlap``, ``tta``, ``batch_size``,
-    ``whole_pixels`` (planes up to this many pixels run whole), ``device``, ``prob_dest``.
+    ``whole_pixels`` (planes up to this many pixels run whole), ``device``, ``prob_dest``, ``watershed`` (split
+    touching instances at distance-transform ridges, consistently across blocks; docs/volumes.md) and
+    ``watershed_halo`` (its context per block, in voxels of the finest axis; default ``WATERSHED_HALO``).
     Where it runs: in-process (default), ``workers=N`` (a LocalCluster it starts and stops), ``scheduler``
     (the address of a running Dask scheduler) or ``client``; ``threads``: torch threads per worker.
     The checks (and creating or reopening the outputs) happen at once; ``VolumeError``/``ValueError`` here.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import label
-from skimage.morphology import h_maxima
+from skimage.morphology import reconstruction
 from skimage.segmentation import watershed as skwatershed
 
 from ..model.metadata import OBJECTS
@@ -36,8 +36,8 @@ def instance_labels(prob: np.ndarray, threshold: float, objects: str = "foregrou
 
     Objects are the 4-connected regions of foreground (``prob > threshold``), or of background with
     ``objects='background'`` (EM membrane models: the cells between membranes). Objects smaller than ``min_size``
-    pixels are dropped; ``watershed`` splits touching objects at the ridges of their distance transform. Stacks are
-    labelled slice by slice, with ids unique across the stack.
+    pixels are dropped; ``watershed`` splits touching objects at the ridges of their distance transform
+    (``split_objects``, on the pixel grid). Stacks are labelled slice by slice, with ids unique across the stack.
     """
     if objects not in OBJECTS:
         raise ValueError(f"objects must be one of {OBJECTS}, got {objects!r}")
@@ -54,12 +54,63 @@ def instance_labels(prob: np.ndarray, threshold: float, objects: str = "foregrou
     mask = prob > threshold
     if objects == "background":
         mask = ~mask
-    lab = label(mask, connectivity=1)
-    if watershed and lab.max():
-        dist = ndi.distance_transform_edt(mask)
-        markers = label(h_maxima(dist, MARKER_HEIGHT), connectivity=2)
-        lab = skwatershed(-dist, markers, mask=mask)
+    lab = in_raster_order(split_objects(mask)) if watershed else label(mask, connectivity=1)
     return _drop_small(lab, min_size)
+
+
+def in_raster_order(ids: np.ndarray) -> np.ndarray:
+    """``ids`` renumbered 1..n in the order of each object's first pixel (as ``label`` numbers components)."""
+    found, first = np.unique(ids.ravel(), return_index=True)
+    first, found = first[found > 0], found[found > 0]
+    table = np.zeros(int(found.max()) + 1 if len(found) else 1, ids.dtype)
+    table[found[np.argsort(first, kind="stable")]] = np.arange(1, len(found) + 1)
+    return table[ids]
+
+
+def watershed_seeds(dist: np.ndarray, regions: np.ndarray, *, height: float = MARKER_HEIGHT) -> np.ndarray:
+    """int32 seeds 1..n: the h-maxima of ``dist`` (plateaus at least ``height`` above every path to a higher
+    value), found in each region of ``regions`` (face-connected components, 0 = background) on its own, so every
+    region gets at least one seed (its highest plateau) and no region's seeds depend on another's. A plateau is one
+    seed when fully connected, and never spans two regions."""
+    mask = regions > 0
+    dist = np.asarray(dist, np.float32)
+    low = np.float32(-height - 1.0)  # below every seed: the background never carries the reconstruction
+    image = np.where(mask, dist, low)
+    resolution = 2 * np.finfo(np.float32).resolution * np.abs(dist)  # as skimage's h_maxima, against rounding
+    seed = np.where(mask, dist - np.float32(height) - resolution, low).astype(np.float32)
+    rec = reconstruction(seed, image, method="dilation", footprint=ndi.generate_binary_structure(mask.ndim, 1))
+    top = mask & (image - rec >= height)
+    return label(np.where(top, regions, 0), connectivity=mask.ndim).astype(np.int32)
+
+
+def split_objects(mask: np.ndarray, *, sampling: tuple[float, ...] | None = None,
+                  height: float = MARKER_HEIGHT) -> np.ndarray:
+    """int32 ids 1..n of ``mask`` (2D or 3D) with touching objects split at the ridges of its distance transform:
+    a watershed of the Euclidean distance to the background (``sampling``: voxel size per axis, default 1) from
+    ``watershed_seeds``. Every mask voxel gets an id (no object is dropped); ids follow the seeds' raster order.
+
+    Each face-connected region is flooded on its own (in its bounding box; a region with one seed is that seed's
+    object), so a region's result depends on that region only, not on what else the array holds: the same region
+    in two overlapping blocks is split the same way, ties between equal seeds included.
+    """
+    regions = label(np.asarray(mask, bool), connectivity=1)
+    if not regions.any():
+        return np.zeros(regions.shape, np.int32)
+    dist = ndi.distance_transform_edt(regions > 0, sampling=sampling).astype(np.float32)
+    seeds = watershed_seeds(dist, regions, height=height)
+    at = seeds > 0
+    pairs = np.unique(np.stack([regions[at], seeds[at]], 1), axis=0)  # (region, seed), each seed in one region
+    per_region = np.bincount(pairs[:, 0], minlength=int(regions.max()) + 1)
+    owner = np.zeros(len(per_region), np.int32)
+    owner[pairs[:, 0]] = pairs[:, 1]  # the seed of single-seed regions
+    out = np.where(per_region[regions] == 1, owner[regions], 0).astype(np.int32)
+    boxes = ndi.find_objects(regions)
+    for region in np.flatnonzero(per_region > 1):
+        box = boxes[region - 1]
+        inside = regions[box] == region
+        flooded = skwatershed(-dist[box], np.where(inside, seeds[box], 0), mask=inside)
+        out[box][inside] = flooded[inside]
+    return out
 
 
 def offset_ids(labels: np.ndarray, start: int) -> tuple[np.ndarray, int]:
