@@ -11,8 +11,8 @@ import tifffile
 import torch
 
 from napari_alnet.engine.postprocess import check_probabilities, instance_labels, semantic_labels
-from napari_alnet.io.images import ImageReadError, read_image
-from napari_alnet.io.stack_reader import open_slices
+from napari_alnet.io.images import ImageReadError
+from napari_alnet.io.stack_reader import open_slices, read_image
 from napari_alnet.io.weights import WeightsError, load_weights, read_weights, save_weights
 from napari_alnet.model import ALNet
 from napari_alnet.model.metadata import ModelMetadata, Normalization
@@ -256,6 +256,11 @@ def test_rerunning_into_the_input_folder_does_not_segment_earlier_outputs(tmp_pa
     assert sorted(p.name for p in folder.iterdir()) == [
         "cell.tif", "cell_labels.tif", "cell_prob.tif", "other_labels.tif", "other_labels_labels.tif",
         "other_labels_prob.tif"]
+    assert cli.main([*args, "--overwrite"]) == 0  # outputs replaced, still not read as inputs
+    assert len(list(folder.iterdir())) == 6
+    _imwrite(folder / "cell_labels.tif", np.ones((32, 40), np.uint8))  # the user's own file of that name: an input
+    assert cli.main([*args, "--overwrite"]) == 1
+    assert (tifffile.imread(folder / "cell_labels.tif") == 1).all()
 
 
 # --- lossy masks --------------------------------------------------------------------------------------------------
@@ -297,3 +302,23 @@ def test_jpeg_training_masks_give_the_png_masks_foreground(tmp_path):
                       for m in ("m.png", "m.jpg"))
     assert (png.mask == truth).all()
     assert (jpg.mask != png.mask).mean() < 0.005
+
+
+def test_every_reader_of_image_files_follows_the_tiff_contract(tmp_path):
+    """Training, evaluation and export read files with ``read_image``: the same refusals as ``alnet segment``."""
+    from napari_alnet.training.data import load_pairs
+
+    two = tmp_path / "two.tif"
+    with tifffile.TiffWriter(two) as tif:
+        tif.write(np.zeros((32, 40), np.uint8))
+        tif.write(np.zeros((4, 16, 20), np.uint8), photometric="minisblack")
+    with pytest.raises(ImageReadError, match="2 image series"):
+        read_image(two)
+    assert read_image(two, series=1).shape == (4, 16, 20)
+    channels = _imwrite(tmp_path / "ij.tif", np.zeros((6, 32, 40), np.uint8), imagej=True)
+    with pytest.raises(ImageReadError, match="axes='ZYX'"):
+        read_image(channels)
+    assert read_image(channels, axes="ZYX").shape == (6, 32, 40)
+    mask = _imwrite(tmp_path / "m.tif", np.zeros((32, 40), np.uint8))
+    with pytest.raises(ImageReadError, match="2 image series"):
+        load_pairs([(two, mask)], Normalization(), in_channels=1)
