@@ -202,3 +202,27 @@ def test_cli_watershed_without_instances_is_a_usage_error(tmp_path, weights, cap
                  "--watershed", "--watershed-halo", "8"]) == 2
     assert "--watershed-halo applies to OME-Zarr outputs" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("shape", "block", "halo", "expected"), [
+    ((954, 2048, 2048), (4, 2048, 2048), (16, 16, 16), (16, 512, 512)),   # isotropic: 12 GB windows otherwise
+    ((954, 1024, 1024), (32, 1024, 1024), (4, 16, 16), (24, 1024, 1024)),  # anisotropic: fewer whole planes do
+    ((100, 512, 512), (64, 512, 512), (16, 16, 16), (64, 512, 512)),      # fits: the automatic block stays
+])
+def test_an_automatic_block_bounds_the_watershed_window(shape, block, halo, expected):
+    plan = blockwise.BlockPlan(shape, block, (1, 512, 512))
+    chosen = blockwise.watershed_block(plan, halo, can_cut=True)
+    assert chosen == expected
+    window = np.prod([min(n, b + 2 * h) for b, n, h in zip(chosen, shape, halo, strict=True)])
+    assert window <= blockwise.WATERSHED_WINDOW_VOXELS
+    whole = blockwise.watershed_block(plan, halo, can_cut=False)
+    assert whole[1:] == shape[1:]
+
+
+def test_a_watershed_run_without_block_gets_the_bounded_block(tmp_path, model, mask_as_probabilities, monkeypatch):
+    monkeypatch.setattr(blockwise, "WATERSHED_WINDOW_VOXELS", 40_000)
+    data = balls((40, 64, 64), [(20, 32, 26), (20, 32, 38)], 6.0).astype(np.uint8)
+    plain = segment_volume(model, data, tmp_path / "cc.zarr", instances="3d")
+    split = segment_volume(model, data, tmp_path / "ws.zarr", instances="3d", watershed=True, watershed_halo=4)
+    assert plain.block == (40, 64, 64) and np.prod(split.block) < np.prod(plain.block)
+    assert split.objects == 2

@@ -602,10 +602,35 @@ def plan_volume(model: Segmenter, source: Any, *, block: tuple[int, int, int] | 
                 whole_pixels: int = WHOLE_IMAGE_PIXELS) -> tuple[Volume, BlockPlan]:
     """The opened source and its block plan (for an estimate before a run: ``len(plan)`` blocks)."""
     volume = source if isinstance(source, Volume) else open_volume(source)
-    meta = model.metadata
-    can_cut = meta.network_shape(volume.shape[1:]) == volume.shape[1:]
     return volume, plan_blocks(volume.shape, chunks=volume.chunks, block=block, whole_pixels=whole_pixels,
-                               can_cut=can_cut)
+                               can_cut=_can_cut(model, volume))
+
+
+def _can_cut(model: Segmenter, volume: Volume) -> bool:
+    """Whether blocks may cut YX planes: not for models that resize images for their network."""
+    return model.metadata.network_shape(volume.shape[1:]) == volume.shape[1:]
+
+
+#: The most voxels a block's watershed window may hold when the block shape is automatic: about 2.7 GB at the
+#: split's ~80 bytes per window voxel (``benchmarks/watershed.py``).
+WATERSHED_WINDOW_VOXELS = 32 * 1024 * 1024
+
+
+def watershed_block(plan: BlockPlan, halo: tuple[int, int, int], *, can_cut: bool,
+                    budget: int | None = None) -> tuple[int, int, int]:
+    """The block shape for a watershed run: the automatic ``plan``'s block if its window (block + ``halo`` on each
+    side) fits ``budget`` voxels, else the first that fits of whole-plane blocks of fewer slices, then (``can_cut``)
+    YX tiles of 1024, 512 and 256 px of 16 down to 1 slice; the smallest of them if none fits. ``budget``: default
+    ``WATERSHED_WINDOW_VOXELS``."""
+    budget = WATERSHED_WINDOW_VOXELS if budget is None else budget
+    shape = plan.shape
+    whole = [(z, shape[1], shape[2]) for z in range(plan.block[0], 0, -1)]
+    tiles = [(z, t, t) for t in (1024, 512, 256) for z in (16, 8, 4, 2, 1)] if can_cut else []
+    candidates = [tuple(min(b, n) for b, n in zip(c, shape, strict=True)) for c in [plan.block, *whole, *tiles]]
+    for block in candidates:
+        if math.prod(min(n, b + 2 * h) for b, n, h in zip(block, shape, halo, strict=True)) <= budget:
+            return block  # type: ignore[return-value]
+    return candidates[-1]  # type: ignore[return-value]
 
 
 def _settings(segmenter: Segmenter, volume: Volume, *, threshold, instances, probabilities, prob_dtype, tile,
@@ -792,6 +817,9 @@ def prepare_volume_run(model: Segmenter, source: Any, dest: str | Path | zarr.Gr
                          min_size=min_size)
     if watershed or watershed_halo != WATERSHED_HALO:
         settings = _watershed_settings(settings, volume, watershed, watershed_halo)
+        if block is None:  # memory is set by the watershed's window, not by the network's block
+            chosen = watershed_block(plan, settings.watershed_halo, can_cut=_can_cut(segmenter, volume))
+            volume, plan = plan_volume(segmenter, volume, block=chosen, whole_pixels=whole_pixels)
     targets = output_targets(volume, dest, probabilities, prob_dest)
     record = run_record(segmenter, volume, plan, settings)
     labels = _claim(targets.labels, record, overwrite, volume)
