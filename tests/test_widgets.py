@@ -397,3 +397,30 @@ def test_screenshot_for_the_readme(make_napari_viewer, model_file, qtbot, tmp_pa
     qtbot.wait(300)  # let the docks lay out before grabbing the window
     viewer.screenshot(str(out), canvas_only=False)
     assert out.stat().st_size > 10_000
+
+
+def test_split_touching_objects_splits_instances_without_rerunning_the_network(segment, monkeypatch, notes):
+    """Two touching discs: one object as connected components, two with 'Split touching objects'."""
+    yy, xx = np.mgrid[:64, :64]
+    discs = ((yy - 32) ** 2 + (xx - 22) ** 2 < 12 ** 2) | ((yy - 32) ** 2 + (xx - 42) ** 2 < 12 ** 2)
+    runs: list[int] = []
+
+    def the_discs(_model, image, **_options):
+        runs.append(1)
+        yield Progress(1, 1, "fake network")
+        return discs.astype(np.float32)
+
+    monkeypatch.setattr(segmenter, "probability_job", the_discs)
+    viewer = segment.viewer
+    viewer.add_image(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64), name="img")
+    segment.instances.value = True
+    assert not segment.watershed.native.isHidden() and not segment.watershed.value  # shown with Instances
+    assert segment.run_blocking(), notes
+    instances = viewer.layers["img (tiny) instances"]
+    assert len(np.unique(instances.data)) == 2  # background + one object
+    segment.watershed.value = True
+    assert len(np.unique(instances.data)) == 3 and len(runs) == 1
+    a, b = instances.data[32, 22], instances.data[32, 42]
+    assert a and b and a != b
+    segment.instances.value = False
+    assert segment.watershed.native.isHidden()

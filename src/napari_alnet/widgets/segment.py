@@ -135,8 +135,9 @@ class SegmentWidget(Container):
                                 cancel_button=self.cancel_button,
                                 controls=[self.image, self.models.combo, self.device, self.precision, self.scope,
                                           self.z_from, self.z_to, self.stack_axis, self.tile, self.threshold,
-                                          self.probabilities, self.instances, self.instances_3d, self.output,
-                                          self.prob_dtype, self.overwrite, self.run_button, self.save_button])
+                                          self.probabilities, self.instances, self.instances_3d, self.watershed,
+                                          self.output, self.prob_dtype, self.overwrite, self.run_button,
+                                          self.save_button])
         self._result: _Result | _VolumeResult | None = None
         self._pending: Pending | None = None
         self._refreshed = 0.0
@@ -165,6 +166,9 @@ class SegmentWidget(Container):
         self.instances = CheckBox(text="Instances", value=False,
                                   tooltip="also label each object (cell) with its own id")
         self.instances_3d = CheckBox(text="3D instances (objects across slices)", value=False)
+        self.watershed = CheckBox(text="Split touching objects", value=False,
+                                  tooltip="watershed of the objects' distance transform, seeded by its maxima "
+                                          "(in 3D for 3D instances, with the layer's voxel size)")
         self.output = FileEdit(label="Output", mode="w", filter="OME-Zarr (*.zarr)",
                                tooltip="OME-Zarr store for big results (probabilities go beside it as X_prob.zarr); "
                                        "empty: a temporary store, kept with 'Save result'")
@@ -182,7 +186,8 @@ class SegmentWidget(Container):
         self.status.native.setWordWrap(True)
         self.extend([self.image, self.models.combo, self.models.summary, self.device, self.precision, self.scope,
                      self.z_from, self.z_to, self.stack_axis, self.tile, self.threshold, self.probabilities,
-                     self.instances, self.instances_3d, self.output, self.prob_dtype, self.overwrite, self.estimate,
+                     self.instances, self.instances_3d, self.watershed, self.output, self.prob_dtype,
+                     self.overwrite, self.estimate,
                      self.run_button, self.cancel_button, self.save_button, self.progress, self.status])
 
     def _connect(self) -> None:
@@ -190,6 +195,7 @@ class SegmentWidget(Container):
         self.save_button.changed.connect(self._ask_save)
         self.threshold.changed.connect(self._rethreshold)
         self.instances.changed.connect(self._rethreshold)
+        self.watershed.changed.connect(self._rethreshold)
         self.probabilities.changed.connect(self._rethreshold)
         self.image.changed.connect(self._on_image)
         self.scope.changed.connect(self._on_image)
@@ -296,7 +302,8 @@ class SegmentWidget(Container):
     def _volume_key(self) -> tuple:
         instances = ("3d" if self.instances_3d.value else "2d") if self.instances.value else None
         return (self.models.value, self.device.value, self.precision.value, self.tile.value, instances,
-                self.prob_dtype.value, str(output_store(self.output.value)))
+                self.prob_dtype.value, str(output_store(self.output.value)),
+                bool(instances and self.watershed.value))
 
     def _segment_volume(self, layer: Image, model: Segmenter, region: Region) -> bool:
         """Start (or resume) a blockwise run of ``region`` into Zarr stores, shown lazily as blocks finish."""
@@ -313,7 +320,8 @@ class SegmentWidget(Container):
         source = lazy_source(layer, region)
         options = {"probabilities": True, "prob_dtype": self.prob_dtype.value, "instances": key[4],
                    "threshold": threshold, "tile": self.tile.value or None,
-                   "overwrite": bool(self.overwrite.value) and pending is None}
+                   "overwrite": bool(self.overwrite.value) and pending is None,
+                   **({"watershed": True} if key[7] else {})}
         result = _VolumeResult(layer, f"{layer.name} ({self.models.value})", model.metadata, region,
                                Placement.of(layer, region), dest, threshold, key[4], temporary=chosen is None)
         found = estimate(source.shape[: source.ndim - int(bool(layer.rgb))], source_chunks(source), model.metadata,
@@ -420,7 +428,8 @@ class SegmentWidget(Container):
         upsert(self.viewer, self.output_name(), Labels, result.source, np.dtype(np.uint8), result.region,
                postprocess.semantic_labels(prob, threshold))
         if self.instances.value:
-            ids = postprocess.instance_labels(prob, threshold, objects=result.metadata.objects)
+            ids = postprocess.instance_labels(prob, threshold, objects=result.metadata.objects,
+                                              watershed=bool(self.watershed.value))
             upsert(self.viewer, self.output_name("instances"), Labels, result.source, np.dtype(np.int32),
                    result.region, ids)
         if with_probabilities:
@@ -472,6 +481,7 @@ class SegmentWidget(Container):
         self.stack_axis.visible = nd >= 4 and stacked
         self.z_from.visible = self.z_to.visible = nd >= 3 and self.scope.value == Z_RANGE
         self.instances_3d.visible = nd >= 3 and bool(self.instances.value)
+        self.watershed.visible = bool(self.instances.value)
         depth = self._depth(layer)
         for box in (self.z_from, self.z_to):
             box.max = max(depth - 1, 0)
