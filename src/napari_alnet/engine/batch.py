@@ -77,17 +77,12 @@ def output_paths(path: Path, outdir: Path, probabilities: bool) -> dict[str, Pat
     return paths
 
 
-OUTPUT_KINDS = ("labels", "prob")
-
-
 def earlier_outputs(found: list[Path]) -> set[Path]:
-    """The files of a folder listing that this command wrote from another file in it: named ``STEM_labels.tif`` or
-    ``STEM_prob.tif`` beside ``STEM.ext`` and recording napari-alnet as their maker. A rerun with the output folder =
-    the input folder does not segment them; any other file stays an input (and is never written over)."""
-    stems = {f.stem for f in found}
-    named = [f for f in found if f.suffix == ".tif"
-             and any(f.stem.endswith(f"_{kind}") and f.stem[: -len(kind) - 1] in stems for kind in OUTPUT_KINDS)]
-    return {f for f in named if _made_here(f)}
+    """The files of a folder listing that this command wrote from another file in it: at that file's
+    ``output_paths`` and recording napari-alnet as their maker. A rerun with the output folder = the input folder
+    does not segment them; any other file stays an input (and is never written over)."""
+    named = {out for f in found for out in output_paths(f, f.parent, True).values()}
+    return {f for f in found if f in named and _made_here(f)}
 
 
 def _made_here(path: Path) -> bool:

@@ -60,9 +60,10 @@ def lazy_source(layer: Image, region: Region) -> Any:
     return part[None] if Placement.of(layer, region).extra_z else part
 
 
-def uses_engine(layer: Image, instances_3d: bool, has_output: bool) -> bool:
-    """Whether a run goes through the blockwise engine: big layers, 3D instances, or an output store chosen."""
-    return instances_3d or has_output or int(np.prod(spatial_shape(layer), dtype=np.int64)) > IN_MEMORY_VOXELS
+def uses_engine(layer: Image, engine_instances: bool, has_output: bool) -> bool:
+    """Whether a run goes through the blockwise engine: big layers, instances only the engine makes (3D, or split
+    by the watershed: about 1 s per megapixel, never on the GUI thread), or an output store chosen."""
+    return engine_instances or has_output or int(np.prod(spatial_shape(layer), dtype=np.int64)) > IN_MEMORY_VOXELS
 
 
 @dataclass(frozen=True)

@@ -195,13 +195,12 @@ class SegmentWidget(Container):
         self.save_button.changed.connect(self._ask_save)
         self.threshold.changed.connect(self._rethreshold)
         self.instances.changed.connect(self._rethreshold)
-        self.watershed.changed.connect(self._rethreshold)
         self.probabilities.changed.connect(self._rethreshold)
         self.image.changed.connect(self._on_image)
         self.scope.changed.connect(self._on_image)
         self.instances.changed.connect(self._on_image)
         self.stack_axis.changed.connect(self._update_estimate)
-        for widget in (self.z_from, self.z_to, self.device, self.instances_3d, self.output):
+        for widget in (self.z_from, self.z_to, self.device, self.instances_3d, self.watershed, self.output):
             widget.changed.connect(self._update_estimate)
         self.models.on_change(self._on_model)
         for event in ("inserted", "removed", "reordered"):
@@ -220,8 +219,7 @@ class SegmentWidget(Container):
             model = self.models.load(self.device.value).with_precision(self.precision.value)
             region = self._region(layer)
             self._check_model(model, layer)
-            instances_3d = self.instances.value and self.instances_3d.value
-            if uses_engine(layer, instances_3d, output_store(self.output.value) is not None):
+            if self._uses_engine(layer):
                 return self._segment_volume(layer, model, region)
             image = read_region(layer, region)
             check_pixels(image, layer.name)
@@ -428,13 +426,17 @@ class SegmentWidget(Container):
         upsert(self.viewer, self.output_name(), Labels, result.source, np.dtype(np.uint8), result.region,
                postprocess.semantic_labels(prob, threshold))
         if self.instances.value:
-            ids = postprocess.instance_labels(prob, threshold, objects=result.metadata.objects,
-                                              watershed=bool(self.watershed.value))
+            ids = postprocess.instance_labels(prob, threshold, objects=result.metadata.objects)
             upsert(self.viewer, self.output_name("instances"), Labels, result.source, np.dtype(np.int32),
                    result.region, ids)
         if with_probabilities:
             upsert(self.viewer, self.output_name("probabilities"), Image, result.source, np.dtype(np.float32),
                    result.region, prob)
+
+    def _uses_engine(self, layer: Image) -> bool:
+        """Whether this layer and these options run blockwise (``_volume.uses_engine``)."""
+        engine_instances = bool(self.instances.value and (self.instances_3d.value or self.watershed.value))
+        return uses_engine(layer, engine_instances, output_store(self.output.value) is not None)
 
     def _rethreshold(self, *_) -> None:
         if not self.runner.running:
@@ -501,8 +503,7 @@ class SegmentWidget(Container):
             return
         try:
             region = self._region(layer)
-            instances_3d = bool(self.instances.value and self.instances_3d.value)
-            if not uses_engine(layer, instances_3d, output_store(self.output.value) is not None):
+            if not self._uses_engine(layer):
                 self.estimate.value = "in memory (a small image: one network call)"
                 return
             source = lazy_source(layer, region)
