@@ -29,7 +29,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.measure import label
 
 from ..model.metadata import OBJECTS
-from .postprocess import split_objects
+from .postprocess import raster_order_table, split_objects
 
 MODES = ("2d", "3d")
 #: The axes across which blocks' ids are merged: z, y and x for 3D instances, y and x for 2D (per slice).
@@ -193,11 +193,8 @@ def core_ids(ids: np.ndarray, core: tuple[slice, ...]) -> tuple[np.ndarray, int,
     """The window ``ids`` of a block's ``core`` renumbered 1..n in the order of their first voxel (as ``label``
     numbers), n, and the table from window ids to them (0 for ids that are not in the core)."""
     inner = ids[core]
-    found, first = np.unique(inner.ravel(), return_index=True)
-    first, found = first[found > 0], found[found > 0]
-    table = np.zeros(int(ids.max()) + 1 if ids.size else 1, np.uint32)
-    table[found[np.argsort(first, kind="stable")]] = np.arange(1, len(found) + 1, dtype=np.uint32)
-    return table[inner], len(found), table
+    table = raster_order_table(inner, size=int(ids.max()) + 1 if ids.size else 1, dtype=np.uint32)
+    return table[inner], int(table.max()), table
 
 
 def ghost_plane(ids: np.ndarray, core: tuple[slice, ...], axis: int, side: int, table: np.ndarray) -> np.ndarray:

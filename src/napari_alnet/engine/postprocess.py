@@ -60,11 +60,17 @@ def instance_labels(prob: np.ndarray, threshold: float, objects: str = "foregrou
 
 def in_raster_order(ids: np.ndarray) -> np.ndarray:
     """``ids`` renumbered 1..n in the order of each object's first pixel (as ``label`` numbers components)."""
+    return raster_order_table(ids, dtype=ids.dtype)[ids]
+
+
+def raster_order_table(ids: np.ndarray, *, size: int | None = None, dtype=np.int32) -> np.ndarray:
+    """The table from the ids in ``ids`` to 1..n in the order of each one's first pixel (0 and absent ids map to
+    0); ``size``: its length, default ``ids.max() + 1``."""
     found, first = np.unique(ids.ravel(), return_index=True)
     first, found = first[found > 0], found[found > 0]
-    table = np.zeros(int(found.max()) + 1 if len(found) else 1, ids.dtype)
-    table[found[np.argsort(first, kind="stable")]] = np.arange(1, len(found) + 1)
-    return table[ids]
+    table = np.zeros(size if size is not None else int(ids.max()) + 1 if ids.size else 1, dtype)
+    table[found[np.argsort(first, kind="stable")]] = np.arange(1, len(found) + 1, dtype=dtype)
+    return table
 
 
 def watershed_seeds(dist: np.ndarray, regions: np.ndarray, *, height: float = MARKER_HEIGHT) -> np.ndarray:
