@@ -5,6 +5,10 @@ has ``config.napari_alnet`` with ``format: napari-alnet``: the same metadata str
 fused weights come from its ``pytorch_state_dict`` entry, checked against the sha256 the description records and
 read with ``torch.load(weights_only=True)`` (PyTorch's restricted unpickler: tensors and plain containers, no
 code). Any other zoo model is refused with a message that says it is not an AL-Net.
+
+Everything is bounded before it is read: members' sizes (from the zip's central directory, or the folder's file
+sizes) against ``MAX_DESCRIPTION_BYTES`` / ``MAX_WEIGHTS_BYTES``, reads capped at that size (a central directory
+that lies is caught), and the description loaded by a YAML loader that refuses aliases (no "billion laughs").
 """
 
 from __future__ import annotations
@@ -23,6 +27,22 @@ from ..model.metadata import FORMAT, FORMAT_VERSION, ModelMetadata
 DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml")
 #: The key under the description's ``config`` that holds napari-alnet's metadata.
 CONFIG_KEY = "napari_alnet"
+#: Largest description read (ours are ~30 KB with the model card).
+MAX_DESCRIPTION_BYTES = 4 << 20
+#: Largest state dict read (an AL-Net's fused float32 weights are 4-60 MB; 64 M parameters would be 256 MB).
+MAX_WEIGHTS_BYTES = 320 << 20
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader refusing aliases: a 1 KB document of nested aliases expands to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"an alias (*{event.anchor}) is not accepted in a package "
+                                              "description (aliases can expand a small file to gigabytes)",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
 
 
 class PackageError(ValueError):
@@ -49,18 +69,33 @@ def is_package(path: str | Path) -> bool:
     return description_name(path) is not None
 
 
-def _read_member(path: Path, name: str) -> bytes:
-    """The bytes of the file ``name`` (relative, inside the package) of a package folder or zip."""
+def _read_member(path: Path, name: str, limit: int) -> bytes:
+    """The bytes of the file ``name`` (relative, inside the package) of a package folder or zip; ``PackageError``
+    when its size (the zip's central directory's, or the file's) exceeds ``limit``, checked before reading (and
+    the read itself stops past ``limit``, should the directory lie)."""
     rel = PurePosixPath(name)
     if rel.is_absolute() or ".." in rel.parts or "://" in name:
         raise PackageError(f"{path}: refers to {name!r}, which is not a file inside the package")
     try:
         if path.is_dir():
-            return (path / rel).read_bytes()
-        with zipfile.ZipFile(path) as zf:
-            return zf.read(str(rel))
+            _check_size(path, name, (path / rel).stat().st_size, limit)
+            with open(path / rel, "rb") as fh:
+                data = fh.read(limit + 1)
+        else:
+            with zipfile.ZipFile(path) as zf:
+                _check_size(path, name, zf.getinfo(str(rel)).file_size, limit)
+                with zf.open(str(rel)) as fh:
+                    data = fh.read(limit + 1)
     except (KeyError, OSError, zipfile.BadZipFile) as exc:
         raise PackageError(f"{path}: the package lacks {name!r} ({exc})") from exc
+    _check_size(path, name, len(data), limit)
+    return data
+
+
+def _check_size(path: Path, name: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise PackageError(f"{path}: {name} is {size / 2**20:.1f} MB or more (limit {limit / 2**20:.0f} MB for this "
+                           "file in an AL-Net package); refusing to read it")
 
 
 def read_description(path: str | Path) -> dict:
@@ -70,9 +105,9 @@ def read_description(path: str | Path) -> dict:
     if name is None:
         raise PackageError(f"{path}: is not a bioimage.io package (no {' or '.join(DESCRIPTION_NAMES)})")
     try:
-        rdf = yaml.safe_load(_read_member(path, name))
-    except yaml.YAMLError as exc:
-        raise PackageError(f"{path}: {name} is not valid YAML ({exc})") from exc
+        rdf = yaml.load(_read_member(path, name, MAX_DESCRIPTION_BYTES), Loader=_NoAliasLoader)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise PackageError(f"{path}: {name} is not a valid or accepted YAML description ({exc})") from exc
     if not isinstance(rdf, dict):
         raise PackageError(f"{path}: {name} does not describe a resource")
     return rdf
@@ -99,7 +134,7 @@ def _state_dict(path: Path, rdf: dict) -> dict[str, torch.Tensor]:
     entry = (rdf.get("weights") or {}).get("pytorch_state_dict")
     if not isinstance(entry, dict) or not entry.get("source"):
         raise PackageError(f"{path}: has no pytorch_state_dict weights (napari-alnet reads those)")
-    data = _read_member(path, str(entry["source"]))
+    data = _read_member(path, str(entry["source"]), MAX_WEIGHTS_BYTES)
     expected = entry.get("sha256")
     if expected and hashlib.sha256(data).hexdigest() != expected:
         raise PackageError(f"{path}: {entry['source']} does not match the sha256 in the description (corrupt or "

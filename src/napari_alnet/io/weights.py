@@ -7,15 +7,18 @@ restricted ``weights_only`` loader, which admits tensors and plain containers on
 
 from __future__ import annotations
 
+import json
+import math
 import struct
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..model import ALNet
+from ..model.config import MAX_PARAMETERS
 from ..model.metadata import FORMAT, FORMAT_VERSION, ModelMetadata
 from .atomic import atomic_write
 from .bioimageio_package import PackageError, is_package, read_package
@@ -24,6 +27,15 @@ from .pretrained import BUILTIN_NAMES, builtin_path, shipped_models
 
 class WeightsError(ValueError):
     """A weight file that cannot be used; the message names the file and the problem."""
+
+
+#: What a weight file may hold, checked from its header before any tensor is read (a real one: ~300 tensors,
+#: a header of ~100 KB with the model card, 4-30 MB of tensors).
+MAX_HEADER_BYTES = 16 << 20
+MAX_TENSORS = 4096
+MAX_TENSOR_DIMS = 8
+#: Elements in all tensors together: twice the largest network's parameters (BatchNorm buffers besides).
+MAX_ELEMENTS = 2 * MAX_PARAMETERS
 
 
 def save_weights(model: ALNet, metadata: ModelMetadata, path: str | Path, half: bool = False) -> Path:
@@ -69,6 +81,40 @@ def _check_header(path: Path) -> None:
                            f"file has {size})")
 
 
+def _header(path: Path) -> dict:
+    """The safetensors JSON header, read only after its length is checked against ``MAX_HEADER_BYTES``, with the
+    tensor count, dimensions and element total checked against their limits (before any tensor is read)."""
+    with open(path, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        if length > MAX_HEADER_BYTES:
+            raise WeightsError(f"{path}: its safetensors header claims {length} bytes (limit {MAX_HEADER_BYTES}: a "
+                               "real AL-Net header has ~100 KB); refusing to read it")
+        try:
+            header = json.loads(fh.read(length))
+        except (ValueError, RecursionError) as exc:
+            raise WeightsError(f"{path}: is truncated or corrupt (unreadable safetensors header: {exc})") from exc
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: is corrupt (its safetensors header is not a JSON object)")
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if len(entries) > MAX_TENSORS:
+        raise WeightsError(f"{path}: holds {len(entries)} tensors (limit {MAX_TENSORS}: an AL-Net has ~300)")
+    total = 0
+    for name, entry in entries.items():
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if (not isinstance(shape, list) or len(shape) > MAX_TENSOR_DIMS
+                or not all(isinstance(n, int) and 0 <= n <= MAX_ELEMENTS for n in shape)):
+            raise WeightsError(f"{path}: tensor {name[:80]!r} has shape {str(shape)[:80]} (at most "
+                               f"{MAX_TENSOR_DIMS} dimensions of at most {MAX_ELEMENTS} entries)")
+        total += math.prod(shape)
+    if total > MAX_ELEMENTS:
+        raise WeightsError(f"{path}: its tensors hold {total} values (limit {MAX_ELEMENTS}: twice the "
+                           f"{MAX_PARAMETERS // 10**6} M parameters of the largest AL-Net napari-alnet builds)")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise WeightsError(f"{path}: is corrupt (its safetensors metadata is not a map of strings)")
+    return meta
+
+
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelMetadata, str]:
     """Tensors, metadata and form (``training`` or ``fused``) of a weight file, or of a bioimage.io package
     napari-alnet exported (zip or folder; always fused); ``WeightsError`` if unusable."""
@@ -84,12 +130,16 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelMetada
     if not path.is_file():
         raise WeightsError(f"{path}: no such weight file")
     _check_header(path)
+    meta = _header(path)
+    metadata = _metadata(path, meta)  # the config's values are checked before a tensor is read
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"{path}: is truncated or corrupt ({exc})") from exc
+    return tensors, metadata, meta.get("form", "training")
+
+
+def _metadata(path: Path, meta: dict[str, str]) -> ModelMetadata:
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path}: is a safetensors file but not an napari-alnet weight file "
                            f"(metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r})")
@@ -100,7 +150,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelMetada
         metadata = ModelMetadata.from_strings(meta)
     except (KeyError, ValueError, TypeError) as exc:
         raise WeightsError(f"{path}: has unreadable metadata ({exc})") from exc
-    return tensors, metadata, meta.get("form", "training")
+    return metadata
 
 
 def build_model(tensors: dict[str, torch.Tensor], metadata: ModelMetadata, form: str,
