@@ -2,6 +2,8 @@
 
     python benchmarks/model_cards.py --bf16-json bf16.json   # from benchmarks/precision_accuracy.py --json
     python benchmarks/model_cards.py --check                 # print each file's tensor-data SHA-256 and bf16 entry
+    python benchmarks/model_cards.py --training-statistics [--data ../shared/data]
+        # card["training_statistics"]: channels, dtype, p1/p50/p99 of each model's training split (TRAINING_SPLITS)
 
 A safetensors file is an 8-byte header length, a JSON header (tensor offsets and ``__metadata__``) and the tensor
 bytes. Only the header's ``__metadata__["card"]`` changes: the tensor bytes are copied verbatim (offsets are
@@ -12,6 +14,7 @@ the file still loads as a napari-alnet weight file.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import struct
@@ -21,9 +24,28 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from napari_alnet.engine.suitability import STATS_KEY, training_statistics
 from napari_alnet.io.atomic import atomic_write
+from napari_alnet.io.images import decode_image
 from napari_alnet.io.pretrained import builtin_path, shipped_models
 from napari_alnet.io.weights import read_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+STARE_TRAIN = ("im0001", "im0002", "im0003", "im0004", "im0005", "im0044", "im0077", "im0081", "im0082", "im0139",
+               "im0162", "im0163", "im0235", "im0236")
+#: Each shipped model's training split, as the datasets' PROVENANCE.md fix them: (images relative to the data folder,
+#: colour, pixel size in nm or None, description).
+TRAINING_SPLITS = {
+    "em": (lambda data: [data / f"isbi2012/train/images/{z:02d}.png" for z in range(21)], False, 4.0,
+           "ISBI 2012 train slices 00-20 (4 x 4 nm pixels)"),
+    "fundus": (lambda data: [data / f"stare/images/{n}.png" for n in STARE_TRAIN]
+               + sorted((data / "drive/images").glob("*.png")), True, None,
+               "STARE train (14) + DRIVE training (20)"),
+    "dermoscopy": (lambda data: [data / f"isic2018/images/{row['name']}.jpg"
+                                 for row in csv.DictReader((data / "isic2018/split.csv").open())
+                                 if row["subset_in_source_repo"] == "train"], True, None,
+                   "ISIC 2018 Task 1 train (1600, resized to 512 x 512)"),
+}
 
 
 def split_file(path: Path) -> tuple[dict, bytes]:
@@ -56,16 +78,34 @@ def set_card_entry(path: Path, key: str, entry: dict) -> str:
     return digest
 
 
+def write_training_statistics(data: Path) -> None:
+    """``card["training_statistics"]`` of each shipped model from its training split (the tensors are untouched)."""
+    for name, (paths, rgb, pixel_size, source) in TRAINING_SPLITS.items():
+        files = paths(data)
+        missing = [p for p in files if not p.is_file()]
+        if missing:
+            raise SystemExit(f"{name}: {len(missing)} training images missing, e.g. {missing[0]} (--data?)")
+        entry = training_statistics((decode_image(p) for p in files), rgb=rgb, pixel_size_nm=pixel_size,
+                                    source=source)
+        digest = set_card_entry(builtin_path(name), STATS_KEY, entry)
+        print(f"{name}: card[{STATS_KEY!r}] = {json.dumps(entry)}; tensor bytes unchanged (sha256 {digest})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bf16-json", type=Path, help="card entries from precision_accuracy.py --json")
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--training-statistics", action="store_true",
+                        help="record the intensity statistics of each model's training split in its card")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="the shared datasets")
     args = parser.parse_args()
+    if args.training_statistics:
+        write_training_statistics(args.data)
     if args.bf16_json:
         for name, entry in json.loads(args.bf16_json.read_text()).items():
             digest = set_card_entry(builtin_path(name), "bf16", entry)
             print(f"{name}: card['bf16'] = validated {entry['validated']}; tensor bytes unchanged (sha256 {digest})")
-    if args.check or not args.bf16_json:
+    if args.check or not (args.bf16_json or args.training_statistics):
         for name in shipped_models():
             header, data = split_file(builtin_path(name))
             entry = json.loads(header["__metadata__"].get("card", "{}")).get("bf16")
