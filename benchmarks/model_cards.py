@@ -4,6 +4,8 @@
     python benchmarks/model_cards.py --check                 # print each file's tensor-data SHA-256 and bf16 entry
     python benchmarks/model_cards.py --training-statistics [--data ../shared/data]
         # card["training_statistics"]: channels, dtype, p1/p50/p99 of each model's training split (TRAINING_SPLITS)
+    python benchmarks/model_cards.py --label-meaning
+        # card["foreground"] / card["background"]: what label 1 and label 0 mean (LABEL_MEANINGS)
 
 A safetensors file is an 8-byte header length, a JSON header (tensor offsets and ``__metadata__``) and the tensor
 bytes. Only the header's ``__metadata__["card"]`` changes: the tensor bytes are copied verbatim (offsets are
@@ -47,6 +49,10 @@ TRAINING_SPLITS = {
                    "ISIC 2018 Task 1 train (1600, resized to 512 x 512)"),
 }
 
+#: What each shipped model's label 1 (``foreground``) and label 0 (``background``) are.
+LABEL_MEANINGS = {"em": ("membrane", "cell interior"), "fundus": ("vessel", "background"),
+                  "dermoscopy": ("lesion", "skin")}
+
 
 def split_file(path: Path) -> tuple[dict, bytes]:
     """(header, tensor bytes) of a safetensors file."""
@@ -61,7 +67,7 @@ def join_file(header: dict, data: bytes) -> bytes:
     return struct.pack("<Q", len(text)) + text + data
 
 
-def set_card_entry(path: Path, key: str, entry: dict) -> str:
+def set_card_entry(path: Path, key: str, entry: dict | str) -> str:
     """Set ``card[key] = entry`` in ``path``'s metadata; returns the SHA-256 of its (unchanged) tensor bytes."""
     before = load_file(str(path))
     header, data = split_file(path)
@@ -98,14 +104,22 @@ def main() -> int:
     parser.add_argument("--training-statistics", action="store_true",
                         help="record the intensity statistics of each model's training split in its card")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="the shared datasets")
+    parser.add_argument("--label-meaning", action="store_true",
+                        help="record what label 1 and label 0 mean (card foreground / background)")
     args = parser.parse_args()
+    if args.label_meaning:
+        for name, (foreground, background) in LABEL_MEANINGS.items():
+            set_card_entry(builtin_path(name), "foreground", foreground)
+            digest = set_card_entry(builtin_path(name), "background", background)
+            print(f"{name}: label 1 = {foreground!r}, label 0 = {background!r}; tensor bytes unchanged "
+                  f"(sha256 {digest})")
     if args.training_statistics:
         write_training_statistics(args.data)
     if args.bf16_json:
         for name, entry in json.loads(args.bf16_json.read_text()).items():
             digest = set_card_entry(builtin_path(name), "bf16", entry)
             print(f"{name}: card['bf16'] = validated {entry['validated']}; tensor bytes unchanged (sha256 {digest})")
-    if args.check or not (args.bf16_json or args.training_statistics):
+    if args.check or not (args.bf16_json or args.training_statistics or args.label_meaning):
         for name in shipped_models():
             header, data = split_file(builtin_path(name))
             entry = json.loads(header["__metadata__"].get("card", "{}")).get("bf16")
