@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_alnet"
 #: Bottom up; a module may import its own layer or a lower one.
 LAYERS = ("model", "io", "engine", "training", "top")
-TOP_MODULES = ("api", "cli", "terminal", "widgets", "__init__")
+TOP_MODULES = ("api", "cli", "launch", "terminal", "widgets", "__init__")
 GUI_PACKAGES = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "vispy")
 MAX_FUNCTION_LINES = 60
 
@@ -84,7 +84,8 @@ def test_the_core_imports_no_gui(path):
 def test_public_entry_points_only_re_export():
     for name in ("api.py", "__init__.py"):
         tree = ast.parse((PACKAGE / name).read_text())
-        defined = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))]
+        defined = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                   and n.name != "__getattr__"]  # PEP 562: the package re-exports the API lazily (engine/threads.py)
         assert not defined, f"{name} defines {defined}; define them in their layer and re-export"
 
 

@@ -136,20 +136,6 @@ def test_a_reader_failure_fails_that_file_only(tmp_path, monkeypatch, depth):
     assert not any(p.name.startswith(".") for p in (tmp_path / "out").iterdir())
 
 
-@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_openmp_threads_sleep_when_idle_unless_the_user_chose(given, expected):
-    """``import napari_alnet`` sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads libgomp (docs/performance.md)."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given
-                                                                             else {})
-    code = "import os, napari_alnet; print(os.environ['OMP_WAIT_POLICY'])"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == expected
-
-
 def test_the_pipeline_runs_only_where_torch_leaves_a_core(monkeypatch):
     import torch
 

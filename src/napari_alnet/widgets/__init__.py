@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from .batch import BatchWidget
-from .finetune import FinetuneWidget
-from .segment import SegmentWidget
+from ..engine.threads import prepare_for
+
+prepare_for("viewer")  # before the docks import torch: OpenMP threads that spin briefly, then sleep
+
+from .batch import BatchWidget  # noqa: E402
+from .finetune import FinetuneWidget  # noqa: E402
+from .segment import SegmentWidget  # noqa: E402
 
 __all__ = ["BatchWidget", "FinetuneWidget", "SegmentWidget"]
