@@ -1,4 +1,11 @@
-"""Reading images, masks and stacks from disk with clear errors (no Qt)."""
+"""Reading images, masks and stacks from disk with clear errors (no Qt).
+
+Colours are decoded to what a viewer shows: PNG/JPEG through Pillow by their colour model (CMYK and YCCK JPEGs,
+palette, YCbCr and HSV images to RGB; L/LA/PA/La to gray with the alpha dropped; 1-bit to bool; I;16 to uint16,
+I to int32, F to float32), TIFF pages by their photometric interpretation (``tiff_colour``: MINISWHITE inverted,
+PALETTE through its colour map, SEPARATED/CMYK to RGB, JPEG-coded YCbCr as tifffile decodes it); any other model
+is refused naming it and what to convert to.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from skimage import io as skio
+from PIL import Image
 
 from .layout import has_colour_axis
 
@@ -42,9 +49,77 @@ def decode_image(path: str | Path) -> np.ndarray:
     try:
         if is_tiff(path):
             return np.asarray(tifffile.imread(path))
-        return np.asarray(skio.imread(path))
+        with Image.open(path) as image:
+            return pil_pixels(image, path)
+    except ImageReadError:
+        raise
     except Exception as exc:  # any decoder error means the same thing to the user
         raise ImageReadError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from exc
+
+
+#: Pillow colour models and what they are decoded to: the mode converted to, or ``None`` for the pixels as stored.
+PIL_MODES = {"1": None, "L": None, "I;16": None, "I;16L": None, "I;16B": None, "I;16N": None, "I": None, "F": None,
+             "RGB": None, "RGBA": None, "LA": "L", "La": "L", "PA": "RGB", "P": "RGB", "CMYK": "RGB",
+             "YCbCr": "RGB", "HSV": "RGB", "RGBX": "RGB", "RGBa": "RGBA"}
+
+
+def pil_pixels(image: Image.Image, path: Path) -> np.ndarray:
+    """The pixels of a Pillow image as a viewer shows them (``PIL_MODES``); ``ImageReadError`` naming a colour
+    model without one reading (LAB, a multi-frame file)."""
+    if getattr(image, "n_frames", 1) > 1:
+        raise ImageReadError(f"{path}: holds {image.n_frames} frames (an animation); save the one to segment as its "
+                             "own PNG/JPEG or the frames as a TIFF stack")
+    if image.mode not in PIL_MODES:
+        raise ImageReadError(f"{path}: colour model {image.mode!r} is not supported (supported: "
+                             f"{', '.join(PIL_MODES)}); convert it to RGB or grayscale first")
+    target = PIL_MODES[image.mode]
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # a palette's transparent entry: through RGBA, whose alpha is then ignored
+    return np.asarray(image.convert(target) if target else image)
+
+
+def tiff_colour(page, path: Path):
+    """How a TIFF page's pixels become what a viewer shows: ``None`` (as stored: MINISBLACK, RGB, JPEG-decoded
+    YCbCr) or ``(convert, channels)``, a function of one plane and its channel count after conversion (0 = gray);
+    ``ImageReadError`` for a photometric interpretation without one reading here."""
+    photometric = tifffile.PHOTOMETRIC
+    kind, dtype = page.photometric, np.dtype(page.dtype)
+    if kind in (photometric.MINISBLACK, photometric.RGB):
+        return None
+    if kind == photometric.YCBCR and page.compression == tifffile.COMPRESSION.JPEG:
+        return None  # the JPEG decoder gives RGB
+    if kind == photometric.MINISWHITE and (dtype.kind in "ub"):
+        top = (1 << int(page.bitspersample)) - 1
+        return (lambda p: ~p if p.dtype == bool else (top - p).astype(p.dtype)), 0
+    if kind == photometric.PALETTE and page.colormap is not None:
+        return _palette(np.asarray(page.colormap))
+    inks = page.tags.get("InkSet")
+    if kind == photometric.SEPARATED and (inks is None or inks.value == 1) and dtype.kind == "u" \
+            and page.samplesperpixel == 4:
+        return _cmyk_to_rgb, 3
+    name = getattr(kind, "name", str(kind))
+    raise ImageReadError(f"{path}: TIFF colour model {name} ({dtype}, {page.samplesperpixel} samples per pixel, "
+                         f"{page.compression.name} compression) is not supported; convert it to grayscale or RGB "
+                         "(supported: MINISBLACK, MINISWHITE, RGB, PALETTE, CMYK, JPEG-compressed YCbCr)")
+
+
+def _palette(colormap: np.ndarray):
+    """A palette's (3, N) uint16 colour map as a lookup: gray (one row) when its rows are equal, else RGB; 8-bit
+    values when every entry is a multiple of 257 (how 8-bit palettes are stored)."""
+    table = (colormap // 257).astype(np.uint8) if not (colormap % 257).any() else colormap
+    if (table[0] == table[1]).all() and (table[0] == table[2]).all():
+        gray = table[0]
+        return (lambda p: gray[p]), 0
+    rgb = np.ascontiguousarray(table.T)
+    return (lambda p: rgb[p]), 3
+
+
+def _cmyk_to_rgb(plane: np.ndarray) -> np.ndarray:
+    """RGB of a CMYK plane (Y, X, 4): each of R, G, B is (1 - ink)(1 - black), in the plane's unsigned dtype."""
+    top = np.iinfo(plane.dtype).max
+    white = top - plane.astype(np.uint64)
+    rgb = (white[..., :3] * white[..., 3:] + top // 2) // top
+    return rgb.astype(plane.dtype)
 
 
 #: The first bytes every file of a type starts with.

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .images import ImageReadError, checked_image_file, decode_image, is_tiff
+from .images import ImageReadError, checked_image_file, decode_image, is_tiff, tiff_colour
 from .layout import COLOUR_SIZES, is_plane
 
 
@@ -190,7 +190,17 @@ def _tiff_reader(path: Path, tif, chosen, index: int, layout: _TiffLayout) -> Sl
     size = tiff_pixel_size(tif)
     if layout.stack_axis == "T":  # frames of a time series: the slice spacing is not a Z spacing
         size = PixelSize(size.x, size.y, None, size.unit)
-    return SliceReader(path, layout.depth, plane_shape, chosen.dtype, bool(colour), is_stack, get, size, tif.close)
+    dtype, rgb = chosen.dtype, bool(colour)
+    shown = tiff_colour(chosen.keyframe, path)
+    if shown is not None:  # decoded to what a viewer shows (inverted, through the palette, CMYK to RGB)
+        convert, channels = shown
+        get, dtype = _converted(get, convert), convert(np.zeros((1, 1, *plane_shape[2:]), chosen.dtype)).dtype
+        plane_shape, rgb = (*plane_shape[:2], *((channels,) if channels else ())), bool(channels)
+    return SliceReader(path, layout.depth, plane_shape, dtype, rgb, is_stack, get, size, tif.close)
+
+
+def _converted(get, convert):
+    return lambda i: convert(get(i))
 
 
 def _as_stack(tif, series, index: int, axes: str, colour: str) -> np.ndarray:

@@ -27,6 +27,7 @@ with warnings.catch_warnings():  # ome-zarr 0.18 warns at import about a default
     from ome_zarr.writer import add_metadata, write_multiscales_metadata
 from zarr_n5 import ImplicitGroupWrapperStore, N5WrapperStore
 
+from .images import tiff_colour
 from .layout import COLOUR_SIZES
 from .stack_reader import tiff_pixel_size
 
@@ -452,9 +453,15 @@ def _open_tiff(path: Path) -> Volume:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             tiff_axes, shape, size = series.axes, tuple(series.shape), tiff_pixel_size(tif)
+            stored = series.keyframe.photometric
+            shown = tiff_colour(series.keyframe, path)
         raw = _opener_tiff(str(path), 0)
     except Exception as exc:
         raise VolumeError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})") from exc
+    if shown is not None:  # a volume is read lazily as stored: only gray and RGB pixels mean what they say
+        raise VolumeError(f"{path}: its pixels are stored as {stored.name} (a viewer shows them converted); a TIFF "
+                          "volume written to Zarr is read as stored, so save it as grayscale or RGB first, or "
+                          "segment it into a TIFF output (which converts it)")
     axes = _tiff_roles(tiff_axes, shape, path)
     spatial = tuple(a for a in ("z", "y", "x") if a in axes)
     values = {"z": size.z, "y": size.y, "x": size.x}
