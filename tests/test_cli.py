@@ -10,6 +10,8 @@ import tifffile
 from skimage.io import imsave
 
 import napari_alnet.cli as cli
+import napari_alnet.cli.common as cli_common
+import napari_alnet.cli.train as cli_train
 from model_factory import save_test_model, texture
 from napari_alnet.engine.progress import Progress
 from napari_alnet.io.sample_data import em_like_stack
@@ -74,8 +76,8 @@ def fake_training(monkeypatch, weights):
         return real_load_pairs(file_pairs, normalization=normalization, in_channels=in_channels, invert=invert,
                                resize=resize, scale=scale)
 
-    monkeypatch.setattr(cli, "train_job", fake)
-    monkeypatch.setattr(cli, "load_pairs", keyword_load_pairs)
+    monkeypatch.setattr(cli_train, "train_job", fake)
+    monkeypatch.setattr(cli_train, "load_pairs", keyword_load_pairs)
     fake.load_calls = load_calls
     return fake
 
@@ -98,7 +100,8 @@ def test_train_passes_keywords_and_records_the_run_in_the_card(data, tmp_path, f
     assert call["metadata"].input_scale == 1.5
     assert "training on 2 pairs, validating on 1; " in captured.err and " x 1 epochs" in captured.err
     done = [line for line in captured.err.splitlines() if line.startswith("train [")]
-    assert len(done) == 2 and re.search(r"3/3 [0-9.]+ steps/s epoch 1/1 done train_loss 0.5$", done[-1])
+    assert len(done) == 4  # the first step, 2/3 (a new 5 %), 3/3 and the epoch's summary
+    assert re.search(r"3/3 100% [0-9.]+ steps/s epoch 1/1 done train_loss 0.5$", done[-1])
     assert captured.out == f"best epoch 1: val_iou 0.5000; 0.0 min; wrote {out}\n"
     _, meta = load_weights(out)
     assert meta.card["training"]["epochs_done"] == 1 and meta.card["training"]["stopped"] == "finished"
@@ -108,13 +111,13 @@ def test_train_passes_keywords_and_records_the_run_in_the_card(data, tmp_path, f
 
 def test_train_interrupted_closes_the_run_before_saying_where_the_weights_are(data, tmp_path, fake_training,
                                                                               monkeypatch, capsys):
-    class InterruptedBar(cli.ProgressBar):
+    class InterruptedBar(cli_common.ProgressBar):
         def __call__(self, report):
             if report.step == 2:
                 raise KeyboardInterrupt
             super().__call__(report)
 
-    monkeypatch.setattr(cli, "ProgressBar", InterruptedBar)
+    monkeypatch.setattr(cli_common, "ProgressBar", InterruptedBar)
     folder, _ = data
     out = tmp_path / "m.safetensors"
     rc = cli.main(["train", "--images", str(folder / "images"), "--masks", str(folder / "masks"),
@@ -170,9 +173,14 @@ def test_segment_error_lines_and_progress_on_stderr(tmp_path, weights, capsys):
     captured = capsys.readouterr()
     assert rc == 1
     lines = captured.err.splitlines()
-    assert lines[0].startswith("alnet segment: error: ") and "missing.tif" in lines[0]
-    assert re.fullmatch(r"segment \[#{24}\] 2/2 [0-9.]+ slices/s a\.tif: slice 2/2", lines[1])
-    assert lines[2:] == ["1 input(s) failed:", lines[3]] and "missing.tif" in lines[3]
+    assert lines[0].startswith("alnet segment: error: ") and "missing.tif: no such file" in lines[0]
+    assert captured.err.count("no such file") == 1  # the error once, as it happens
+    progress = lines[1:-1]  # one line per milestone: here every report (each is a new 5 %)
+    assert re.fullmatch(r"segment \[\.{24}\] 0/2 0% 0\.00 slices/s failed: missing\.tif", progress[0])
+    assert all(re.fullmatch(r"segment \[[#.]{24}\] 1/2 50% [0-9.]+ slices/s ETA \d+s a\.tif: slice 1/2", line)
+               for line in progress[1:-1])  # with one slice per forward pass
+    assert re.fullmatch(r"segment \[#{24}\] 2/2 100% [0-9.]+ slices/s a\.tif: slice 2/2", progress[-1])
+    assert lines[-1] == "1 input(s) failed (the errors are above): missing.tif"
     assert captured.out.startswith("segmented 2 slices into 1 files in ")
 
 

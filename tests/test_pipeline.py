@@ -98,10 +98,10 @@ def test_the_pipelined_and_the_serial_path_write_the_same_files(tmp_path, monkey
     run_job(segment_files_job([src], tmp_path / "piped", model, probabilities=True, instances=True))
     monkeypatch.setattr(batch, "QUEUE_DEPTH", 0)
     run_job(segment_files_job([src], tmp_path / "serial", model, probabilities=True, instances=True))
-    for name in ("s_labels.tif", "s_prob.tif"):
+    for name in ("s_labels.tif", "s_instances.tif", "s_prob.tif"):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "piped" / name),
                                       tifffile.imread(tmp_path / "serial" / name))
-    ids = tifffile.imread(tmp_path / "piped" / "s_labels.tif")
+    ids = tifffile.imread(tmp_path / "piped" / "s_instances.tif")
     firsts = [ids[z][ids[z] > 0].min() for z in range(len(ids)) if ids[z].any()]
     assert firsts == sorted(firsts)  # instance ids keep increasing across slices and batches
 

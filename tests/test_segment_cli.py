@@ -73,10 +73,14 @@ def test_instances_for_png_and_rgb_inputs(tmp_path, weights):
     out = tmp_path / "out"
     assert _segment(tmp_path / "cells.png", tmp_path / "colour.tif", "-o", out, "--model", weights,
                     "--instances") == 0
-    lab = tifffile.imread(out / "cells_labels.tif")
-    expected = instance_labels(predict(load_model(weights, device="cpu"), gray), 0.45, "background")
-    assert lab.dtype == np.int32 and np.array_equal(lab, expected) and lab.max() >= 1
-    colour = tifffile.imread(out / "colour_labels.tif")
+    prob = predict(load_model(weights, device="cpu"), gray)
+    ids = tifffile.imread(out / "cells_instances.tif")  # the ids beside the mask, not under its name
+    expected = instance_labels(prob, 0.45, "background")
+    assert ids.dtype == np.int32 and np.array_equal(ids, expected) and ids.max() >= 1
+    mask = tifffile.imread(out / "cells_labels.tif")
+    assert mask.dtype == np.uint8 and np.array_equal(mask, (prob > 0.45).astype(np.uint8))
+    assert tifffile.imread(out / "colour_labels.tif").dtype == np.uint8
+    colour = tifffile.imread(out / "colour_instances.tif")
     assert colour.shape == (2, 40, 50)
     ids0, ids1 = set(np.unique(colour[0])) - {0}, set(np.unique(colour[1])) - {0}
     assert not ids0 & ids1  # unique across slices
@@ -103,8 +107,10 @@ def test_corrupt_tiff_among_good_files(tmp_path, weights, capsys):
     for name in ("b.tif", "c.tif", "e.tif", "missing.tif"):
         lines = [line for line in err.splitlines() if name in line and "error" in line]
         assert lines, f"no error line for {name} in:\n{err}"
-    assert "4 input(s) failed" in err and "truncated" in next(line for line in err.splitlines() if "c.tif" in line)
-    assert "slice 2: the image contains NaN" in next(line for line in err.splitlines() if "e.tif" in line)
+    errors = [line for line in err.splitlines() if line.startswith("alnet segment: error: ")]
+    assert len(errors) == 4  # each failure once
+    assert "4 input(s) failed" in err and "truncated" in next(line for line in errors if "c.tif" in line)
+    assert "slice 2: the image contains NaN" in next(line for line in errors if "e.tif" in line)
 
 
 def test_existing_output_kept_unless_overwrite(tmp_path, weights, capsys):
@@ -114,7 +120,9 @@ def test_existing_output_kept_unless_overwrite(tmp_path, weights, capsys):
     (out / "s_labels.tif").write_bytes(b"keep me")
     assert _segment(src, "-o", out, "--model", weights) == 0
     assert (out / "s_labels.tif").read_bytes() == b"keep me"
-    assert "kept 1 existing output" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "skipped 1 existing outputs (--overwrite replaces them): s_labels.tif" in out_text
+    assert "slices/s" not in out_text and out_text.startswith("nothing to segment: every output exists")
     assert _segment(src, "-o", out, "--model", weights, "--overwrite") == 0
     assert tifffile.imread(out / "s_labels.tif").shape == (2, 48, 56)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import struct
 
 import pytest
 
+from napari_alnet import terminal
 from napari_alnet.engine.progress import Progress
 from napari_alnet.terminal import ProgressBar
 
@@ -33,33 +35,118 @@ def _frames(text: str) -> list[str]:
     return [frame.rstrip() for frame in re.split(r"[\r\n]", text) if frame.strip()]
 
 
-def test_off_a_terminal_only_milestones_one_line_each():
+class Clock:
+    """Stands in for ``time.perf_counter`` in ``napari_alnet.terminal``: ``now`` moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    monkeypatch.setattr(terminal.time, "perf_counter", fake)
+    return fake
+
+
+def test_off_a_terminal_a_line_every_5_percent_with_rate_and_eta(clock):
+    stream = io.StringIO()
+    bar = ProgressBar("segment", "slices", stream=stream)
+    for step in range(1, 101):
+        clock.now += 0.5  # 2 slices/s, far below the 30 s between lines
+        bar(Progress(step, 100, f"em.tif: slice {step}/100"))
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    # the first report, then each 5 % (5, 10, ... 100)
+    assert [int(re.search(r"\] (\d+)/100", line).group(1)) for line in lines] == [1, *range(5, 101, 5)]
+    assert lines[1] == "segment [#" + "." * 23 + "] 5/100 5% 2.00 slices/s ETA 48s em.tif: slice 5/100"
+    assert lines[10].startswith("segment [############............] 50/100 50% 2.00 slices/s ETA 25s ")
+    assert lines[-1] == "segment [########################] 100/100 100% 2.00 slices/s em.tif: slice 100/100"
+
+
+def test_off_a_terminal_at_least_a_line_every_30_s(clock):
+    stream = io.StringIO()
+    bar = ProgressBar("segment", "slices", stream=stream)
+    for step in range(1, 10):  # 1000 steps in all: no 5 % step is reached, but a report comes every 20 s
+        clock.now += 20
+        bar(Progress(step, 1000, f"block {step}"))
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[-1] for line in lines] == ["1", "3", "5", "7", "9"]  # the first, then each 30 s or more
+    assert " ETA 9h" in lines[0] or " ETA 5h" in lines[0]
+
+
+def test_off_a_terminal_epoch_summaries_and_only_float_metrics(clock):
     stream = io.StringIO()
     bar = ProgressBar("train", "steps", stream=stream)
     _two_epochs(bar)
     bar.close()
-    text = stream.getvalue()
-    assert "\r" not in text and text.endswith("\n")
-    lines = text.splitlines()
-    assert len(lines) == 3  # the two epoch summaries and the last report (4/4, not "done")
-    first, second, last = lines
-    assert first.startswith("train [############............] 2/4 ")
-    assert re.search(r" \d+\.\d\d steps/s epoch 1/2 done train_loss 0\.25$", first)
-    assert " 4/4 " in second and second.endswith("epoch 2/2 loss 0.5")
-    assert last.endswith("epoch 2/2 done train_loss 0.25")
-    assert "failure" not in text and "epoch 1 " not in text  # only float metrics are shown
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 6  # each step is a new 25 %, and each epoch's summary
+    assert lines[1].startswith("train [############............] 2/4 50% ") and lines[1].endswith("epoch 1/2 loss 0.5")
+    assert lines[2].endswith("epoch 1/2 done train_loss 0.25") and lines[-1].endswith("epoch 2/2 done train_loss 0.25")
+    assert "failure" not in stream.getvalue() and "epoch 1 " not in stream.getvalue()
 
 
-def test_off_a_terminal_unknown_total_and_write():
+def test_off_a_terminal_unknown_total_and_write(clock):
     stream = io.StringIO()
     bar = ProgressBar("segment", "slices", stream=stream)
     bar(Progress(3, 0, "working"))
+    bar(Progress(4, 0, "working"))  # no total, no 30 s: no line
     bar.write("alnet segment: error: broken.tif")
     bar(Progress(5, 0, "all done"))
     bar.close()
     lines = stream.getvalue().splitlines()
-    assert lines[0] == "alnet segment: error: broken.tif"
-    assert re.fullmatch(r"segment 5 \d+\.\d\d slices/s all done", lines[1]) and len(lines) == 2
+    assert re.fullmatch(r"segment 3 \d+\.\d\d slices/s working", lines[0])
+    assert lines[1] == "alnet segment: error: broken.tif"
+    assert re.fullmatch(r"segment 5 \d+\.\d\d slices/s all done", lines[2]) and len(lines) == 3
+
+
+def test_rates_leave_out_skipped_work_or_take_the_jobs_own(clock):
+    stream = io.StringIO()
+    bar = ProgressBar("segment", "slices", stream=stream)
+    clock.now += 1
+    bar(Progress(90, 100, "skipped a.tif: outputs exist", {"skipped": 90}))
+    clock.now += 4
+    bar(Progress(100, 100, "b.tif: slice 10/10", {"skipped": 90}))
+    lines = stream.getvalue().splitlines()
+    assert " 0.00 slices/s " in lines[0] and " ETA" not in lines[0]  # nothing computed yet: no rate, no ETA
+    assert " 2.00 slices/s " in lines[1]  # 10 slices in 5 s, not 100
+    stream = io.StringIO()
+    bar = ProgressBar("segment", "slices", stream=stream)
+    bar(Progress(40, 100, "block 2/5 · 2.50 slices/s", {"slices_per_s": 2.5, "eta_s": 24.0, "blocks_done": 2}))
+    assert " 2.50 slices/s ETA 24s block 2/5" in stream.getvalue() and "eta_s" not in stream.getvalue()
+
+
+def test_json_lines_parse_and_say_done_total_unit_rate_eta_and_stage(clock):
+    stream = io.StringIO()
+    bar = ProgressBar("segment", "slices", stream=stream, mode="json")
+    for step in range(1, 5):
+        clock.now += 1
+        bar(Progress(step, 4, f"block {step}/4", {"phase": "blocks", "blocks_done": step, "failure": ("x", "y")}))
+    bar.write("alnet segment: error: x")
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(records) == 5
+    first = records[0]
+    assert first == {"done": 1, "total": 4, "unit": "slices", "rate": 1.0, "eta_s": 3.0, "stage": "blocks",
+                     "message": "block 1/4", "blocks_done": 1}
+    assert records[3]["done"] == 4 and records[3]["eta_s"] == 0.0
+    assert records[4] == {"message": "alnet segment: error: x"}
+
+
+def test_none_shows_no_progress_but_errors(clock):
+    stream = FakeTerminal()
+    bar = ProgressBar("segment", "slices", stream=stream, mode="none")
+    bar(Progress(1, 2, "a"))
+    bar(Progress(2, 2, "b done"))
+    bar.write("alnet segment: error: b.tif")
+    bar.close()
+    assert stream.getvalue() == "alnet segment: error: b.tif\n"
+    with pytest.raises(ValueError, match="progress mode 'loud'"):
+        ProgressBar("segment", mode="loud")
 
 
 def test_on_a_terminal_a_tqdm_bar_with_rate_message_and_metrics():

@@ -1,9 +1,10 @@
 """Batch segmentation of image files and TIFF stacks into label (and probability) TIFFs, streamed slice by slice.
 
 Used by ``alnet segment`` and the Batch widget. For each input ``STEM.ext`` it writes ``OUTDIR/STEM_labels.tif``
-(uint8 semantic mask, or int32 instance ids with ``instances``) and, with ``probabilities``, ``OUTDIR/STEM_prob.tif``
-(float32). Inputs are never overwritten; existing outputs are kept unless ``overwrite``; outputs appear only
-complete (temporary file + rename). A file that cannot be segmented is reported and the batch goes on.
+(uint8 semantic mask), with ``instances`` also ``OUTDIR/STEM_instances.tif`` (int32 object ids) and, with
+``probabilities``, ``OUTDIR/STEM_prob.tif`` (float32). Inputs are never overwritten; existing outputs are kept
+unless ``overwrite``; outputs appear only complete (temporary file + rename). A file that cannot be segmented is
+reported and the batch goes on.
 
 Stacks are pipelined where a core is left to it: when torch runs on fewer threads than there are cores, a reader
 thread decodes, checks and normalizes the next batch of slices while the network runs this one, and a writer thread
@@ -30,6 +31,8 @@ import torch
 from ..io.images import list_images
 from ..io.stack_reader import SliceReader, count_slices, open_slices
 from ..io.stack_writer import TiffStackWriter, recorded_info
+from .arguments import output_folder
+from .arguments import tile as tile_argument
 from .inference import Prepared, check_pixels, default_batch, prepare_whole, prepared_probabilities, probability_job
 from .pipeline import Drain, Prefetch
 from .postprocess import instance_labels, offset_ids, semantic_labels
@@ -52,12 +55,14 @@ def pipeline_depth() -> int:
 @dataclass
 class BatchSummary:
     """What a batch did: files ``written``, existing outputs ``skipped`` (kept), ``failures`` (input, one-line
-    message), slices segmented, wall time, whether it was ``stopped`` early and the device used."""
+    message), slices segmented (``slices``; those of inputs whose outputs all existed: ``slices_skipped``), wall
+    time, whether it was ``stopped`` early and the device used."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failures: list[tuple[Path, str]] = field(default_factory=list)
     slices: int = 0
+    slices_skipped: int = 0
     seconds: float = 0.0
     stopped: bool = False
     device: str = ""
@@ -69,9 +74,12 @@ class BatchSummary:
         return not self.failures and not self.stopped
 
 
-def output_paths(path: Path, outdir: Path, probabilities: bool) -> dict[str, Path]:
-    """``{"labels": OUTDIR/STEM_labels.tif[, "prob": OUTDIR/STEM_prob.tif]}`` for an input file."""
+def output_paths(path: Path, outdir: Path, probabilities: bool, instances: bool = False) -> dict[str, Path]:
+    """``{"labels": OUTDIR/STEM_labels.tif[, "instances": OUTDIR/STEM_instances.tif][, "prob":
+    OUTDIR/STEM_prob.tif]}`` for an input file."""
     paths = {"labels": outdir / f"{path.stem}_labels.tif"}
+    if instances:
+        paths["instances"] = outdir / f"{path.stem}_instances.tif"
     if probabilities:
         paths["prob"] = outdir / f"{path.stem}_prob.tif"
     return paths
@@ -81,7 +89,7 @@ def earlier_outputs(found: list[Path]) -> set[Path]:
     """The files of a folder listing that this command wrote from another file in it: at that file's
     ``output_paths`` and recording napari-alnet as their maker. A rerun with the output folder = the input folder
     does not segment them; any other file stays an input (and is never written over)."""
-    named = {out for f in found for out in output_paths(f, f.parent, True).values()}
+    named = {out for f in found for out in output_paths(f, f.parent, True, True).values()}
     return {f for f in found if f in named and _made_here(f)}
 
 
@@ -126,7 +134,7 @@ class Outputs:
 
     def info_for(self, kind: str) -> dict:
         """What an output of ``kind`` (``labels``/``prob``) records about how it was made."""
-        output = "probabilities" if kind == "prob" else "instances" if self.instances else "labels"
+        output = {"prob": "probabilities", "instances": "instances"}.get(kind, "labels")
         return self.info | {"output": output} | ({"watershed": True} if output == "instances" and self.watershed
                                                  else {})
 
@@ -160,10 +168,10 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: Segmenter, *, til
     """
     start = time.perf_counter()
     if tile is not None:
-        check_tile(tile)
+        check_tile(tile_argument(tile, "tile"))
     if watershed and not instances:
         raise ValueError("the watershed splits instances: give instances=True with it")
-    outdir = Path(outdir)
+    outdir = output_folder(outdir, "outdir")
     files, failures = expand_inputs(inputs)
     summary = BatchSummary(failures=list(failures))
     segmenter = as_segmenter(model, device)
@@ -174,34 +182,48 @@ def segment_files_job(inputs: list[Path], outdir: Path, model: Segmenter, *, til
     settings = Outputs(tile, cut, instances, segmenter.metadata.objects, default_batch(segmenter.precision),
                        provenance(segmenter, cut), watershed=bool(watershed))
     sizes = [count_slices(f, axes=axes, series=series) for f in files]
-    total, done = sum(sizes), 0
-    inputs_resolved = {f.resolve() for f in files}
-    claimed: dict[Path, Path] = {}
     try:
-        for path, problem in failures:
-            yield Progress(0, total, f"failed: {path.name}", {"failure": (path, problem)})
-        for path, size in zip(files, sizes, strict=True):
-            targets, problem = _targets(path, outdir, probabilities, overwrite, inputs_resolved, claimed, summary)
-            if problem is None and targets:
-                try:
-                    with open_slices(path, axes=axes, series=series) as reader:
-                        done = yield from _segment(reader, targets, segmenter, settings, done=done, total=total,
-                                                   summary=summary)
-                except StopRequested:
-                    raise
-                except Exception as exc:  # one file's failure must not end the batch
-                    problem = one_line(exc, path)
-            if problem is not None:
-                summary.failures.append((path, problem))
-                done += size
-                yield Progress(done, total, f"failed: {path.name}", {"failure": (path, problem)})
-            elif not targets:
-                done += size
-                yield Progress(done, total, f"skipped {path.name}: outputs exist")
+        yield from _run_files(files, sizes, failures, outdir, segmenter, settings, summary,
+                              kinds=(probabilities, instances), overwrite=overwrite, axes=axes, series=series)
     except StopRequested:
         summary.stopped = True
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _progress(done: int, total: int, message: str, summary: BatchSummary, **metrics) -> Progress:
+    """A report of ``done`` slices; ``skipped``: those not segmented in this run (outputs kept, inputs failed)."""
+    return Progress(done, total, message, {"skipped": done - summary.slices, **metrics})
+
+
+def _run_files(files: list[Path], sizes: list[int], failures: list[tuple[Path, str]], outdir: Path,
+               segmenter: Segmenter, settings: Outputs, summary: BatchSummary, *, kinds: tuple[bool, bool],
+               overwrite: bool, axes: str | None, series: int | None) -> Job[None]:
+    """Segment each file in turn into its targets; a file's failure is reported and the batch goes on."""
+    total, done = sum(sizes), 0
+    inputs_resolved = {f.resolve() for f in files}
+    claimed: dict[Path, Path] = {}
+    for path, problem in failures:
+        yield _progress(0, total, f"failed: {path.name}", summary, failure=(path, problem))
+    for path, size in zip(files, sizes, strict=True):
+        targets, problem = _targets(path, outdir, kinds, overwrite, inputs_resolved, claimed, summary)
+        if problem is None and targets:
+            try:
+                with open_slices(path, axes=axes, series=series) as reader:
+                    done = yield from _segment(reader, targets, segmenter, settings, done=done, total=total,
+                                               summary=summary)
+            except StopRequested:
+                raise
+            except Exception as exc:  # one file's failure must not end the batch
+                problem = one_line(exc, path)
+        if problem is not None:
+            summary.failures.append((path, problem))
+            done += size
+            yield _progress(done, total, f"failed: {path.name}", summary, failure=(path, problem))
+        elif not targets:
+            done += size
+            summary.slices_skipped += size
+            yield _progress(done, total, f"skipped {path.name}: outputs exist", summary)
 
 
 def one_line(exc: BaseException, path: Path) -> str:
@@ -212,11 +234,12 @@ def one_line(exc: BaseException, path: Path) -> str:
     return text if str(path) in text else f"{path}: {text}"
 
 
-def _targets(path: Path, outdir: Path, probabilities: bool, overwrite: bool, inputs: set[Path],
+def _targets(path: Path, outdir: Path, kinds: tuple[bool, bool], overwrite: bool, inputs: set[Path],
              claimed: dict[Path, Path], summary: BatchSummary) -> tuple[dict[str, Path], str | None]:
-    """The outputs to write for ``path`` (existing ones kept unless ``overwrite``), or a reason to refuse."""
+    """The outputs to write for ``path`` (existing ones kept unless ``overwrite``), or a reason to refuse;
+    ``kinds``: (probabilities, instances)."""
     targets = {}
-    for kind, out in output_paths(path, outdir, probabilities).items():
+    for kind, out in output_paths(path, outdir, *kinds).items():
         resolved = out.resolve()
         if resolved in inputs:
             return {}, f"{path}: its output {out} is one of the inputs; refusing to overwrite an input"
@@ -241,7 +264,7 @@ def _segment(reader: SliceReader, targets: dict[str, Path], segmenter: Segmenter
     prefetch = drain = None
     try:
         for kind, out in targets.items():
-            dtype = np.float32 if kind == "prob" else (np.int32 if settings.instances else np.uint8)
+            dtype = {"prob": np.float32, "instances": np.int32}.get(kind, np.uint8)
             writers[kind] = TiffStackWriter(out, reader.shape, dtype, reader.pixel_size, compress=kind != "prob",
                                             info=settings.info_for(kind))
         depth = pipeline_depth()
@@ -251,11 +274,11 @@ def _segment(reader: SliceReader, targets: dict[str, Path], segmenter: Segmenter
         for z0, (planes, prepared) in zip(starts, prefetch, strict=True):
             message = f"{reader.path.name}: slice {z0 + len(planes)}/{len(reader)}"
             probs = yield from _probabilities(segmenter, settings, planes, prepared, reader.rgb,
-                                              lambda _p, m=message, d=done: Progress(d, total, m))
+                                              lambda _p, m=message, d=done: _progress(d, total, m, summary))
             drain.put(probs)
             done += len(planes)
             summary.slices += len(planes)
-            yield Progress(done, total, message)
+            yield _progress(done, total, message, summary)
         drain.finish()
         for kind in list(writers):
             summary.written.append(writers.pop(kind).finish())
@@ -288,28 +311,23 @@ def _probabilities(segmenter: Segmenter, settings: Outputs, planes: np.ndarray, 
 
 
 class _SliceWriter:
-    """Thresholds (or labels) each slice of a batch and hands it to the writers; keeps instance ids increasing."""
+    """Thresholds and labels each slice of a batch and hands it to the writers (mask, instance ids,
+    probabilities); keeps instance ids increasing through the stack."""
 
     def __init__(self, writers: dict[str, TiffStackWriter], settings: Outputs) -> None:
         self.writers, self.settings, self.next_id = writers, settings, 0
 
     def write(self, probs: np.ndarray) -> None:
+        settings = self.settings
         for prob in probs:
             if "labels" in self.writers:
-                self.next_id = _write_labels(self.writers["labels"], prob, self.settings, self.next_id)
+                self.writers["labels"].write(semantic_labels(prob, settings.threshold))
+            if "instances" in self.writers:
+                ids, self.next_id = offset_ids(instance_labels(prob, settings.threshold, settings.objects,
+                                                               watershed=settings.watershed), self.next_id)
+                self.writers["instances"].write(ids)
             if "prob" in self.writers:
                 self.writers["prob"].write(prob)
-
-
-def _write_labels(writer: TiffStackWriter, prob: np.ndarray, settings: Outputs, next_id: int) -> int:
-    """Write one slice's labels; returns the last instance id used so far."""
-    if settings.instances:
-        ids, next_id = offset_ids(instance_labels(prob, settings.threshold, settings.objects,
-                                                  watershed=settings.watershed), next_id)
-        writer.write(ids)
-    else:
-        writer.write(semantic_labels(prob, settings.threshold))
-    return next_id
 
 
 def _checked(reader: SliceReader, z: int) -> np.ndarray:

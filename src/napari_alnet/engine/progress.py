@@ -15,7 +15,13 @@ T = TypeVar("T")
 
 @dataclass
 class Progress:
-    """One report: ``step`` of ``total`` done (``total`` 0 = unknown), a message, optional metrics."""
+    """One report: ``step`` of ``total`` done (``total`` 0 = unknown), a message, optional metrics.
+
+    Metrics that consumers read by name (all optional): ``skipped`` (how many of ``step`` were not computed in
+    this run, e.g. outputs that existed; left out of rates), ``<unit>_per_s`` and ``eta_s`` (the job's own rate
+    and seconds left), ``phase`` (the stage of a job with several), ``failure`` ((path, message) of a failed
+    input).
+    """
 
     step: int
     total: int
