@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -227,3 +229,19 @@ def test_train_stopped_by_its_budget_says_so(data, tmp_path, fake_training, monk
                    "--steps-per-epoch", "300", "--max-minutes", "1", "--out", str(tmp_path / "b.safetensors")])
     assert rc == 0
     assert "stopped at the --max-minutes budget after 3 of 1200 steps (1 of 4 epochs)" in capsys.readouterr().err
+
+
+def _imported_by(statement: str) -> set[str]:
+    """The top-level packages a fresh interpreter has imported after ``statement``."""
+    code = f"import sys; {statement}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    return set(done.stdout.split())
+
+
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """``alnet --help`` reads the parser only; a TIFF segment loads torch but not the volume engine's libraries
+    (issue 27: start-up was 46 % of a 100-slice run). Figures: ``python benchmarks/startup.py``."""
+    heavy = {"torch", "dask", "distributed", "scipy", "zarr", "ome_zarr", "bioimageio", "skimage", "tqdm"}
+    assert not _imported_by("import napari_alnet.cli") & heavy
+    assert not _imported_by("import napari_alnet.cli.segment") & {"dask", "distributed", "zarr", "ome_zarr",
+                                                                  "bioimageio", "onnx", "onnxruntime"}
