@@ -193,9 +193,12 @@ def test_bigtiff_for_large_outputs_keeps_pixel_size(tmp_path, weights, monkeypat
         assert tif.shaped_metadata[0]["spacing"] == pytest.approx(0.05)
 
 
-def test_demo_writes_labels_and_overlay(tmp_path, capsys):
-    assert main(["demo", "-o", str(tmp_path / "demo"), "--slices", "2", "--size", "96", "--device", "cpu"]) == 0
+def test_demo_writes_labels_and_overlay(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "-o", "demo", "--slices", "2", "--size", "96", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
+    for name in ("em_like_stack.tif", "em_like_stack_labels.tif", "em_like_stack_overlay.png"):
+        assert str((tmp_path / "demo" / name).resolve()) in printed  # where the outputs are, whatever the cwd
     labels = tifffile.imread(tmp_path / "demo" / "em_like_stack_labels.tif")
     overlay = io.imread(tmp_path / "demo" / "em_like_stack_overlay.png")
     assert labels.shape == (2, 96, 96) and overlay.shape == (96, 96, 3)
