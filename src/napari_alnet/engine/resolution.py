@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from skimage.transform import resize
 
 from ..model.metadata import network_shape
 
@@ -22,6 +21,8 @@ def resample_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     shape = tuple(int(s) for s in shape)
     if tuple(image.shape[:2]) == shape:
         return image
+    from skimage.transform import resize  # here: importing scikit-image and SciPy costs a quarter of torch's import
+
     shrinking = shape[0] < image.shape[0] or shape[1] < image.shape[1]
     out = resize(image, shape + image.shape[2:], order=1, preserve_range=True, anti_aliasing=shrinking)
     if np.issubdtype(image.dtype, np.integer):
