@@ -50,9 +50,11 @@ from ..io.volumes import (
     Volume,
     VolumeError,
     create_output,
+    get_region,
     is_volume_path,
     open_output,
     open_volume,
+    put_region,
     record_of,
     remove_output,
 )
@@ -346,15 +348,13 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _put(array: zarr.Array, region: tuple[slice, slice, slice], data: np.ndarray) -> None:
-    """Write a (z, y, x) block into a 3D array, or its only slice into a 2D one."""
-    if array.ndim == 2:
-        array[region[1], region[2]] = data[0]
-    else:
-        array[region] = data
+    """Write a (z, y, x) block into a 3D array, or its only slice into a 2D one (in the order the array is stored
+    in: an output keeps its source's declared axis order)."""
+    put_region(array, region, data)
 
 
 def _get(array: zarr.Array, region: tuple[slice, slice, slice]) -> np.ndarray:
-    return array[region[1], region[2]][None] if array.ndim == 2 else array[region]
+    return get_region(array, region)
 
 
 def context_task(segmenter: Segmenter, reader, outputs: Outputs, settings: Settings, plane: tuple[int, int],
@@ -979,8 +979,9 @@ def _merge_phase(run: VolumeRun, ex, settings: Settings, tracker: Tracker) -> Jo
         labels = run.labels_group
         old = labels["0"]
         labels.create_array("0", shape=old.shape, dtype=label_dtype(merged.objects), chunks=old.chunks,
-                            fill_value=0, overwrite=True, **({"dimension_names": old.metadata.dimension_names}
-                                                             if old.metadata.zarr_format == 3 else {}))
+                            fill_value=0, overwrite=True, attributes=dict(old.attrs),
+                            **({"dimension_names": old.metadata.dimension_names}
+                               if old.metadata.zarr_format == 3 else {}))
         run.outputs = _outputs(labels, run.prob_group)
     state.attrs["merged"] = {"objects": merged.objects, "dtype": str(merged.lut.dtype)}
 

@@ -20,7 +20,7 @@ import torch
 from ..model import STRIDE
 from ..model.metadata import ModelMetadata
 from .inference import Context
-from .normalization import to_channels
+from .normalization import bounds_pixels, to_channels
 from .tiling import CONTEXT_MARGIN, batch_limit, ceil_to, plan_tiles
 
 #: Reads a (rows, columns) region of one slice: ``read(ys, xs)`` -> (h, w) or (h, w, C) raw pixels.
@@ -75,7 +75,7 @@ def plane_context(ctx: Context, meta: ModelMetadata, read: RegionReader, shape: 
     """Normalization bounds and pooled context of one whole slice of (Y, X) ``shape``, read tile by tile (the
     slice itself is read once, for the bounds, as the in-memory engine computes them)."""
     plane = read(slice(0, shape[0]), slice(0, shape[1]))
-    bounds = meta.normalization.bounds(plane[..., :3] if plane.ndim == 3 else plane)
+    bounds = meta.normalization.bounds(bounds_pixels(plane))
 
     def whole(ys: slice, xs: slice) -> np.ndarray:
         return plane[ys, xs]

@@ -53,22 +53,29 @@ class VolumeError(ValueError):
 
 @dataclass(frozen=True)
 class Geometry:
-    """Where a volume's voxels sit: spatial ``axes`` ('z', 'y', 'x' or 'y', 'x') and, per axis, ``scale``,
-    ``units`` (OME-NGFF names, or ``None``) and ``translation``."""
+    """Where a volume's voxels sit: spatial ``axes`` ('z', 'y', 'x' or 'y', 'x': the engine's order) and, per
+    axis, ``scale``, ``units`` (OME-NGFF names, or ``None``) and ``translation``; ``stored``: the order the source
+    declares its spatial axes in (e.g. 'y', 'x', 'z'; empty = the engine's), in which outputs are written."""
 
     axes: tuple[str, ...] = ("z", "y", "x")
     scale: tuple[float, ...] = (1.0, 1.0, 1.0)
     units: tuple[str | None, ...] = (None, None, None)
     translation: tuple[float, ...] = (0.0, 0.0, 0.0)
+    stored: tuple[str, ...] = ()
+
+    @property
+    def order(self) -> tuple[int, ...]:
+        """For each stored axis, its index in ``axes``."""
+        return tuple(self.axes.index(a) for a in self.stored) if self.stored else tuple(range(len(self.axes)))
 
     def ome_axes(self) -> list[dict[str, str]]:
-        return [{"name": a, "type": "space", **({"unit": u} if u else {})} for a, u in zip(self.axes, self.units,
-                                                                                           strict=True)]
+        return [{"name": self.axes[i], "type": "space", **({"unit": self.units[i]} if self.units[i] else {})}
+                for i in self.order]
 
     def transformations(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = [{"type": "scale", "scale": [float(s) for s in self.scale]}]
+        out: list[dict[str, Any]] = [{"type": "scale", "scale": [float(self.scale[i]) for i in self.order]}]
         if any(self.translation):
-            out.append({"type": "translation", "translation": [float(t) for t in self.translation]})
+            out.append({"type": "translation", "translation": [float(self.translation[i]) for i in self.order]})
         return out
 
 
@@ -201,7 +208,9 @@ def _open_path(path: Path) -> Volume:
     fmt = node.metadata.zarr_format
     if isinstance(node, zarr.Group):
         return _open_group(node, path, fmt)
-    return _plain(node, path, fmt, _stem(path), _opener_zarr, (str(path), fmt))
+    names = getattr(node.metadata, "dimension_names", None) or node.attrs.get("_ARRAY_DIMENSIONS")
+    axes = _declared_axes(names, tuple(int(n) for n in node.shape), path, "Zarr dimension names")
+    return _plain(node, path, fmt, _stem(path), _opener_zarr, (str(path), fmt), axes=axes)
 
 
 def _stem(path: Path) -> str:
@@ -246,14 +255,43 @@ def _plain_axes(shape: tuple[int, ...], where: str) -> tuple[str, ...]:
                       "metadata; a plain array must have one of these shapes)")
 
 
+def _declared_axes(names, shape: tuple[int, ...], path: Path, what: str) -> tuple[str, ...] | None:
+    """Each raw axis's role from declared names (Zarr v3 ``dimension_names``, xarray's ``_ARRAY_DIMENSIONS``, N5
+    ``axes``): 'z', 'y', 'x' by name in any order, 'c'/'channel' of 3 or 4 as colour, '' for another axis of size 1;
+    ``None`` when no names are declared or none of them is z, y or x (the shape rule applies); ``VolumeError``
+    naming the axes found for anything else."""
+    if not isinstance(names, (list, tuple)) or len(names) != len(shape) or any(n is None for n in names):
+        return None
+    low = tuple(str(n).lower() for n in names)
+    if not set(low) & {"z", "y", "x"}:
+        return None
+    roles = []
+    for name, size in zip(low, shape, strict=True):
+        if name in ("z", "y", "x"):
+            roles.append(name)
+        elif name in ("c", "channel") and size in COLOUR_SIZES and "c" not in roles:
+            roles.append("c")
+        elif size == 1:
+            roles.append("")
+        else:
+            raise VolumeError(f"{path}: its {what} are {list(names)} (shape {shape}); the {name!r} axis has {size} "
+                              "entries: AL-Net reads z, y and x (any order), one colour axis 'c' of 3 or 4 and "
+                              "other axes of size 1 only")
+    _zyx_names(tuple(r for r in roles if r and r != "c"), path, what)
+    return tuple(roles)
+
+
 def _plain(raw, path: Path | None, fmt: int, stem: str, opener, args: tuple, attrs: dict | None = None,
            axes: tuple[str, ...] | None = None, geometry: Geometry | None = None) -> Volume:
     where = str(path) if path is not None else "the array"
     shape = tuple(int(s) for s in raw.shape)
     _check_dtype_of(raw.dtype, where)
     axes = axes or _plain_axes(shape, where)
-    spatial = tuple(a for a in axes if a in ("z", "y", "x"))
-    geometry = geometry or Geometry(spatial, (1.0,) * len(spatial), (None,) * len(spatial), (0.0,) * len(spatial))
+    stored = tuple(a for a in axes if a in ("z", "y", "x"))
+    spatial = tuple(a for a in ("z", "y", "x") if a in stored)
+    if geometry is None:  # outputs are written in the order the source declares (OME, N5, TIFF say theirs)
+        geometry = Geometry(spatial, (1.0,) * len(spatial), (None,) * len(spatial), (0.0,) * len(spatial),
+                            stored if stored != spatial else ())
     reader = Reader(opener, args, axes, shape, raw.dtype, raw=raw)
     chunks = _chunks_of(raw, axes)
     if isinstance(raw, da.Array) and opener is _in_memory:
@@ -345,26 +383,37 @@ def _ome_geometry(ms: dict, level: dict, ndim: int, path: Path) -> tuple[list[di
                 translation = translation * np.asarray(t["scale"], float)
             elif t.get("type") == "translation" and "translation" in t:
                 translation = translation + np.asarray(t["translation"], float)
-    spatial = [i for i, a in enumerate(axes) if a.get("type", "space") == "space" or a["name"].lower() in "zyx"]
-    names = tuple(axes[i]["name"].lower() for i in spatial)
-    units = tuple(_unit(axes[i].get("unit")) for i in spatial)
-    return axes, Geometry(_zyx_names(names, path), tuple(float(scale[i]) for i in spatial), units,
-                          tuple(float(translation[i]) for i in spatial))
+    spatial = _spatial_axes(axes)
+    names = _zyx_names(tuple(str(axes[i]["name"]).lower() for i in spatial), path, "OME-NGFF axes")
+    by_name = {n: i for n, i in zip(names, spatial, strict=True)}
+    zyx = tuple(a for a in ("z", "y", "x") if a in names)
+    return axes, Geometry(zyx, tuple(float(scale[by_name[a]]) for a in zyx),
+                          tuple(_unit(axes[by_name[a]].get("unit")) for a in zyx),
+                          tuple(float(translation[by_name[a]]) for a in zyx), names if names != zyx else ())
 
 
-def _zyx_names(names: tuple[str, ...], path: Path) -> tuple[str, ...]:
+def _spatial_axes(axes: list[dict]) -> list[int]:
+    return [i for i, a in enumerate(axes) if a.get("type", "space") == "space" or str(a["name"]).lower() in "zyx"]
+
+
+def _zyx_names(names: tuple[str, ...], path: Path, what: str) -> tuple[str, ...]:
+    """``names`` of the spatial axes when they are the names z, y, x (in any order; y and x for 2D); else
+    ``VolumeError`` naming what was found and what is supported."""
     if len(names) not in (2, 3):
         raise VolumeError(f"{path}: has {len(names)} spatial axes ({', '.join(names) or 'none'}); AL-Net segments "
                           "2D images and 3D volumes (Z, Y, X)")
-    return ("z", "y", "x")[-len(names):]
+    if sorted(names) != sorted(("z", "y", "x")[-len(names):]):
+        raise VolumeError(f"{path}: its {what} name the spatial axes {list(names)}; AL-Net reads axes named "
+                          f"{'z, y and x' if len(names) == 3 else 'y and x'} (in any order, each once): rename them "
+                          "in the metadata")
+    return names
 
 
 def _axes_roles(axes: list[dict], shape: tuple[int, ...], path: Path) -> tuple[str, ...]:
     """Each raw axis as 'z', 'y', 'x', 'c' or '' (a size-1 axis dropped); ``VolumeError`` for what cannot be."""
-    spatial = [i for i, a in enumerate(axes) if a.get("type", "space") == "space" or a["name"].lower() in "zyx"]
     roles = [""] * len(axes)
-    for i, role in zip(spatial, ("z", "y", "x")[-len(spatial):], strict=True):
-        roles[i] = role
+    for i in _spatial_axes(axes):
+        roles[i] = str(axes[i]["name"]).lower()
     for i, a in enumerate(axes):
         if roles[i] or shape[i] == 1:
             continue
@@ -422,8 +471,14 @@ def _open_n5(path: Path) -> Volume:
                           + (f"give one of its datasets, e.g. {path / names[0]}" if names else "it holds no datasets"))
     attrs = dict(node.attrs)
     ndim = len(node.shape)
-    axes = tuple(reversed(_plain_axes(tuple(reversed(node.shape)), str(path))))  # N5 lists dimensions x first
+    shape = tuple(int(n) for n in node.shape)
+    named = attrs.get("axes", attrs.get("dimension_names"))
+    axes = (_declared_axes(named, shape, path, "N5 'axes' attribute")
+            or tuple(reversed(_plain_axes(tuple(reversed(shape)), str(path)))))  # N5 lists dimensions x first
     geometry = _n5_geometry(attrs, ndim, axes)
+    stored = tuple(a for a in reversed(axes) if a in ("z", "y", "x"))  # the C order of N5's x-first listing
+    if stored != geometry.axes:
+        geometry = replace(geometry, stored=stored)
     return _plain(node, path, 3, _stem(path), _opener_n5, (str(root), inner), attrs=attrs, axes=axes,
                   geometry=geometry)
 
@@ -466,8 +521,10 @@ def _open_tiff(path: Path) -> Volume:
     spatial = tuple(a for a in ("z", "y", "x") if a in axes)
     values = {"z": size.z, "y": size.y, "x": size.x}
     unit = _unit(size.unit) if size.unit else None
+    stored = tuple(a for a in axes if a in ("z", "y", "x"))
     geometry = Geometry(spatial, tuple(float(values[a] or 1.0) for a in spatial),
-                        tuple(unit if values[a] else None for a in spatial), (0.0,) * len(spatial))
+                        tuple(unit if values[a] else None for a in spatial), (0.0,) * len(spatial),
+                        stored if stored != spatial else ())
     return _plain(raw, path, 3, path.name.split(".")[0], _opener_tiff, (str(path), 0), axes=axes,
                   geometry=geometry)
 
@@ -508,7 +565,9 @@ def create_output(path: str | Path | zarr.Group, *, shape: tuple[int, ...], dtyp
     else:
         group = zarr.open_group(zarr.storage.LocalStore(Path(path)), mode="w-", zarr_format=zarr_format)
     fmt = ome_format(zarr_format)
-    extra = {"dimension_names": list(geometry.axes)} if zarr_format == 3 else {}
+    names = [geometry.axes[i] for i in geometry.order]  # the source's declared order (``put_region`` permutes)
+    extra = {"dimension_names": names} if zarr_format == 3 else {"attributes": {"_ARRAY_DIMENSIONS": names}}
+    shape, chunks = (tuple(values[i] for i in geometry.order) for values in (shape, chunks))
     group.create_array("0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, overwrite=True, **extra)
     write_multiscales_metadata(group, [{"path": "0", "coordinateTransformations": geometry.transformations()}],
                                fmt=fmt, axes=geometry.ome_axes(), name=name)
@@ -520,6 +579,34 @@ def create_output(path: str | Path | zarr.Group, *, shape: tuple[int, ...], dtyp
     if record is not None:
         group.attrs[RECORD_KEY] = record
     return group
+
+
+def stored_order(array: zarr.Array) -> tuple[int, ...] | None:
+    """For each axis of an output array, its index in the engine's (Z, Y, X) (or (Y, X)) order, from its dimension
+    names; ``None`` when it is stored in that order (or names none)."""
+    names = getattr(array.metadata, "dimension_names", None) or array.attrs.get("_ARRAY_DIMENSIONS")
+    engine = ("z", "y", "x")[-array.ndim:]
+    if not names or tuple(names) == engine or sorted(names) != sorted(engine):
+        return None
+    return tuple(engine.index(n) for n in names)
+
+
+def put_region(array: zarr.Array, region: tuple[slice, slice, slice], data: np.ndarray) -> None:
+    """Write a (z, y, x) block into an output array (its only slice into a 2D one), in the array's stored order."""
+    if array.ndim == 2:
+        region, data = region[1:], data[0]
+    order = stored_order(array)
+    if order is not None:
+        region, data = tuple(region[i] for i in order), np.transpose(data, order)
+    array[region] = data
+
+
+def get_region(array: zarr.Array, region: tuple[slice, slice, slice]) -> np.ndarray:
+    """The (z, y, x) block of an output array at ``region`` (engine order), whatever order it is stored in."""
+    spatial = region[1:] if array.ndim == 2 else region
+    order = stored_order(array) or tuple(range(array.ndim))
+    out = np.transpose(array[tuple(spatial[i] for i in order)], np.argsort(order))
+    return out[None] if array.ndim == 2 else out
 
 
 def open_output(path: str | Path) -> zarr.Group | None:
