@@ -148,12 +148,10 @@ def test_unknown_or_absent_devices_are_usage_errors(stack):
     assert "--device" in _usage_error(["segment", str(stack), "-o", "{tmp}/out", "--device", "cuda:9"])
 
 
-def test_a_local_cluster_larger_than_the_cores_is_refused(stack, weights, capsys, tmp_path):
-    out = tmp_path / "out.zarr"
-    many = str(arguments.cores() + 1)
-    assert main(["segment", str(stack), "-o", str(out), "--model", str(weights), "--workers", many]) == 2
-    err = capsys.readouterr().err
-    assert f"give at most {arguments.cores()}" in err and not out.exists()
+def test_workers_and_threads_beyond_any_machine_are_refused(stack):
+    for flag in ("--workers", "--threads"):
+        err = _usage_error(["segment", str(stack), "-o", "{tmp}/out.zarr", flag, str(arguments.MAX_THREADS + 1)])
+        assert f"argument {flag}: must be at least 1 and at most {arguments.MAX_THREADS}" in err
 
 
 @pytest.mark.parametrize(("out", "fmt", "message"), [

@@ -103,8 +103,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                      help="OME-Zarr outputs: block shape (default: whole planes, or ~1536 px YX tiles for planes "
                      "over 2048 x 2048)")
     seg.add_argument("--workers", type=checked(checks.whole, "--workers", maximum=checks.MAX_THREADS), default=None,
-                     metavar="N", help="OME-Zarr outputs: run on a local Dask cluster of N worker processes (at "
-                     "most the cores here)")
+                     metavar="N", help="OME-Zarr outputs: run on a local Dask cluster of N worker processes")
     seg.add_argument("--scheduler", default=None, metavar="ADDRESS",
                      help="OME-Zarr outputs: run on an existing Dask cluster (e.g. dask-jobqueue), tcp://host:port")
     seg.add_argument("--threads", type=checked(checks.threads, "--threads"), default=None, metavar="T",

@@ -17,7 +17,7 @@ def routes(args: argparse.Namespace, volume_options: bool) -> tuple[list[str], l
     volumes, files = volume_routes(args.inputs, args.out, args.instances, volume_options)
     if volumes:
         checks.block(args.block)
-        checks.workers(args.workers, local=args.scheduler is None)
+        checks.workers(args.workers)
         checks.threads(args.threads)
         if args.workers is not None and args.scheduler is not None:
             raise checks.UsageError("--workers starts a local cluster and --scheduler uses a running one: give one")

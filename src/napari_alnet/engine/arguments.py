@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 from collections.abc import Sequence
 from numbers import Integral, Real
 from pathlib import Path
@@ -26,11 +25,6 @@ DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 
 class UsageError(ValueError):
     """A flag or argument that cannot be used: exit code 2 on the command line, nothing written."""
-
-
-def cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def whole(value, name: str, *, minimum: int = 1, maximum: int | None = None, zero: str | None = None) -> int:
@@ -78,16 +72,10 @@ def threads(value, name: str = "--threads") -> int | None:
     return None if value is None else whole(value, name, maximum=MAX_THREADS)
 
 
-def workers(value, name: str = "--workers", *, local: bool = True) -> int | None:
-    """Dask workers: ``None`` (in-process) or 1 .. the cores here for a local cluster (each is a process with its
-    own copy of the network; more than the cores only adds memory and switching)."""
-    if value is None:
-        return None
-    value = whole(value, name, maximum=MAX_THREADS)
-    if local and value > cores():
-        raise UsageError(f"{name}: a local cluster of {value} workers on {cores()} cores: give at most {cores()} "
-                         "(or --scheduler for a cluster of other machines)")
-    return value
+def workers(value, name: str = "--workers") -> int | None:
+    """Dask workers: ``None`` (in-process) or 1 .. ``MAX_THREADS`` (whether they can add cores here is the engine's
+    choice: ``engine.blockwise`` runs in-process where they cannot, and says so)."""
+    return None if value is None else whole(value, name, maximum=MAX_THREADS)
 
 
 def block(value, name: str = "--block") -> tuple[int, int, int] | None:
