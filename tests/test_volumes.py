@@ -18,6 +18,7 @@ from ome_zarr.reader import Reader
 from ome_zarr.writer import write_image
 
 from model_factory import calibrated_model, texture
+from napari_alnet.engine import blockwise
 from napari_alnet.engine.blockwise import BlockPlan, plan_blocks, segment_volume, segment_volume_job
 from napari_alnet.engine.postprocess import instance_labels
 from napari_alnet.io.volumes import VolumeError, open_volume
@@ -118,14 +119,51 @@ def test_automatic_plan_cuts_planes_over_the_whole_image_limit(tmp_path, model):
         plan_blocks((5, 64, 64), block=(0, 64, 64))
 
 
-def test_local_cluster_equals_in_process(tmp_path, model):
+def test_local_cluster_equals_in_process(tmp_path, model, monkeypatch):
+    """Blocks run with the same torch threads give the same bits wherever they run (float32 probabilities
+    compared exactly: they differ in the last bits between 1 and 2 threads, docs/volumes.md)."""
+    monkeypatch.setattr(blockwise, "usable_cores", lambda: 4)  # 2 workers are declined on 2 cores
     data = volume((4, 160, 144), seed=5)
-    segment_volume(model, data, tmp_path / "a.zarr", block=(1, 160, 144), instances="3d")
-    summary = segment_volume(model, data, tmp_path / "b.zarr", block=(1, 160, 144), instances="3d", workers=2,
-                             threads=1)
-    assert summary.complete and summary.workers.startswith("LocalCluster 2")
-    np.testing.assert_array_equal(zarr.open_array(tmp_path / "a.zarr" / "0")[:],
-                                  zarr.open_array(tmp_path / "b.zarr" / "0")[:])
+    options = {"block": (1, 160, 144), "instances": "3d", "probabilities": True, "prob_dtype": "float32",
+               "threads": 1}
+    segment_volume(model, data, tmp_path / "a.zarr", **options)
+    summary = segment_volume(model, data, tmp_path / "b.zarr", workers=2, **options)
+    assert summary.complete and summary.workers.startswith("LocalCluster 2") and summary.threads == 1
+    for name in ("a.zarr", "a_prob.zarr"):
+        np.testing.assert_array_equal(zarr.open_array(tmp_path / name / "0")[:],
+                                      zarr.open_array(tmp_path / name.replace("a", "b", 1) / "0")[:])
+
+
+def _probabilities(model, data, dest: Path, threads: int) -> np.ndarray:
+    segment_volume(model, data, dest, block=(1, *data.shape[1:]), threads=threads, probabilities=True,
+                   prob_dtype="float32")
+    return zarr.open_array(dest.with_name(dest.stem + "_prob.zarr") / "0")[:]
+
+
+def test_other_thread_counts_stay_within_the_stated_tolerance(tmp_path, model):
+    """docs/volumes.md: across torch thread counts fp32 blocks agree within FP32_TOLERANCE, bf16 blocks within
+    bf16's own error against fp32 (on AMX, where bf16 is native, the kernels differ per thread count)."""
+    data = volume((2, 96, 96), seed=6)
+    fp32 = [_probabilities(model, data, tmp_path / f"f{t}.zarr", t) for t in (1, 2)]
+    assert np.abs(fp32[0] - fp32[1]).max() <= blockwise.FP32_TOLERANCE
+    bf16 = [_probabilities(model.with_precision("bf16"), data, tmp_path / f"b{t}.zarr", t) for t in (1, 2)]
+    own_error = np.abs(bf16[0] - fp32[0]).max()
+    assert np.abs(bf16[0] - bf16[1]).max() <= own_error
+    threshold = model.threshold
+    flips = ((bf16[0] > threshold) != (bf16[1] > threshold)).mean()
+    assert flips <= ((bf16[0] > threshold) != (fp32[0] > threshold)).mean()
+
+
+def test_workers_that_cannot_add_cores_run_in_process_and_say_so(tmp_path, model, monkeypatch):
+    assert blockwise.choose_workers(None, 8) == (None, "")
+    assert blockwise.choose_workers(4, 8) == (4, "")
+    for workers, cores in ((1, 8), (3, 2), (2, 2), (2, 1)):
+        chosen, note = blockwise.choose_workers(workers, cores)
+        assert chosen is None and "not add" in note
+    monkeypatch.setattr(blockwise, "usable_cores", lambda: 2)
+    summary = segment_volume(model, volume((1, 64, 64)), tmp_path / "v.zarr", workers=2, threads=1)
+    assert summary.complete and summary.workers.startswith("in-process (on 2 usable cores")
+    assert summary.threads == 2  # the requested 2 x 1 threads, in one process
 
 
 def _partition_equal(a: np.ndarray, b: np.ndarray) -> bool:

@@ -45,8 +45,12 @@ import numpy as np
 import torch
 import zarr
 
+from ..io.atomic import claim_writer, is_disk_full, release_writer, write_error, writer_lock
+from ..io.fingerprint import fingerprint
 from ..io.volumes import (
+    N5_SUFFIXES,
     TIFF_SUFFIXES,
+    ZARR_SUFFIXES,
     Volume,
     VolumeError,
     create_output,
@@ -59,6 +63,7 @@ from ..io.volumes import (
     remove_output,
 )
 from ..model import STRIDE
+from .devices import cpu_bf16_support, onednn_isa_cap
 from .halo import PlaneContext, block_probabilities, context_width, halo_window, make_context, plane_context
 from .inference import check_channels, probability_job
 from .instances3d import (
@@ -90,9 +95,13 @@ BLOCK_VOXELS = 4 * 2048 * 2048
 #: when the whole-image limit is lowered: 3/4 of its side).
 CUT_BLOCK = 1536
 STATE = "alnet_state"
+logger = logging.getLogger(__name__)
 PENDING, COMPUTED, FINAL = 0, 1, 2
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 PROBABILITY_DTYPES = ("uint8", "float16", "float32")
+#: The most two fp32 runs' probabilities differ when their blocks ran with other torch thread counts or batch
+#: compositions (measured 1.8e-7 and 1.05e-5 on an AVX2 CPU; docs/volumes.md). Equal settings: equal bits.
+FP32_TOLERANCE = 1e-4
 #: Retries of a block whose worker died or failed (Dask ``retries``).
 RETRIES = 3
 #: Default context of the blockwise watershed, in voxels of the finest axis (``watershed_halo``).
@@ -264,6 +273,8 @@ class VolumeSummary:
     complete: bool = False
     device: str = ""
     workers: str = "in-process"
+    #: torch threads of each block task (``None``: each Dask worker's cores / its task threads).
+    threads: int | None = None
 
     @property
     def slices_per_second(self) -> float:
@@ -341,8 +352,7 @@ def _set_threads(threads: int | None) -> None:
             worker = get_worker()
         except (ImportError, ValueError):
             return
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // max(1, worker.state.nthreads))
+        threads = max(1, usable_cores() // max(1, worker.state.nthreads))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
@@ -559,27 +569,77 @@ class OnDask:
             self.cluster.close()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+#: A LocalCluster needs more cores than this: on 2 cores one process already uses both (torch's threads), and
+#: 2 worker processes were measured 40 % slower than in-process (issue 27, an Intel Xeon with AMX).
+MIN_CLUSTER_CORES = 2
+
+
+def choose_workers(workers: int | None, cores: int) -> tuple[int | None, str]:
+    """The LocalCluster size for a ``workers`` request on ``cores`` usable cores, or ``None`` to run in-process,
+    and why not the request (empty when it is followed): workers cannot add cores to an in-process run (whose
+    torch threads use every core) when there are more workers than cores or ``MIN_CLUSTER_CORES`` or fewer."""
+    if not workers:
+        return None, ""
+    if workers < 2:
+        return None, "1 worker would not add cores (torch's threads already use them all)"
+    if workers > cores:
+        return None, f"{workers} workers on {cores} usable cores would not add cores"
+    if cores <= MIN_CLUSTER_CORES:
+        return None, (f"on {cores} usable cores one process already uses every core; {workers} "
+                      "workers would not add any (and were measured 40 % slower)")
+    return workers, ""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run's tasks go: a LocalCluster of ``workers`` (``None``: in-process, or the given cluster), the
+    torch threads per task when the caller did not fix them (``default_threads``), and why not the requested
+    workers (``note``)."""
+
+    workers: int | None
+    default_threads: int | None
+    note: str = ""
+
+
+def place_run(client=None, workers: int | None = None, scheduler: str | None = None,
+              threads: int | None = None) -> Placement:
+    """Where a run goes (see ``choose_workers``) and its default torch threads per block task: the cores / workers
+    on a LocalCluster, torch's current threads in-process (with ``threads`` per requested worker, at most the
+    cores, when the workers were declined), ``None`` on a given cluster (each worker decides)."""
+    if client is not None or scheduler:
+        return Placement(None, None)
+    cores = usable_cores()
+    chosen, note = choose_workers(workers, cores)
+    if chosen:
+        return Placement(chosen, max(1, cores // chosen))
+    if note and threads:
+        return Placement(None, min(cores, threads * int(workers or 1)), note)
+    return Placement(None, torch.get_num_threads(), note)
+
+
 def start_executor(client=None, workers: int | None = None, scheduler: str | None = None,
-                   threads: int | None = None) -> tuple[InProcess | OnDask, int | None]:
-    """The executor for a run and the torch threads its tasks use (``None``: leave torch's setting)."""
+                   threads: int | None = None) -> InProcess | OnDask:
+    """The executor for a run: ``client``, a client of ``scheduler``, a LocalCluster of ``workers`` (one task
+    thread each; ``threads``: the torch threads of its tasks, for the name), or in-process."""
     if client is not None:
-        return OnDask(client, name=f"dask client {client.scheduler.address}"), threads
+        return OnDask(client, name=f"dask client {client.scheduler.address}")
     if scheduler:
         from distributed import Client
 
-        return OnDask(Client(scheduler), name=f"dask scheduler {scheduler}", owns_client=True), threads
+        return OnDask(Client(scheduler), name=f"dask scheduler {scheduler}", owns_client=True)
     if workers:
         from distributed import Client, LocalCluster
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = threads or max(1, cores // workers)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, memory_limit=0)
         name = f"LocalCluster {workers} workers x {threads} threads"
-        return OnDask(Client(cluster), cluster, name, owns_client=True), threads
-    if threads:
-        torch.set_num_threads(threads)
-    return InProcess(), None
+        return OnDask(Client(cluster), cluster, name, owns_client=True)
+    return InProcess()
 
 
 # --- preparing a run ----------------------------------------------------------------------------------------------
@@ -596,6 +656,8 @@ class VolumeRun:
     prob_group: zarr.Group | None
     outputs: Outputs
     summary: VolumeSummary
+    #: This run's writer lock beside a path output (``io.atomic.claim_writer``), released when the run ends.
+    lock: Path | None = None
 
 
 def plan_volume(model: Segmenter, source: Any, *, block: tuple[int, int, int] | None = None,
@@ -664,31 +726,113 @@ def _watershed_settings(settings: Settings, volume: Volume, watershed: bool, hal
                    watershed_sampling=sampling)
 
 
+def model_identity(segmenter: Segmenter) -> dict[str, str]:
+    """Which model made an output: where it came from, a hash of its weights and one of its metadata (card,
+    normalization, threshold, ...)."""
+    meta = json.dumps(segmenter.metadata.to_strings(), sort_keys=True)
+    return {"source": segmenter.source, "weights": network_digest(segmenter),
+            "card": hashlib.sha256(meta.encode()).hexdigest()[:16]}
+
+
+def device_class(device: torch.device) -> str:
+    """What of a device changes a block's floating-point results: on a CPU the kernels' instruction set (ATen's,
+    oneDNN's cap, native bf16), on a GPU its name."""
+    if device.type == "cpu":
+        cap = onednn_isa_cap()
+        return (f"cpu {torch.backends.cpu.get_cpu_capability()}"
+                + (" native-bf16" if cpu_bf16_support().native else "") + (f" oneDNN<={cap}" if cap else ""))
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}"
+    return device.type
+
+
 def run_record(segmenter: Segmenter, volume: Volume, plan: BlockPlan, settings: Settings) -> dict[str, Any]:
-    """What a resumed run must share with the run that made an output (compared as JSON)."""
-    return _jsonable({"version": RECORD_VERSION, "model": segmenter.source, "model_digest": network_digest(segmenter),
-                      "source": str(volume.path) if volume.path is not None else "array",
-                      "source_shape": list(volume.data.shape), "source_dtype": str(volume.reader.dtype),
+    """What a resumed run must share with the run that made an output (compared as JSON): the model's identity,
+    the numerics (device class, precision, torch threads per block), the source's identity (path, shape, dtype,
+    ``io.fingerprint``), the plan and every setting."""
+    return _jsonable({"version": RECORD_VERSION, "model": model_identity(segmenter),
+                      "numerics": {"device": device_class(segmenter.device), "precision": segmenter.precision,
+                                   "threads": settings.threads},
+                      "source": {"path": str(volume.path) if volume.path is not None else "array",
+                                 "shape": list(volume.data.shape), "dtype": str(volume.reader.dtype),
+                                 "fingerprint": fingerprint(volume)},
                       "plan": {"shape": plan.shape, "block": plan.block, "chunks": plan.chunks},
                       "settings": {k: v for k, v in asdict(settings).items()
                                    if k != "threads" and (settings.watershed or not k.startswith("watershed"))}})
 
 
+def _flat(record: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _differences(old: dict, new: dict) -> str:
-    keys = sorted({*old, *new} - {"settings"})
-    diff = [k for k in keys if old.get(k) != new.get(k)]
-    old_s, new_s = old.get("settings", {}), new.get("settings", {})
-    diff += [k for k in sorted({*old_s, *new_s}) if old_s.get(k) != new_s.get(k)]
-    return ", ".join(diff) or "unknown"
+    """What differs between two run records: the names, then each value, e.g. ``(numerics.precision):
+    numerics.precision fp32 then, bf16 now`` (settings by their bare names)."""
+    before, now = _flat(old), _flat(new)
+    keys = [k for k in sorted({*before, *now}) if before.get(k) != now.get(k)]
+    if not keys:
+        return "(unknown)"
+    names = [k.removeprefix("settings.") for k in keys]
+    details = "; ".join(f"{n} {_short(before.get(k))} then, {_short(now.get(k))} now"
+                        for n, k in zip(names, keys, strict=True))
+    return f"({', '.join(names)}): {details}"
 
 
-def _check_not_source(target: Path, volume: Volume) -> None:
-    if volume.path is None:
+def _short(value: Any) -> str:
+    text = "absent" if value is None else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+#: Names that make a folder part of a Zarr or N5 container.
+_CONTAINER_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
+
+
+def input_root(path: Path) -> Path:
+    """The outermost Zarr/N5 container holding ``path`` (a folder named *.zarr / *.n5 or holding Zarr metadata, or
+    an N5 root), or ``path`` itself when none does: everything under it is the user's input."""
+    path = Path(path).resolve()
+    root = path
+    for folder in (path, *path.parents):
+        named = folder.name.lower().endswith((*ZARR_SUFFIXES, *N5_SUFFIXES))
+        if named or any((folder / n).is_file() for n in _CONTAINER_FILES) or _is_n5_root(folder):
+            root = folder
+    return root
+
+
+def _is_n5_root(folder: Path) -> bool:
+    try:
+        return "n5" in json.loads((folder / "attributes.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _source_path(volume: Volume) -> Path | None:
+    """Where the source lies on disk: its path, or the local store of an on-disk Zarr array given as an array."""
+    if volume.path is not None:
+        return Path(volume.path)
+    return _store_path(getattr(volume.reader, "_raw", None))
+
+
+def _store_path(node: Any) -> Path | None:
+    root = getattr(getattr(node, "store", None), "root", None)
+    return Path(str(root)) / getattr(node, "path", "") if root is not None else None
+
+
+def _check_not_source(target: Path | None, volume: Volume) -> None:
+    """``VolumeError`` when an output would lie anywhere inside the input's container (or hold the input)."""
+    source = _source_path(volume)
+    if target is None or source is None:
         return
-    out, src = target.resolve(), volume.path.resolve()
-    if out == src or out in src.parents or src in out.parents:
-        raise VolumeError(f"output {target} is (or holds, or lies inside) the input {volume.path}; refusing to write "
-                          "there: choose another output")
+    out, root, src = Path(target).resolve(), input_root(source), source.resolve()
+    if out == root or root in out.parents or out in src.parents:
+        raise VolumeError(f"output {target} lies inside (or holds) the input {source} (its container: {root}); "
+                          "an input is never written to: choose an output outside it")
 
 
 def _claim(target: Path | zarr.Group, record: dict, overwrite: bool, volume: Volume) -> zarr.Group | None:
@@ -696,7 +840,6 @@ def _claim(target: Path | zarr.Group, record: dict, overwrite: bool, volume: Vol
     ``VolumeError`` when it must not be touched."""
     where = target if isinstance(target, Path) else f"Zarr group {target.store_path}"
     if isinstance(target, Path):
-        _check_not_source(target, volume)
         try:
             existing = open_output(target)
         except VolumeError:
@@ -714,17 +857,46 @@ def _claim(target: Path | zarr.Group, record: dict, overwrite: bool, volume: Vol
     elif found.get("complete"):
         why = "is complete"
     elif found.get("run") != record:
-        why = f"was started with other settings ({_differences(found.get('run') or {}, record)})"
+        why = (f"was started with other settings {_differences(found.get('run') or {}, record)}; resuming would "
+               "mix blocks of both runs")
     else:
         return existing
     if not overwrite:
-        raise VolumeError(f"{where} exists and {why}; refusing to write over it (--overwrite / overwrite=True "
-                          "replaces it)")
+        raise VolumeError(f"{where} exists and {why}; refusing to write over it. To start over: --overwrite "
+                          "(overwrite=True) replaces it, or choose another output")
     if isinstance(target, Path):
         remove_output(target)
     else:
         _clear_group(target)
     return None
+
+
+#: What a full disk mid-run leaves (unlike a TIFF, a volume output keeps its finished blocks for the resume).
+DISK_FULL_KEPT = "the blocks finished so far are kept: free some space and run the same command again to continue"
+
+
+@contextlib.contextmanager
+def disk_full_said(path: Path | str, after: str = DISK_FULL_KEPT) -> Iterator[None]:
+    """A full disk while writing ``path`` is said in the TIFF path's words (``io.atomic.write_error``: "the disk
+    is full (N MB free on ...)"), then ``after``; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise write_error(exc, Path(str(path)), after=after) from exc
+
+
+def _created(target: Path | zarr.Group, create: Callable[[], zarr.Group]) -> zarr.Group:
+    """``create()`` a new output at ``target``; a path it fails to fill is removed (nothing half-made is left)."""
+    try:
+        with disk_full_said(target if isinstance(target, Path) else target.store_path,
+                            after="nothing was left at that path: free some space and run again"):
+            return create()
+    except BaseException:
+        if isinstance(target, Path):
+            remove_output(target)
+        raise
 
 
 def _clear_group(group: zarr.Group) -> None:
@@ -802,42 +974,98 @@ def _id_outputs(outputs: Outputs) -> Outputs:
     return outputs if outputs.split is None else replace(outputs, local=outputs.split, counts=outputs.split_counts)
 
 
+def _check_threads(threads: Any) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a whole number >= 1 (torch threads per block task), got {threads!r}")
+    return int(threads)
+
+
+def _recorded_threads(target: Path | zarr.Group, default: int | None) -> int | None:
+    """The torch threads per block an unfinished output at ``target`` was started with (a resume keeps them: a
+    block's floating-point results depend on them), else ``default``."""
+    try:
+        group = open_output(target) if isinstance(target, Path) else target
+    except VolumeError:
+        return default
+    found = record_of(group) if group is not None else None
+    numerics = (found or {}).get("run", {}).get("numerics") if not (found or {}).get("complete") else None
+    if isinstance(numerics, dict) and "threads" in numerics:
+        return numerics["threads"]
+    return default
+
+
 def prepare_volume_run(model: Segmenter, source: Any, dest: str | Path | zarr.Group, *,
                        block: tuple[int, int, int] | None = None, probabilities: bool = False,
                        prob_dtype: str = "uint8", instances: str | None = None, threshold: float | None = None,
                        min_size: int = 16, overwrite: bool = False, tile: int | None = None, overlap: int = 64,
                        tta: bool = False, batch_size: int = 4, whole_pixels: int = WHOLE_IMAGE_PIXELS,
                        device=None, prob_dest: str | Path | zarr.Group | None = None, watershed: bool = False,
-                       watershed_halo: int = WATERSHED_HALO) -> VolumeRun:
-    """Check everything and create (or reopen, to resume) the outputs; see ``segment_volume_job``."""
+                       watershed_halo: int = WATERSHED_HALO, threads: int | None = None,
+                       default_threads: int | None = None) -> VolumeRun:
+    """Check everything and create (or reopen, to resume) the outputs; see ``segment_volume_job``. ``threads``:
+    torch threads per block task; without it, a resumed run keeps the threads it was started with, a new one
+    takes ``default_threads`` (``None``: each Dask worker decides)."""
     segmenter = as_segmenter(model, device)
     volume, plan = plan_volume(segmenter, source, block=block, whole_pixels=whole_pixels)
     settings = _settings(segmenter, volume, threshold=threshold, instances=instances, probabilities=probabilities,
                          prob_dtype=prob_dtype, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
                          min_size=min_size)
+    targets = output_targets(volume, dest, probabilities, prob_dest)
+    for target in (targets.labels, targets.probabilities):  # before anything is written, the lock included
+        _check_not_source(target if isinstance(target, (Path, type(None))) else _store_path(target), volume)
+    if threads is None:
+        threads = default_threads if overwrite else _recorded_threads(targets.labels, default_threads)
+    else:
+        threads = _check_threads(threads)
+    settings = replace(settings, threads=threads)
     if watershed or watershed_halo != WATERSHED_HALO:
         settings = _watershed_settings(settings, volume, watershed, watershed_halo)
         if block is None:  # memory is set by the watershed's window, not by the network's block
             chosen = watershed_block(plan, settings.watershed_halo, can_cut=_can_cut(segmenter, volume))
             volume, plan = plan_volume(segmenter, volume, block=chosen, whole_pixels=whole_pixels)
-    targets = output_targets(volume, dest, probabilities, prob_dest)
     record = run_record(segmenter, volume, plan, settings)
+    lock = _claim_writer(targets.labels)
+    try:
+        labels, prob = _open_outputs(segmenter, volume, plan, settings, record, targets, overwrite)
+    except BaseException:
+        release_writer(lock)
+        raise
+    name = str(targets.labels) if isinstance(targets.labels, Path) else str(labels.store_path)
+    prob_name = None if prob is None else (str(targets.probabilities) if isinstance(targets.probabilities, Path)
+                                           else str(prob.store_path))
+    summary = VolumeSummary(name, prob_name, plan.shape, plan.block, len(plan), dtype=str(labels["0"].dtype),
+                            device=f"{segmenter.device} ({segmenter.precision})", threads=settings.threads)
+    return VolumeRun(segmenter, volume, plan, settings, labels, prob, _outputs(labels, prob), summary, lock)
+
+
+def _claim_writer(target: Path | zarr.Group) -> Path | None:
+    """This run as the one writer of a path output (``io.atomic.claim_writer``); a second run is refused saying
+    it kept the first one's work."""
+    if not isinstance(target, Path):
+        return None
+    try:
+        return claim_writer(target)
+    except FileExistsError as exc:
+        raise VolumeError(f"{exc}; kept that run's output and wrote nothing: wait for it to end (if it does not "
+                          "finish, run the same command again to resume it; if no run is writing it any more, "
+                          f"delete {writer_lock(target)})") from None
+
+
+def _open_outputs(segmenter: Segmenter, volume: Volume, plan: BlockPlan, settings: Settings, record: dict,
+                  targets: Targets, overwrite: bool) -> tuple[zarr.Group, zarr.Group | None]:
+    """The labels and probability groups: reopened to resume, or created (cleared first with ``overwrite``)."""
     labels = _claim(targets.labels, record, overwrite, volume)
     prob = _claim(targets.probabilities, record, overwrite, volume) if targets.probabilities is not None else None
     if labels is not None and STATE not in labels:
         raise VolumeError(f"{targets.labels}: its run record is incomplete but its block states are missing; "
                           "--overwrite starts it anew")
-    width = context_width(make_context(segmenter, tta)) if plan.cuts_planes else 0
+    width = context_width(make_context(segmenter, settings.tta)) if plan.cuts_planes else 0
     if labels is None:
-        labels = _new_labels(targets.labels, volume, plan, settings, record, width)
+        labels = _created(targets.labels, lambda: _new_labels(targets.labels, volume, plan, settings, record, width))
     if targets.probabilities is not None and prob is None:
-        prob = _new_probabilities(targets.probabilities, volume, plan, settings, record)
-    name = str(targets.labels) if isinstance(targets.labels, Path) else str(labels.store_path)
-    prob_name = None if prob is None else (str(targets.probabilities) if isinstance(targets.probabilities, Path)
-                                           else str(prob.store_path))
-    summary = VolumeSummary(name, prob_name, plan.shape, plan.block, len(plan),
-                            dtype=str(labels["0"].dtype), device=str(segmenter.device))
-    return VolumeRun(segmenter, volume, plan, settings, labels, prob, _outputs(labels, prob), summary)
+        prob = _created(targets.probabilities,
+                        lambda: _new_probabilities(targets.probabilities, volume, plan, settings, record))
+    return labels, prob
 
 
 # --- running ------------------------------------------------------------------------------------------------------
@@ -1009,8 +1237,7 @@ def _finish(run: VolumeRun) -> None:
     run.summary.dtype = str(run.labels_group["0"].dtype)
 
 
-def _drive(run: VolumeRun, client, workers: int | None, scheduler: str | None, threads: int | None,
-           ) -> Job[VolumeSummary]:
+def _drive(run: VolumeRun, client, scheduler: str | None, placement: Placement) -> Job[VolumeSummary]:
     start = time.perf_counter()
     todo = _todo(run)
     summary = run.summary
@@ -1024,18 +1251,22 @@ def _drive(run: VolumeRun, client, workers: int | None, scheduler: str | None, t
     tracker.blocks_done = 0 if run.settings.instances else summary.blocks_resumed
     ex = None
     try:
-        ex, torch_threads = start_executor(client, workers, scheduler, threads)
-        summary.workers = ex.name
-        settings = Settings(**{**asdict(run.settings), "threads": torch_threads})
+        ex = start_executor(client, placement.workers, scheduler, run.settings.threads)
+        summary.workers = ex.name + (f" ({placement.note})" if placement.note else "")
+        if placement.note:
+            logger.info("alnet volume run: %s", placement.note)
         shared = (ex.share(run.segmenter), ex.share(run.volume.reader))
-        yield tracker.report("start", f"{len(run.plan)} blocks of {run.plan.block}, {summary.blocks_resumed} done")
-        yield from _run_phases(run, ex, shared, settings, todo, tracker)
-        _finish(run)
+        yield tracker.report("start", f"{len(run.plan)} blocks of {run.plan.block}, {summary.blocks_resumed} done"
+                             + (f"; {placement.note}" if placement.note else ""))
+        with disk_full_said(summary.labels):
+            yield from _run_phases(run, ex, shared, run.settings, todo, tracker)
+            _finish(run)
     except StopRequested:
         summary.stopped = True
     finally:
         if ex is not None:
             ex.close()
+        release_writer(run.lock)
         summary.seconds = time.perf_counter() - start
     return summary
 
@@ -1054,12 +1285,17 @@ def segment_volume_job(model: Segmenter, source: Any, dest: str | Path | zarr.Gr
     ``whole_pixels`` (planes up to this many pixels run whole), ``device``, ``prob_dest``, ``watershed`` (split
     touching instances at distance-transform ridges, consistently across blocks; docs/volumes.md) and
     ``watershed_halo`` (its context per block, in voxels of the finest axis; default ``WATERSHED_HALO``).
-    Where it runs: in-process (default), ``workers=N`` (a LocalCluster it starts and stops), ``scheduler``
-    (the address of a running Dask scheduler) or ``client``; ``threads``: torch threads per worker.
+    Where it runs: in-process (default), ``workers=N`` (a LocalCluster it starts and stops, unless workers would
+    not add cores: ``choose_workers``; then in-process, said in ``VolumeSummary.workers``), ``scheduler`` (the
+    address of a running Dask scheduler) or ``client``; ``threads``: torch threads per block task (default:
+    torch's in-process, the cores / workers on a LocalCluster; a resumed run keeps the threads it started with).
     The checks (and creating or reopening the outputs) happen at once; ``VolumeError``/``ValueError`` here.
     """
-    run = prepare_volume_run(model, source, dest, **options)
-    return _drive(run, client, workers, scheduler, threads)
+    placement = place_run(client, workers, scheduler, threads)
+    explicit = None if placement.note else threads  # declined workers: their threads per worker do not apply
+    run = prepare_volume_run(model, source, dest, threads=explicit, default_threads=placement.default_threads,
+                             **options)
+    return _drive(run, client, scheduler, placement)
 
 
 def segment_volume(model: Segmenter, source: Any, dest: str | Path | zarr.Group, **options) -> VolumeSummary:

@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -65,17 +66,23 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, overwrite: bool
         tmp.unlink(missing_ok=True)
 
 
-def write_error(exc: BaseException, path: Path) -> OSError:
-    """``exc`` as an ``OSError`` naming ``path``; a full disk is said as such (libraries report it as e.g.
-    "262144 requested and 256928 written")."""
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full (``ENOSPC``, or a library's "262144 requested and 256928 written")."""
     text = f"{type(exc).__name__}: {exc}"
-    if getattr(exc, "errno", None) == errno.ENOSPC or re.search(r"\d+ requested and \d+ written", text):
+    return getattr(exc, "errno", None) == errno.ENOSPC or re.search(r"\d+ requested and \d+ written", text) is not None
+
+
+def write_error(exc: BaseException, path: Path, *,
+                after: str = "nothing was left at that path: free some space and run again") -> OSError:
+    """``exc`` as an ``OSError`` naming ``path``; a full disk is said as such ("the disk is full (N MB free on
+    ...)", then ``after``: what was kept and what to do)."""
+    text = f"{type(exc).__name__}: {exc}"
+    if is_disk_full(exc):
         try:
             free = f"{shutil.disk_usage(path.parent).free / 1e6:.0f} MB free"
         except OSError:
             free = "free space unknown"
-        return OSError(errno.ENOSPC, f"{path}: the disk is full ({free} on {path.parent}); nothing was left at "
-                                     "that path: free some space and run again")
+        return OSError(errno.ENOSPC, f"{path}: the disk is full ({free} on {path.parent}); {after}")
     if isinstance(exc, OSError) and str(path) in str(exc):
         return exc
     return OSError(getattr(exc, "errno", None) or errno.EIO, f"{path}: writing failed ({text})")
@@ -116,6 +123,58 @@ def _running(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def writer_lock(path: Path) -> Path:
+    """Where the run writing ``path`` says who it is: ``.NAME.alnet-lock`` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.alnet-lock")
+
+
+def claim_writer(path: Path) -> Path:
+    """Make this process the one writer of ``path`` (a folder output written over a long run): creates
+    ``writer_lock(path)`` exclusively, holding ``PID HOST``; returns it. A lock of a process of this host that no
+    longer runs (SIGKILL, power cut) or of this process is taken over; another live run's raises
+    ``FileExistsError`` naming it."""
+    lock = writer_lock(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None:
+                raise FileExistsError(f"{path}: another run ({holder}) is writing it") from None
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+        return lock
+    raise FileExistsError(f"{path}: another run keeps claiming it")
+
+
+def _lock_holder(lock: Path) -> str | None:
+    """Who holds ``lock`` ("PID N on HOST"), or ``None`` when it is stale (a dead process here, or this one)."""
+    try:
+        pid_text, _, host = lock.read_text().strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return "a run that is starting"  # created but not yet written, or unreadable: do not take it
+    if host == socket.gethostname() and (pid == os.getpid() or not _running(pid)):
+        return None
+    return f"PID {pid} on {host}"
+
+
+def release_writer(lock: Path | None) -> None:
+    """Remove a lock ``claim_writer`` returned (if it is still this process's)."""
+    if lock is None:
+        return
+    try:
+        mine = lock.read_text().split()[0] == str(os.getpid())
+    except (OSError, IndexError):
+        return
+    if mine:
+        lock.unlink(missing_ok=True)
 
 
 @contextmanager
