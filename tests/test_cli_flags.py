@@ -264,3 +264,39 @@ def test_quiet_prints_only_the_summary_and_a_rerun_says_what_it_skipped(weights,
     assert main(args) == 0  # every output exists
     out = capsys.readouterr().out
     assert "slices/s" not in out and "skipped 1 existing outputs (--overwrite replaces them): s_labels.tif" in out
+
+
+def test_a_volume_run_logs_its_blocks_with_rate_and_eta(weights, tmp_path, monkeypatch, capsys):
+    """The OME-Zarr path off a terminal (issue 24: its log stayed empty for the whole run): lines per milestone
+    naming the block, with the run's rate and ETA; in JSON the stage and blocks done."""
+    zarr = pytest.importorskip("zarr")
+    from ome_zarr.writer import write_image
+
+    source = tmp_path / "em.zarr"
+    write_image((texture((4, 64, 64), 2) * 255).astype(np.uint8), zarr.open_group(source, mode="w"), axes="zyx",
+                scale_factors=[], storage_options={"chunks": (1, 64, 64)})
+    args = ["segment", str(source), "--model", str(weights), "--device", "cpu", "--block", "1", "64", "64"]
+    assert main([*args, "-o", str(tmp_path / "log")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("segment [")]
+    assert len(lines) >= 4 and all(" slices/s" in line for line in lines)
+    assert any(re.search(r" ETA \d+s .*block \d/4", line) for line in lines), lines
+    assert main([*args, "-o", str(tmp_path / "json"), "--progress", "json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    blocks = [r for r in records if r["stage"] == "blocks"]
+    assert blocks and blocks[-1]["blocks_done"] == 4 and blocks[-1]["unit"] == "slices"
+
+
+def test_the_volume_api_checks_its_arguments_before_writing(weights, tmp_path):
+    from napari_alnet.engine.blockwise import segment_volume_job
+
+    data = (texture((2, 64, 64), 4) * 255).astype(np.uint8)
+    dest = tmp_path / "seg.zarr"
+    cases = [({"prob_dest": dest, "probabilities": True}, "prob_dest .* is \\(or lies inside, or holds\\) the labels"),
+             ({"prob_dest": dest / "prob", "probabilities": True}, "prob_dest"),
+             ({"workers": 0}, "workers: must be at least 1"), ({"threads": -2}, "threads: must be at least 1"),
+             ({"block": (0, 64, 64)}, "block Z: must be at least 1"), ({"block": (1, 64)}, "expected three sizes"),
+             ({"tile": 0}, "tile: must be at least 1"), ({"watershed_halo": 0}, "watershed_halo: must be at least 1")]
+    for options, message in cases:
+        with pytest.raises(arguments.UsageError, match=message):
+            segment_volume_job(str(weights), data, dest, **options)
+    assert list(tmp_path.iterdir()) == []

@@ -146,3 +146,17 @@ def distinct_outputs(labels: str | Path, probabilities: str | Path | None, name:
     if a == b or a in b.parents or b in a.parents:
         raise UsageError(f"{name} {probabilities}: is (or lies inside, or holds) the labels' output {labels}; give "
                          "the probabilities their own path")
+
+
+def volume_arguments(*, dest=None, prob_dest=None, block_shape=None, tile_size=None, workers_count=None,
+                     threads_count=None, halo=None) -> None:
+    """The checks of ``segment_volume_job``'s arguments (the same as the command line's flags): block, tile,
+    workers, threads and watershed halo in range, the probabilities' destination apart from the labels'."""
+    block(block_shape, "block")
+    tile(tile_size, "tile")
+    workers(workers_count, "workers")
+    threads(threads_count, "threads")
+    if halo is not None:
+        whole(halo, "watershed_halo", maximum=4096)
+    if isinstance(dest, (str, Path)) and str(dest).lower().rstrip("/").endswith(".zarr"):  # the labels' store
+        distinct_outputs(dest, prob_dest)

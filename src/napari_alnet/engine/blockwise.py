@@ -63,6 +63,7 @@ from ..io.volumes import (
     remove_output,
 )
 from ..model import STRIDE
+from .arguments import volume_arguments
 from .devices import cpu_bf16_support, onednn_isa_cap
 from .halo import PlaneContext, block_probabilities, context_width, halo_window, make_context, plane_context
 from .inference import check_channels, probability_job
@@ -1291,6 +1292,9 @@ def segment_volume_job(model: Segmenter, source: Any, dest: str | Path | zarr.Gr
     torch's in-process, the cores / workers on a LocalCluster; a resumed run keeps the threads it started with).
     The checks (and creating or reopening the outputs) happen at once; ``VolumeError``/``ValueError`` here.
     """
+    volume_arguments(dest=dest, prob_dest=options.get("prob_dest"), block_shape=options.get("block"),
+                     tile_size=options.get("tile"), workers_count=workers, threads_count=threads,
+                     halo=options.get("watershed_halo"))
     placement = place_run(client, workers, scheduler, threads)
     explicit = None if placement.note else threads  # declined workers: their threads per worker do not apply
     run = prepare_volume_run(model, source, dest, threads=explicit, default_threads=placement.default_threads,
