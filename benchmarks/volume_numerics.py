@@ -32,6 +32,14 @@ def probabilities(model, data: np.ndarray, dest: Path, threads: int, planes: int
     return zarr.open_array(dest.with_name(dest.stem + "_prob.zarr") / "0")[:]
 
 
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=(4, 160, 144))
@@ -47,7 +55,7 @@ def main() -> None:
                     dest = Path(tmp) / f"{precision}-{threads}-{planes}.zarr"
                     out[precision, threads, planes] = probabilities(model.with_precision(precision), data, dest,
                                                                     threads, planes)
-    print(f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}, ATen "
+    print(f"CPU: {cpu_name()}, torch {torch.__version__}, ATen "
           f"{torch.backends.cpu.get_cpu_capability()}; volume {tuple(args.shape)}")
     for (precision, threads, planes), probs in out.items():
         ref = out[precision, args.threads[0], 1]

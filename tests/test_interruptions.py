@@ -118,6 +118,35 @@ def test_a_file_that_appears_while_an_output_is_written_is_kept(tmp_path):
     assert target.read_bytes() == b"someone else's" and not tmp.exists()
 
 
+def test_a_batch_run_that_lost_the_race_says_it_kept_the_other_runs_output(tmp_path, weights):
+    """Two `alnet segment` runs into one folder: the output the other run published first is kept (not replaced),
+    and the run that did not write it says so (a failure naming it, exit 1), leaving no temporary file."""
+    from napari_alnet.engine.batch import segment_files_job
+    from napari_alnet.engine.progress import run_job
+    from napari_alnet.engine.segmenter import load_model
+
+    src = _stack(tmp_path / "s.tif", 2)
+    out = tmp_path / "out"
+    job = segment_files_job([src], out, load_model(weights, device="cpu"))
+    target = out / "s_labels.tif"
+    summary = None
+    while summary is None:
+        try:
+            report = next(job)
+        except StopIteration as end:
+            summary = end.value
+            break
+        if report.step >= 1 and not target.exists():
+            target.write_bytes(b"the other run's")  # published by the other run while this one ran
+    assert not summary.written and len(summary.failures) == 1
+    assert "appeared while this output was being written" in summary.failures[0][1]
+    assert "kept the other's and wrote nothing there" in summary.failures[0][1]
+    assert target.read_bytes() == b"the other run's"
+    assert sorted(p.name for p in out.iterdir()) == ["s_labels.tif"]
+    again = run_job(segment_files_job([src], out, load_model(weights, device="cpu")))
+    assert again.skipped == [target] and not again.written  # and a later run keeps it as an existing output
+
+
 def test_concurrent_writers_of_one_path_never_clobber_each_other(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -211,7 +211,7 @@ def _run_files(files: list[Path], sizes: list[int], failures: list[tuple[Path, s
             try:
                 with open_slices(path, axes=axes, series=series) as reader:
                     done = yield from _segment(reader, targets, segmenter, settings, done=done, total=total,
-                                               summary=summary)
+                                               summary=summary, overwrite=overwrite)
             except StopRequested:
                 raise
             except Exception as exc:  # one file's failure must not end the batch
@@ -254,8 +254,10 @@ def _targets(path: Path, outdir: Path, kinds: tuple[bool, bool], overwrite: bool
 
 
 def _segment(reader: SliceReader, targets: dict[str, Path], segmenter: Segmenter, settings: Outputs, *, done: int,
-             total: int, summary: BatchSummary) -> Job[int]:
-    """Stream one file through the network into its target files; returns the updated slice count.
+             total: int, summary: BatchSummary, overwrite: bool = False) -> Job[int]:
+    """Stream one file through the network into its target files; returns the updated slice count. Without
+    ``overwrite`` a target that another run wrote meanwhile is kept (``FileExistsError`` saying so, see
+    ``io.atomic.publish``), never replaced.
 
     Reading runs ahead in a ``Prefetch`` thread, thresholding and writing behind in a ``Drain`` thread.
     """
@@ -281,7 +283,7 @@ def _segment(reader: SliceReader, targets: dict[str, Path], segmenter: Segmenter
             yield _progress(done, total, message, summary)
         drain.finish()
         for kind in list(writers):
-            summary.written.append(writers.pop(kind).finish())
+            summary.written.append(writers.pop(kind).finish(overwrite=overwrite))
         return done
     finally:
         for stage in (prefetch, drain):

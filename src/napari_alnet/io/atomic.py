@@ -42,8 +42,9 @@ def publish(tmp: Path, path: Path, *, overwrite: bool = True) -> Path:
         try:
             os.link(tmp, path)
         except FileExistsError:
-            raise FileExistsError(f"{path}: exists (it appeared while this output was being written); kept it, "
-                                  "use --overwrite to replace it") from None
+            raise FileExistsError(f"{path}: exists (it appeared while this output was being written, e.g. by "
+                                  "another run); kept the other's and wrote nothing there: use --overwrite to "
+                                  "replace it") from None
         except OSError:  # a file system without hard links: the exclusive check is the best left
             if path.exists():
                 raise FileExistsError(f"{path}: exists; kept it, use --overwrite to replace it") from None
