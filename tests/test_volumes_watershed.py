@@ -185,8 +185,8 @@ def test_cli_2d_watershed_on_a_tiff_splits_each_slice(tmp_path, weights, model):
     args = ["segment", str(tif), "--model", str(weights), "--instances", "2d"]
     assert main([*args, "-o", str(tmp_path / "cc")]) == 0
     assert main([*args, "--watershed", "-o", str(tmp_path / "ws")]) == 0
-    plain = tifffile.imread(tmp_path / "cc" / "stack_labels.tif")
-    split = tifffile.imread(tmp_path / "ws" / "stack_labels.tif")
+    plain = tifffile.imread(tmp_path / "cc" / "stack_instances.tif")
+    split = tifffile.imread(tmp_path / "ws" / "stack_instances.tif")
     assert split.dtype == np.int32 and np.array_equal(split > 0, plain > 0) and split.max() > plain.max()
     prob = model.predict(data)  # the same network as the weight file
     np.testing.assert_array_equal(split, instance_labels(prob, model.threshold, model.metadata.objects,
