@@ -239,9 +239,11 @@ def _imported_by(statement: str) -> set[str]:
 
 
 def test_the_command_line_starts_without_the_heavy_libraries():
-    """``alnet --help`` reads the parser only; a TIFF segment loads torch but not the volume engine's libraries
-    (issue 27: start-up was 46 % of a 100-slice run). Figures: ``python benchmarks/startup.py``."""
+    """``alnet --help`` reads the parser only; a TIFF segment loads torch but neither the volume engine's libraries
+    nor SciPy and scikit-image (only instances and resampling need them) (issue 27: start-up was 46 % of a
+    100-slice run). Figures: ``python benchmarks/startup.py``."""
     heavy = {"torch", "dask", "distributed", "scipy", "zarr", "ome_zarr", "bioimageio", "skimage", "tqdm"}
     assert not _imported_by("import napari_alnet.cli") & heavy
     assert not _imported_by("import napari_alnet.cli.segment") & {"dask", "distributed", "zarr", "ome_zarr",
-                                                                  "bioimageio", "onnx", "onnxruntime"}
+                                                                  "bioimageio", "onnx", "onnxruntime", "scipy",
+                                                                  "skimage"}

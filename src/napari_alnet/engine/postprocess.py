@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.measure import label
-from skimage.morphology import reconstruction
-from skimage.segmentation import watershed as skwatershed
 
 from ..model.metadata import OBJECTS
+
+# SciPy and scikit-image are imported in the functions that use them: the semantic mask needs neither, and their
+# import costs a command line that only thresholds about a quarter of torch's own (benchmarks/startup.py).
 
 #: Watershed markers: distance-transform maxima at least this many pixels above their surroundings.
 MARKER_HEIGHT = 2.0
@@ -45,6 +44,8 @@ def instance_labels(prob: np.ndarray, threshold: float, objects: str = "foregrou
     pixels are dropped; ``watershed`` splits touching objects at the ridges of their distance transform
     (``split_objects``, on the pixel grid). Stacks are labelled slice by slice, with ids unique across the stack.
     """
+    from skimage.measure import label
+
     if objects not in OBJECTS:
         raise ValueError(f"objects must be one of {OBJECTS}, got {objects!r}")
     prob = check_probabilities(prob)
@@ -84,6 +85,10 @@ def watershed_seeds(dist: np.ndarray, regions: np.ndarray, *, height: float = MA
     value), found in each region of ``regions`` (face-connected components, 0 = background) on its own, so every
     region gets at least one seed (its highest plateau) and no region's seeds depend on another's. A plateau is one
     seed when fully connected, and never spans two regions."""
+    from scipy import ndimage as ndi
+    from skimage.measure import label
+    from skimage.morphology import reconstruction
+
     mask = regions > 0
     dist = np.asarray(dist, np.float32)
     low = np.float32(-height - 1.0)  # below every seed: the background never carries the reconstruction
@@ -106,6 +111,10 @@ def split_objects(mask: np.ndarray, *, sampling: tuple[float, ...] | None = None
     object), so a region's result depends on that region only, not on what else the array holds: the same region
     in two overlapping blocks is split the same way, ties between equal seeds included.
     """
+    from scipy import ndimage as ndi
+    from skimage.measure import label
+    from skimage.segmentation import watershed as skwatershed
+
     regions = label(np.asarray(mask, bool), connectivity=1)
     if not regions.any():
         return np.zeros(regions.shape, np.int32)
@@ -155,6 +164,8 @@ def merge_without_neck(pieces: np.ndarray, dist: np.ndarray, *, ratio: float = N
     the pass's height (the highest ``min(dist)`` over face-adjacent pixel pairs across their boundary) above
     ``ratio`` times the lower of the two pieces' peaks. Merged pieces take the smaller id; merging repeats on the
     merged pieces (the highest pass first) until every remaining boundary is a neck."""
+    from scipy import ndimage as ndi
+
     ids = np.unique(pieces[pieces > 0])
     if len(ids) < 2:
         return pieces
