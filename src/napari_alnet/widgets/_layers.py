@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import napari
 import numpy as np
 from napari.layers import Image, Labels
+
+from ..engine.progress import Job, Progress
+from ..io.atomic import move_into_place, staging_directory
+from ..io.stack_reader import PixelSize
+from ..io.stack_writer import TiffStackWriter
+from ..io.volumes import Geometry, create_output
 
 Region = tuple[int | slice, ...]
 
@@ -135,7 +143,8 @@ def upsert(viewer: napari.Viewer, name: str, kind: type[Image] | type[Labels], l
     kwargs = {"name": name, "scale": like.scale, "translate": like.translate}
     if kind is Labels:
         return viewer.add_labels(data, **kwargs)
-    return viewer.add_image(data, colormap="magma", blending="additive", contrast_limits=(0.0, 1.0), **kwargs)
+    return viewer.add_image(data, colormap="magma", blending="additive", contrast_limits=(0.0, 1.0),
+                            metadata={OUTPUT_KEY: True}, **kwargs)
 
 
 def axis_choices(viewer: napari.Viewer, layer: Image | None) -> Sequence[tuple[str, int | None]]:
@@ -154,3 +163,131 @@ def follow_renames(viewer, on_rename, event=None) -> None:
         layer.events.name.connect(on_rename)
     if event is not None and getattr(event, "type", "") == "removed":
         event.value.events.name.disconnect(on_rename)
+
+
+#: ``layer.metadata`` key marking the image layers the docks make (probabilities, previews): pickers that follow
+#: the user's selection leave them alone.
+OUTPUT_KEY = "napari_alnet_output"
+#: Pixels read from a layer to judge whether it suits a model (a window of the displayed plane).
+STATS_WINDOW = 1024
+
+
+def is_output(layer) -> bool:
+    return bool(getattr(layer, "metadata", {}).get(OUTPUT_KEY))
+
+
+def choose_selected(viewer: napari.Viewer, picker, kind: type) -> None:
+    """Put ``picker`` (a layer ComboBox) on the layer the user selected, if it is a ``kind`` layer the docks did
+    not make (a newly added layer is selected by napari, so it is chosen too)."""
+    layer = viewer.layers.selection.active
+    if not isinstance(layer, kind) or is_output(layer) or layer not in viewer.layers or picker.value is layer:
+        return
+    if all(choice is not layer for choice in picker.choices):
+        picker.reset_choices()
+    if any(choice is layer for choice in picker.choices):
+        picker.value = layer
+
+
+def pixel_size_nm(layer: Image) -> float | None:
+    """The layer's X pixel size in nm, when its units say (``None`` for pixels or unknown units)."""
+    units = getattr(layer, "units", None)
+    if not units:
+        return None
+    try:
+        return float((layer.scale[-1] * units[-1]).to("nm").magnitude)
+    except Exception:  # 'pixel' or a unit pint cannot turn into a length
+        return None
+
+
+def sample_plane(viewer: napari.Viewer, layer: Image) -> np.ndarray | None:
+    """Pixels of ``layer`` to judge whether it suits a model, without reading anything napari has not: the
+    displayed slice napari already holds, else (a NumPy layer) a window of at most ``STATS_WINDOW``² pixels of the
+    displayed plane; ``None`` for a lazy layer not displayed yet."""
+    shown = getattr(getattr(getattr(layer, "_slice", None), "image", None), "raw", None)
+    if shown is not None and np.size(shown) > 1:
+        return np.asarray(shown)
+    if layer.multiscale or not isinstance(base_data(layer), np.ndarray):
+        return None
+    region = list(region_for(viewer, layer, CURRENT_SLICE))
+    shape = spatial_shape(layer)
+    for axis in (-2, -1):
+        start = max(0, (shape[axis] - STATS_WINDOW) // 2)
+        region[axis] = slice(start, start + STATS_WINDOW)
+    return np.asarray(base_data(layer)[tuple(region)])
+
+
+def _length_units(layer, nd: int) -> tuple[list[float], str | None]:
+    """The layer's last ``nd`` scales in µm and ``'micrometer'`` when its units are lengths, else its scales and
+    None."""
+    scale = [float(s) for s in layer.scale[-nd:]]
+    units = list(getattr(layer, "units", None) or [])[-nd:]
+    try:
+        return [float((s * u).to("um").magnitude) for s, u in zip(scale, units, strict=True)], "micrometer"
+    except Exception:  # pixels or no units: the scale is kept, without a unit
+        return scale, None
+
+
+def labels_targets(layers: Sequence[Labels], path: str | Path) -> list[tuple[Labels, Path]]:
+    """Where ``save_labels_job`` writes each layer: the first at ``path`` (.tif/.tiff or .zarr), the others beside
+    it as ``<stem>_<i>`` (instances); ``InputProblem`` for another format or a 4D+ layer."""
+    path = Path(path)
+    suffix = ".zarr" if path.suffix.lower() == ".zarr" else path.suffix.lower()
+    if suffix not in (".tif", ".tiff", ".zarr"):
+        raise InputProblem(f"{path.name}: save labels as .tif (TIFF) or .zarr (OME-Zarr)")
+    out = []
+    for i, layer in enumerate(layers):
+        if not 2 <= base_data(layer).ndim <= 3:
+            raise InputProblem(f"layer {layer.name!r} has {base_data(layer).ndim} dimensions; TIFF and OME-Zarr "
+                               "labels are saved for 2D images and 3D stacks (File > Save Selected Layers for others)")
+        kind = "" if i == 0 else ("_instances" if "instances" in layer.name else f"_{i}")
+        out.append((layer, path if i == 0 else path.with_name(f"{path.stem}{kind}{path.suffix}")))
+    return out
+
+
+def save_labels_job(targets: Sequence[tuple[Labels, Path]], like: Image | Labels) -> Job[list[Path]]:
+    """Write each layer's labels (read plane by plane: a lazy layer is never read whole) to its target, TIFF or
+    OME-Zarr with the pixel size of ``like`` (the segmented image), each published only once complete (an
+    earlier file is replaced)."""
+    total = sum(int(np.prod(base_data(layer).shape[:-2])) for layer, _ in targets)
+    done, written = 0, []
+    for layer, target in targets:
+        data = base_data(layer)
+        scale, unit = _length_units(like, data.ndim)
+        planes = list(np.ndindex(*data.shape[:-2]))
+        if target.suffix.lower() == ".zarr":
+            writer = _zarr_labels(target, data, scale, unit)
+        else:
+            writer = _tiff_labels(target, data, scale, unit)
+        with writer as write:
+            for index in planes:
+                write(index, np.asarray(data[index]))
+                done += 1
+                yield Progress(done, total, f"saving {target.name}: plane {done}/{total}")
+        written.append(target)
+    return written
+
+
+@contextmanager
+def _tiff_labels(target: Path, data, scale: list[float], unit: str | None) -> Iterator:
+    size = PixelSize(x=scale[-1], y=scale[-2], z=scale[0] if len(scale) == 3 else None, unit="um" if unit else "")
+    with TiffStackWriter(target, tuple(data.shape), data.dtype, pixel_size=size,
+                         info={"source": "napari-alnet Save labels"}) as writer:
+        yield lambda _index, plane: writer.write(plane)
+        writer.finish()
+
+
+@contextmanager
+def _zarr_labels(target: Path, data, scale: list[float], unit: str | None) -> Iterator:
+    axes = ("z", "y", "x")[-data.ndim:]
+    geometry = Geometry(axes=axes, scale=tuple(scale), units=(unit,) * data.ndim, translation=(0.0,) * data.ndim)
+    chunks = (1, *(min(n, 1024) for n in data.shape[-2:]))[-data.ndim:]
+    with staging_directory(target) as staging:
+        group = create_output(staging / target.name, shape=tuple(data.shape), dtype=data.dtype, chunks=chunks,
+                              geometry=geometry, name=target.stem)
+        array = group["0"]
+
+        def write(index, plane):
+            array[index] = plane
+
+        yield write
+        move_into_place(staging / target.name, target)
