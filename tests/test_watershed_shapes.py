@@ -33,12 +33,13 @@ def test_a_large_cell_with_several_distance_maxima_is_not_cut():
 
 
 @settings(max_examples=25, deadline=None)
-@given(r1=st.integers(8, 18), r2=st.integers(8, 18), neck=st.one_of(st.floats(0.15, 0.45), st.floats(0.9, 0.97)),
+@given(r1=st.integers(12, 24), r2=st.integers(12, 24), neck=st.one_of(st.floats(0.15, 0.4), st.floats(0.9, 0.97)),
        dy=st.floats(0, 0.5))
 def test_two_disks_are_split_exactly_when_they_meet_at_a_neck(r1, r2, neck, dy):
     """Two overlapping disks whose boundaries cross at a neck of half-width ``neck`` times the smaller radius:
-    split when it is narrow (at most 0.45), one object when it is nearly as wide as the smaller disk (0.9 or
-    more: the union has no neck). Between lies the band around ``NECK_RATIO``, where the pixel grid decides."""
+    split when it is narrow (at most 0.4), one object when it is nearly as wide as the smaller disk (0.9 or
+    more: the union has no neck). Between lies the band around ``NECK_RATIO``, where the pixel grid decides (on it a
+    neck is 1-2 px wider than the circles' chord: radii of 12 or more keep that inside the band)."""
     small, big = sorted((r1, r2))
     half = neck * small
     d = np.sqrt(big * big - half * half) + np.sqrt(small * small - half * half)  # centres either side of the chord
@@ -46,7 +47,7 @@ def test_two_disks_are_split_exactly_when_they_meet_at_a_neck(r1, r2, neck, dy):
     mask = _disks((120, int(60 + 2 * big + d)), [centre, (60.0, centre[1] + d)], [big, small])
     ids = split_objects(mask)
     assert np.array_equal(ids > 0, mask)
-    assert ids.max() == (2 if neck <= 0.45 else 1), (neck, NECK_RATIO)
+    assert ids.max() == (2 if neck <= 0.4 else 1), (neck, NECK_RATIO)
 
 
 def _straight_unsupported_splits(ids: np.ndarray, membrane: np.ndarray, *, min_length: int = 25,
