@@ -167,3 +167,13 @@ def test_tiff_and_imagej_axes_read_by_letter(tmp_path):
                      metadata={"axes": "TZCYX"})
     with pytest.raises(VolumeError, match=r"two\.tif: TIFF axes 'TZYX'.*more than one axis to stack"):
         open_volume(tmp_path / "two.tif")
+
+
+def test_a_2d_image_stored_x_first_is_segmented_and_written_x_first(tmp_path, model):
+    plane = VOLUME[1]
+    _ome(tmp_path / "in.zarr", np.ascontiguousarray(plane.T), ["x", "y"])
+    summary = segment_volume(model, tmp_path / "in.zarr", tmp_path / "out", probabilities=True)
+    reference = segment_volume(model, plane, tmp_path / "ref", probabilities=True)
+    for mine, theirs in ((summary.labels, reference.labels), (summary.probabilities, reference.probabilities)):
+        np.testing.assert_array_equal(zarr.open_group(mine, mode="r")["0"][:],
+                                      zarr.open_group(theirs, mode="r")["0"][:].T)
