@@ -1,9 +1,11 @@
-"""The annotated-slice checklist of the fine-tune dock, and ``embed`` to put a QWidget in a magicgui Container."""
+"""The annotated-slice checklist of the fine-tune dock, ``painted_slices`` (which slices a napari paint event
+touched), and ``embed`` to put a QWidget in a magicgui Container."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from magicgui.widgets import Container
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidget, QListWidgetItem, QWidget
@@ -62,3 +64,14 @@ def embed(widget: QWidget, label: str = "") -> Container:
     box.native.layout().setContentsMargins(0, 0, 0, 0)
     box.native.layout().addWidget(widget)
     return box
+
+
+def painted_slices(atom, depth: int) -> list[int] | None:
+    """The z of the slices a napari Labels history atom changed: a masked paint (``slice_key``: its bounding
+    box) or a ``data_setitem`` 3-tuple (indices, old, new) of a (Z, Y, X) layer; ``None`` for anything else."""
+    key = getattr(atom, "slice_key", None)
+    if key is not None and len(key) == 3 and isinstance(key[0], slice):
+        return list(range(*key[0].indices(depth)))
+    if isinstance(atom, tuple) and len(atom) == 3 and isinstance(atom[0], tuple) and len(atom[0]) == 3:
+        return [int(z) for z in np.unique(np.asarray(atom[0][0]))]
+    return None

@@ -25,6 +25,7 @@ import zarr
 from napari.layers import Image
 
 from ..engine.blockwise import BlockPlan, plan_blocks
+from ..engine.corrections import Corrections
 from ..engine.progress import Job, Progress
 from ..engine.tiling import WHOLE_IMAGE_PIXELS
 from ..io.atomic import move_into_place, staging_directory
@@ -155,6 +156,57 @@ class StoreView:
         self.whole_reads += 1
         out = self[(slice(None),) * self.ndim]
         return out.astype(dtype) if dtype is not None else out
+
+
+class CorrectedView(StoreView):
+    """A ``StoreView`` a user can paint on: what is written is kept in ``corrections`` (``engine.corrections``,
+    one tile per store chunk) and drawn over the store's labels on every read, so a new threshold (a new view
+    sharing the record), a resumed run filling in more blocks, or a repeated run keeps every painted voxel; the
+    store itself is never written."""
+
+    def __init__(self, path: Path, placement: Placement, threshold: float | None = None, *,
+                 corrections: Corrections | None = None) -> None:
+        super().__init__(path, placement, threshold)
+        if corrections is None or corrections.shape != self.shape:
+            chunks = list(self.array.chunks[len(self.lead):])
+            for axis in placement.singletons:
+                chunks.insert(axis, 1)
+            corrections = Corrections(self.shape, tile=chunks)
+        self.corrections = corrections
+
+    def network(self, key) -> np.ndarray:
+        """The store's labels at ``key`` (slices and integers), without the corrections."""
+        return super().__getitem__(key)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if _is_fancy(key):
+            region, local = _fancy_box(key)
+            return self[region][local]
+        values = np.array(super().__getitem__(key))
+        return self.corrections.draw(values, _expand(key, self.ndim))
+
+    def __setitem__(self, key, value) -> None:
+        if _is_fancy(key):
+            region, local = _fancy_box(key)
+            shown = self[region]
+            shown[local] = value
+            key, value = region, shown
+        key = _expand(key, self.ndim)
+        network = super().__getitem__(key)
+        shown = np.broadcast_to(np.asarray(value, network.dtype), network.shape)
+        self.corrections.reconcile(key, shown, network)
+
+
+def _is_fancy(key) -> bool:
+    return isinstance(key, tuple) and any(isinstance(k, np.ndarray) and k.ndim > 0 for k in key)
+
+
+def _fancy_box(key: tuple) -> tuple[tuple[slice, ...], tuple[np.ndarray, ...]]:
+    """The bounding box of a tuple of coordinate arrays (napari's ``data_setitem``) and the coordinates in it."""
+    coords = [np.asarray(k, np.int64).ravel() for k in key]
+    starts = [int(c.min()) if c.size else 0 for c in coords]
+    region = tuple(slice(a, int(c.max()) + 1 if c.size else a) for a, c in zip(starts, coords, strict=True))
+    return region, tuple(c - a for c, a in zip(coords, starts, strict=True))
 
 
 def _expand(key, ndim: int) -> tuple:
@@ -313,10 +365,12 @@ class Pending:
 
 # --- saving -------------------------------------------------------------------------------------------------------
 
-def save_job(labels: Path, dest: Path, threshold: float, *, semantic: bool) -> Job[Path]:
+def save_job(labels: Path, dest: Path, threshold: float, *, semantic: bool,
+             corrected: CorrectedView | None = None) -> Job[Path]:
     """Copy a finished result (labels store and its probability store) to ``dest`` / its ``_prob`` sibling, each
     published only once complete; a semantic result at another threshold than its run's is re-thresholded from the
-    probabilities, chunk by chunk, on the way. The checks happen at once (``VolumeError``: an existing target, an
+    probabilities, chunk by chunk, on the way, and the corrections of ``corrected`` (the layer showing the labels
+    store) are drawn into the copy. The checks happen at once (``VolumeError``: an existing target, an
     unfinished result); the copying when the job runs. Refuses to write over anything."""
     targets = [(labels, dest), (prob_path(labels), prob_path(dest))]
     for _, target in targets:
@@ -327,10 +381,11 @@ def save_job(labels: Path, dest: Path, threshold: float, *, semantic: bool) -> J
         raise VolumeError(f"{labels}: the result is not complete; press Segment to finish it, then save")
     run = record.get("run", {}).get("settings", {})
     redo = semantic and abs(float(run.get("threshold", threshold)) - threshold) > 1e-9
-    return _save(targets, dest, threshold, record, redo)
+    return _save(targets, dest, threshold, record, redo, corrected)
 
 
-def _save(targets: list[tuple[Path, Path]], dest: Path, threshold: float, record: dict, redo: bool) -> Job[Path]:
+def _save(targets: list[tuple[Path, Path]], dest: Path, threshold: float, record: dict, redo: bool,
+          corrected: CorrectedView | None) -> Job[Path]:
     total = 2 + int(redo)
     with staging_directory(dest) as staging:
         copies = []
@@ -341,10 +396,28 @@ def _save(targets: list[tuple[Path, Path]], dest: Path, threshold: float, record
             yield Progress(step, total, f"copied {source.name}")
         if redo:
             yield from _rethreshold_store(copies[0][0], copies[1][0], threshold, record)
+        if corrected is not None and corrected.corrections:
+            write_corrections(copies[0][0], corrected)
         for copy, target in copies:
             move_into_place(copy, target)
     yield Progress(total, total, f"saved {dest}")
     return dest
+
+
+def write_corrections(labels: Path, view: CorrectedView) -> None:
+    """Draw the corrections of ``view`` (a layer's view of a result) into the labels store ``labels`` (a copy of
+    the store it shows), tile by tile; the store records how many voxels were corrected."""
+    group = zarr.open_group(zarr.storage.LocalStore(labels), mode="r+")
+    out, record = group["0"], view.corrections
+    for key in record.tiles():
+        box = tuple(slice(k * t, min((k + 1) * t, n)) for k, t, n in zip(key, record.tile, record.shape, strict=True))
+        inner = tuple(b for i, b in enumerate(box) if i not in view.placement.singletons)
+        region = (*(slice(0, 1) for _ in view.lead), *inner)
+        values = np.asarray(out[region])
+        shaped = values.reshape([b.stop - b.start for b in box])
+        record.draw(shaped, box)
+        out[region] = shaped.reshape(values.shape)
+    group.attrs["corrected_in_napari"] = {"voxels": record.voxels, "slices": record.slices()}
 
 
 def _rethreshold_store(labels: Path, prob: Path, threshold: float, record: dict) -> Job[None]:

@@ -46,10 +46,11 @@ from ..training.finetune import (
     finetune_recipe,
 )
 from ..training.loop import TrainResult
+from ._corrections import corrections_of, training_marks
 from ._curve import CurveWidget
 from ._layers import CURRENT_SLICE, InputProblem, base_data, follow_renames, region_for, spatial_shape, upsert
 from ._models import ModelPicker
-from ._slices import SliceList, embed
+from ._slices import SliceList, embed, painted_slices
 from ._volume import IN_MEMORY_VOXELS
 from ._worker import JobRunner, unwrap
 
@@ -202,7 +203,7 @@ class FinetuneWidget(Container):
                                "press Fine-tune")
         if image.multiscale and not _is_big(image):
             raise InputProblem(f"layer {image.name!r} is multiscale; fine-tuning needs a single-resolution image")
-        if _is_big(image) or _is_big(labels):
+        if _is_big(image) or _is_big(labels) or corrections_of(labels) is not None:  # a result: its corrections
             return self._compact_request(image, labels)
         data, annotations = np.asarray(base_data(image)), np.asarray(base_data(labels))
         slices = check_annotations(data.shape, annotations, self.mode.value, bool(image.rgb))
@@ -223,15 +224,19 @@ class FinetuneWidget(Container):
             raise AnnotationError(f"the annotations {labels.name!r} have shape {tuple(annotations.shape)} but the "
                                   f"image {image.name!r} has the spatial shape {spatial}; paint them in a Labels layer "
                                   "created for this image ('New annotations layer')")
-        if len(spatial) != 3:
+        marks_of = training_marks(labels, self.mode.value)  # a Segment result: from its corrections
+        if len(spatial) != 3 and not (marks_of is not None and len(spatial) == 2):
             raise AnnotationError(f"fine-tuning takes a 2D image or a 3D stack; {image.name!r} has shape {spatial}")
         self._refresh()
         chosen, holdout = self._chosen(self.slice_list.slices(), rescan=False)
         preview = self._preview_slice(image)
         needed = sorted({*chosen, *([holdout] if holdout is not None else []),
                          *([preview] if preview is not None else [])})
-        stack = np.stack([np.asarray(data[z]) for z in needed])
-        marks = np.stack([np.asarray(annotations[z]) for z in needed])
+        plane = (lambda a, z: np.asarray(a[z])) if len(spatial) == 3 else (lambda a, z: np.asarray(a[...]))
+        stack = np.stack([plane(data, z) for z in needed])
+        marks = np.stack([marks_of(z) if marks_of is not None else plane(annotations, z) for z in needed])
+        if len(spatial) == 2:  # a 2D result: one image, as the in-memory request has it
+            stack, marks = stack[0], marks[0]
         annotated = check_annotations(stack.shape, marks, self.mode.value, bool(image.rgb))
         at = {z: i for i, z in enumerate(needed)}
         base = self._base()
@@ -240,7 +245,7 @@ class FinetuneWidget(Container):
         return FinetuneRequest(stack, marks, mode=self.mode.value, slices=slices, base=base, out=out,
                                train=self._recipe(), holdout=None if holdout is None else at[holdout],
                                preview_slice=None if preview is None else at[preview], rgb=bool(image.rgb),
-                               image_name=image.name, slice_numbers=needed)
+                               image_name=image.name, slice_numbers=needed if len(spatial) == 3 else None)
 
     def _chosen(self, annotated: list[int], rescan: bool = True) -> tuple[list[int], int | None]:
         """The ticked annotated slices and the hold-out slice; raises when nothing is left to train on."""
@@ -296,6 +301,11 @@ class FinetuneWidget(Container):
             self.slice_list.set_slices([])
             self._reset_holdout()
             return
+        corrected = corrections_of(layer)  # a Segment result layer: its corrected slices are the annotated ones
+        if corrected is not None:
+            self.slice_list.set_slices(corrected.slices(), data.shape[0] if data.ndim == 3 else 1)
+            self._reset_holdout()
+            return
         tracked = self._tracked[1] if self._tracked is not None and self._tracked[0] is layer else None
         if tracked is None or force:
             found = annotated_slices(data) if isinstance(data, np.ndarray) else lazy_annotated_slices(data)
@@ -313,7 +323,7 @@ class FinetuneWidget(Container):
             return
         data, found = base_data(layer), self._tracked[1]
         for atom in event.value or []:
-            zs = _painted_slices(atom, data.shape[0])
+            zs = painted_slices(atom, data.shape[0])
             if zs is None:  # an edit we cannot place: scan once more
                 self._tracked = None
                 self._schedule_refresh()
@@ -537,17 +547,6 @@ def _is_big(layer: Image | Labels) -> bool:
     """A layer not held as one NumPy array, or one bigger than the in-memory budget: read slice by slice."""
     data = base_data(layer)
     return not isinstance(data, np.ndarray) or data.size > IN_MEMORY_VOXELS
-
-
-def _painted_slices(atom, depth: int) -> list[int] | None:
-    """The z of the slices a napari Labels history atom changed: a masked paint (``slice_key``: its bounding
-    box) or a ``data_setitem`` 3-tuple (indices, old, new); ``None`` for anything else."""
-    key = getattr(atom, "slice_key", None)
-    if key is not None and isinstance(key[0], slice):
-        return list(range(*key[0].indices(depth)))
-    if isinstance(atom, tuple) and len(atom) == 3 and isinstance(atom[0], tuple) and len(atom[0]) == 3:
-        return [int(z) for z in np.unique(np.asarray(atom[0][0]))]
-    return None
 
 
 def lazy_annotated_slices(data) -> list[int]:

@@ -40,6 +40,7 @@ from ..engine.segmenter import Prediction, Segmenter
 from ..io.volumes import VolumeError
 from ..io.weights import WeightsError
 from ..model.metadata import ModelMetadata
+from ._corrections import CorrectionsPanel, corrected_view
 from ._layers import (
     SCOPES,
     WHOLE_STACK,
@@ -182,13 +183,16 @@ class SegmentWidget(Container):
         self.save_button = PushButton(text="Save result…", tooltip="keep a temporary result as OME-Zarr")
         self.progress = ProgressBar(label="")
         self.status = Label(value="")
+        self.corrections = CorrectionsPanel(self.viewer, lambda: [self.output_name(), self.output_name("instances")],
+                                            lambda: (self._result, float(self.threshold.value)))
         self.estimate.native.setWordWrap(True)
         self.status.native.setWordWrap(True)
         self.extend([self.image, self.models.combo, self.models.summary, self.device, self.precision, self.scope,
                      self.z_from, self.z_to, self.stack_axis, self.tile, self.threshold, self.probabilities,
                      self.instances, self.instances_3d, self.watershed, self.output, self.prob_dtype,
                      self.overwrite, self.estimate,
-                     self.run_button, self.cancel_button, self.save_button, self.progress, self.status])
+                     self.run_button, self.cancel_button, self.save_button, self.corrections, self.progress,
+                     self.status])
 
     def _connect(self) -> None:
         self.run_button.changed.connect(self.segment)
@@ -214,6 +218,9 @@ class SegmentWidget(Container):
         if layer is None:
             show_warning("Segment: no image layer; open an image (File > Open) or a sample (File > Open Sample > "
                          "napari-alnet), then choose it in 'Image'")
+            return False
+        name = f"{layer.name} ({self.models.value})"
+        if not self.corrections.ask_before_run([name, f"{name} instances"]):
             return False
         try:
             model = self.models.load(self.device.value).with_precision(self.precision.value)
@@ -252,7 +259,9 @@ class SegmentWidget(Container):
             show_warning("Segment: choose where to save the result (a name ending in .zarr)")
             return False
         try:  # the checks run here; the copying in the worker
-            job = save_job(result.labels, dest, float(self.threshold.value), semantic=result.instances is None)
+            shown = _layer_named(self.viewer, self.output_name("instances" if result.instances else "labels"))
+            job = save_job(result.labels, dest, float(self.threshold.value), semantic=result.instances is None,
+                           corrected=corrected_view(shown))  # the corrections go into the saved labels
         except (VolumeError, OSError) as exc:
             show_warning(f"Segment: {exc}")
             return False
@@ -395,18 +404,18 @@ class SegmentWidget(Container):
                                                                                   result.placement), result)
 
     def _put_view(self, name: str, kind: type, view: StoreView, result: _VolumeResult) -> None:
+        view = self.corrections.editable(name, view) if kind is Labels else view  # paintable; corrections kept
         layer = _layer_named(self.viewer, name)
         if isinstance(layer, kind) and isinstance(layer.data, StoreView) and layer.data.shape == view.shape:
             if layer.data.path != view.path or layer.data.threshold != view.threshold:
                 layer.data = view
-                layer.editable = False
             return
         if layer is not None:
             self.viewer.layers.remove(layer)
         like = result.source
         kwargs = {"name": name, "scale": like.scale, "translate": result.placement.translate(like)}
         if kind is Labels:
-            self.viewer.add_labels(view, **kwargs).editable = False  # a view of the store: read-only
+            self.viewer.add_labels(view, **kwargs)
         else:
             top = 255.0 if view.dtype == np.uint8 else 1.0
             self.viewer.add_image(view, colormap="magma", blending="additive", contrast_limits=(0.0, top), **kwargs)
@@ -423,12 +432,12 @@ class SegmentWidget(Container):
             return
         threshold = float(self.threshold.value)
         prob = result.probabilities
-        upsert(self.viewer, self.output_name(), Labels, result.source, np.dtype(np.uint8), result.region,
-               postprocess.semantic_labels(prob, threshold))
+        self.corrections.upsert(self.output_name(), result.source, np.dtype(np.uint8), result.region,
+                                postprocess.semantic_labels(prob, threshold))  # corrections drawn over it
         if self.instances.value:
             ids = postprocess.instance_labels(prob, threshold, objects=result.metadata.objects)
-            upsert(self.viewer, self.output_name("instances"), Labels, result.source, np.dtype(np.int32),
-                   result.region, ids)
+            self.corrections.upsert(self.output_name("instances"), result.source, np.dtype(np.int32), result.region,
+                                    ids, instances=True)
         if with_probabilities:
             upsert(self.viewer, self.output_name("probabilities"), Image, result.source, np.dtype(np.float32),
                    result.region, prob)
