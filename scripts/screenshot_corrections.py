@@ -4,8 +4,8 @@
 
 Segments a generated EM-like stack (3 x 256 x 256, ``io.sample_data.em_like_stack``) with the ``em`` model in the
 Segment dock, paints two corrections on the displayed slice with napari's own brush (a filled patch and an erased
-one), moves the threshold (the corrections stay), adds the uncertainty layer (hidden) and grabs the window. Default output:
-docs/images/correcting.png (1000 px wide, 64-colour palette PNG).
+one), moves the threshold (the corrections stay), adds the uncertainty layer (hidden) and grabs the window.
+Default output: docs/images/correcting.png (1000 px wide, 64-colour palette PNG).
 """
 
 from __future__ import annotations
