@@ -3,8 +3,8 @@
     xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshot_docks.py [OUT_FOLDER]
 
 Writes to docs/images/ (default): ``segment-widget.png`` (Segment dock, a generated EM slice segmented with
-``em``), ``finetune-dock.png`` (Fine-tune dock after a short run from ``em`` on two annotated slices; the curve is
-real), ``batch-dock.png`` (Batch dock after segmenting two files, outputs opened in the viewer) and
+``em``), ``finetune-dock.png`` (Fine-tune dock after a short run from ``em`` on two annotated slices, scrolled to
+its real curve), ``batch-dock.png`` (Batch dock after segmenting two files, outputs opened in the viewer) and
 ``docks-laptop.png`` (all three docks open together, as napari stacks them). Each is the whole window, 1366 x 708
 (a laptop screen less its task bar), saved as a 128-colour palette PNG.
 """
@@ -83,6 +83,9 @@ def finetune_shot(stack: np.ndarray, truth: np.ndarray, folder: Path, out: Path)
     dock.holdout.value = 1
     assert dock.start()
     wait(dock)
+    dock.advanced.folded = True
+    pump(0.3)
+    dock.scroll_area.ensureWidgetVisible(dock.curve, 0, 0)  # the curve and the end-of-run report
     shoot(viewer, out)
     viewer.close()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from magicgui.widgets import Container, PushButton, Widget
+from magicgui.widgets import Container, Label, PushButton, Widget
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import (
     QAbstractButton,
@@ -63,6 +63,8 @@ class ScrollDock(Container):
     def insert(self, key: int, widget: Widget) -> None:
         super().insert(key, widget)
         share_tooltips(widget.native)
+        if isinstance(widget, Label):  # messages wrap at the dock's width instead of widening it
+            widget.native.setWordWrap(True)
         wrapper = widget._labeled_widget() if isinstance(widget, Section) else None
         if wrapper is not None:  # a section spans the full width: no (empty) label column beside it
             wrapper._label_widget.visible = False
