@@ -4,9 +4,10 @@
 documents at its path (``zarr.json``, ``.zarray``, ``.zattrs``, ``.zgroup``, N5 ``attributes.json``; a file's
 size), and pixel data: **all** of an in-memory NumPy array, else a deterministic sample of chunks (``SAMPLE_CHUNKS``
 spread evenly in C order over the chunk grid, first and last included, each read up to ``SAMPLE_EXTENT`` voxels from
-its origin). What it catches: another array or store, any change of shape, dtype, chunking, metadata or
-attributes, and edits of the sampled chunks. What it cannot: an edit confined to chunks (or parts of chunks)
-outside the sample of a lazily read source.
+its origin; of a dask array given as such only its first chunk, which the first block reads anyway: computing a
+lazy graph's chunks can cost what segmenting them costs). What it catches: another array or store, any change of
+shape, dtype, chunking, metadata or attributes, and edits of the sampled chunks. What it cannot: an edit confined
+to chunks (or parts of chunks) outside the sample of a lazily read source.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 
 from .volumes import Volume
@@ -38,7 +40,8 @@ def fingerprint(volume: Volume) -> str:
         h.update(b"all")
         h.update(np.ascontiguousarray(raw).data)
     else:
-        for region in sample_regions(volume.shape, volume.chunks):
+        count = 1 if isinstance(raw, da.Array) else SAMPLE_CHUNKS  # a lazy graph's chunks cost what blocks cost
+        for region in sample_regions(volume.shape, volume.chunks, count=count):
             h.update(repr(region).encode())
             h.update(np.ascontiguousarray(volume.reader.read(region)).data)
     return h.hexdigest()
