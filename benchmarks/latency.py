@@ -3,7 +3,16 @@ next to the classic U-Net measured in the same run.
 
     python benchmarks/latency.py [--size 512 512] [--threads 2] [--config-json '{...}'] [--precisions fp32 bf16]
                                  [--batches 1 4] [--backends torch onnxruntime openvino] [--runs 10] [--no-unet]
-                                 [--clock wall|cpu] [--no-forms]
+                                 [--clock wall|cpu] [--no-forms] [--predict [--model em]]
+
+OpenMP waits as the engine's: ``engine.threads.prepare_for("segment")`` runs before torch is imported (libgomp's
+bounded spin, what ``alnet segment`` uses; an ``OMP_WAIT_POLICY`` in the environment wins), and ONNX Runtime
+sessions are made as the engine makes them.
+
+``--predict``: issue 27's table side by side in one round-robin — ``Segmenter.predict`` of one 512² slice (an ISBI
+test slice where ../shared/data is there) with ``auto`` (and what it picked), fp32 and int8, the network alone
+in fp32 (torch) and int8 (ONNX Runtime) on the prepared input, and the classic U-Net: ms, the ratio to the U-Net,
+and the wrapper's overhead (predict over its network alone).
 
 The second table times the fused network as the engine runs it (channels-last, inference mode, bf16 through
 autocast), one forward pass of ``batch`` slices, per slice, and the classic U-Net of Ronneberger et al. (2015:
@@ -27,12 +36,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
+from napari_alnet.engine.threads import prepare_for
 
-from napari_alnet.engine.devices import cpu_bf16_support
-from napari_alnet.model import ALNet, ALNetConfig, count_parameters
+WAIT_POLICY = prepare_for("segment")  # before torch loads libgomp, as the alnet program does
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from napari_alnet import load_model  # noqa: E402
+from napari_alnet.engine.devices import cpu_bf16_support  # noqa: E402
+from napari_alnet.engine.inference import prepare_whole  # noqa: E402
+from napari_alnet.engine.quantized import session_options  # noqa: E402
+from napari_alnet.io.sample_data import em_like_stack  # noqa: E402
+from napari_alnet.io.stack_reader import read_image  # noqa: E402
+from napari_alnet.model import ALNet, ALNetConfig, count_parameters  # noqa: E402
+
+ISBI_SLICE = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "train" / "images" / "25.png"
 
 
 class ClassicUNet(nn.Module):
@@ -148,10 +168,7 @@ def onnx_calls(model: ALNet, x: torch.Tensor, threads: int, backends: list[str])
         with contextlib.suppress(ImportError):
             import onnxruntime as ort
 
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no spinning between calls
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
             calls["onnxruntime"] = lambda: session.run(None, {"x": data})
     if "openvino" in backends:
         with contextlib.suppress(ImportError):
@@ -201,6 +218,48 @@ def comparison(config: ALNetConfig, size: tuple[int, int], args: argparse.Namesp
         print(f"| {key} | {params / 1e6:.2f} M | {flops:.1f} | {per:.1f} | {ratio} |")
 
 
+def predict_candidates(model_name: str, size: tuple[int, int]) -> tuple[dict[str, Callable[[], object]], str]:
+    """``--predict``'s candidates: predict in auto/fp32/int8 and the networks alone on the prepared input."""
+    auto = load_model(model_name, device="cpu")
+    fp32 = auto.with_precision("fp32")
+    image = read_image(ISBI_SLICE) if ISBI_SLICE.is_file() else em_like_stack(depth=1, size=max(size))[0][0]
+    image = image[: size[0], : size[1]]
+    prepared = prepare_whole(fp32, image[None]).x
+    x = torch.from_numpy(prepared)
+    calls = {f"predict, auto ({auto.precision})": lambda: auto.predict(image),
+             "predict, fp32": lambda: fp32.predict(image),
+             "network alone, fp32 (torch)": torch_call(fp32.network, x.contiguous(memory_format=torch.channels_last),
+                                                       "fp32")}
+    if fp32.int8_graph is not None:
+        int8 = fp32.with_precision("int8")
+        runner = int8.runner
+        calls["predict, int8"] = lambda: int8.predict(image)
+        calls["network alone, int8 (onnxruntime)"] = lambda: runner(x)
+    source = f"ISBI 2012 slice 25 ({image.shape[0]}x{image.shape[1]})" if ISBI_SLICE.is_file() else "EM-like sample"
+    return calls, f"{model_name} model, {source}; {auto.precision_choice.reason}"
+
+
+def predict_table(args: argparse.Namespace) -> None:
+    """Issue 27's table: predict per precision, the networks alone and the classic U-Net, round-robin."""
+    size = tuple(args.size)
+    calls, what = predict_candidates(args.model, size)
+    unet = ClassicUNet(1).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 1, *size).contiguous(memory_format=torch.channels_last)
+    calls["classic U-Net, fp32 (torch)"] = torch_call(unet, x, "fp32")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    ms = round_robin(calls, args.runs, limits={"classic U-Net, fp32 (torch)": max(3, args.runs // 3)}, clock=clock)
+    unet_ms = ms["classic U-Net, fp32 (torch)"]
+    alone = {"fp32": ms["network alone, fp32 (torch)"], "int8": ms.get("network alone, int8 (onnxruntime)")}
+    print(f"\n{what}\n{args.threads} threads, OMP_WAIT_POLICY {WAIT_POLICY or 'default (bounded spin)'}, "
+          f"{args.clock} time, round-robin, median of {args.runs} rounds")
+    print("| what | ms | vs U-Net | over its network alone |\n| --- | ---: | ---: | ---: |")
+    for key, value in ms.items():
+        precision = key.split("(")[-1].rstrip(")") if key.startswith("predict, auto") else key.split(", ")[-1]
+        base = alone.get(precision) if key.startswith("predict") else None
+        over = f"{(value / base - 1) * 100:+.0f} %" if base else "—"
+        print(f"| {key} | {value:.1f} | {unet_ms / value:.1f}x | {over} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=(512, 512))
@@ -214,8 +273,13 @@ def main() -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: process CPU time (use with --threads 1 on a loaded machine)")
     parser.add_argument("--no-forms", action="store_true", help="skip the training-vs-fused table")
+    parser.add_argument("--predict", action="store_true", help="only issue 27's predict table (see above)")
+    parser.add_argument("--model", default="em", help="--predict: the shipped model (default em)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.predict:
+        predict_table(args)
+        return
     config = ALNetConfig.from_json(args.config_json) if args.config_json else ALNetConfig()
     if not args.no_forms:
         r = measure(config, tuple(args.size))

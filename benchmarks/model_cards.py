@@ -1,6 +1,7 @@
 """Record the bf16 validation in the shipped models' cards without touching their tensors.
 
     python benchmarks/model_cards.py --bf16-json bf16.json   # from benchmarks/precision_accuracy.py --json
+    python benchmarks/model_cards.py --int8-json int8.json   # from precision_accuracy.py --precision int8 --json
     python benchmarks/model_cards.py --check                 # print each file's tensor-data SHA-256 and bf16 entry
     python benchmarks/model_cards.py --training-statistics [--data ../shared/data]
         # card["training_statistics"]: channels, dtype, p1/p50/p99 of each model's training split (TRAINING_SPLITS)
@@ -100,6 +101,7 @@ def write_training_statistics(data: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bf16-json", type=Path, help="card entries from precision_accuracy.py --json")
+    parser.add_argument("--int8-json", type=Path, help="card entries from precision_accuracy.py --precision int8")
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--training-statistics", action="store_true",
                         help="record the intensity statistics of each model's training split in its card")
@@ -119,7 +121,12 @@ def main() -> int:
         for name, entry in json.loads(args.bf16_json.read_text()).items():
             digest = set_card_entry(builtin_path(name), "bf16", entry)
             print(f"{name}: card['bf16'] = validated {entry['validated']}; tensor bytes unchanged (sha256 {digest})")
-    if args.check or not (args.bf16_json or args.training_statistics or args.label_meaning):
+    if args.int8_json:
+        for name, entry in json.loads(args.int8_json.read_text()).items():
+            digest = set_card_entry(builtin_path(name), "int8", entry)
+            print(f"{name}: card['int8'] = validated {entry['validated']} ({entry['onnx']} sha256 "
+                  f"{entry['onnx_sha256'][:12]}…); tensor bytes unchanged (sha256 {digest})")
+    if args.check or not (args.bf16_json or args.int8_json or args.training_statistics or args.label_meaning):
         for name in shipped_models():
             header, data = split_file(builtin_path(name))
             entry = json.loads(header["__metadata__"].get("card", "{}")).get("bf16")

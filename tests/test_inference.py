@@ -17,6 +17,7 @@ from napari_alnet.engine.progress import run_job
 from napari_alnet.engine.segmenter import Segmenter
 from napari_alnet.engine.tiling import CONTEXT_MARGIN, blend_window, choose_tile, min_tile, plan_tiles
 from napari_alnet.model import ALNet
+from napari_alnet.model.metadata import Normalization, percentiles
 
 
 @pytest.fixture(scope="module")
@@ -287,3 +288,18 @@ def test_a_segmenter_in_bf16_runs_under_bf16_autocast_and_reports_it():
     result = run_job(model.predict_job(texture((40, 40), 2)))
     assert result.precision == "bf16" and seen == [(True, torch.bfloat16)]
     assert result.probabilities.dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int8, np.int16])
+def test_integer_percentiles_by_histogram_equal_numpys_exactly(dtype):
+    rng = np.random.default_rng(1)
+    info = np.iinfo(dtype)
+    for trial in range(200):
+        low = int(rng.integers(info.min, info.max))
+        values = rng.integers(low, int(rng.integers(low, info.max)) + 1, size=int(rng.integers(1, 2000)))
+        values = values.astype(dtype).reshape(-1, 1) if trial % 2 else values.astype(dtype)
+        qs = (float(rng.uniform(0, 100)), 0.0, 1.0, 50.0, 99.0, 100.0)
+        assert percentiles(values, qs) == [float(v) for v in np.percentile(values, qs)], (trial, values[:5])
+    image = (texture((300, 200), 2) * info.max).astype(dtype)
+    lo, hi = np.percentile(image, [1.0, 99.0])
+    assert Normalization().bounds(image) == (float(lo), float(hi))

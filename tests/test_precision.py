@@ -89,6 +89,8 @@ def test_explicit_precisions_and_refusals(monkeypatch):
     with pytest.raises(ValueError, match="fp16 runs on CUDA only"):
         choose_precision("fp16", CPU, {})
     with pytest.raises(ValueError, match="precision must be one of"):
+        choose_precision("int4", CPU, {})
+    with pytest.raises(ValueError, match="int8 cannot run for this model"):
         choose_precision("int8", CPU, {})
     with pytest.raises(ValueError, match="fp16 runs on CUDA only"):
         calibrated_model().with_precision("fp16")

@@ -2,15 +2,19 @@
 
 Precision: ``fp32``; ``bf16`` (bfloat16 autocast: on a CPU only worth it where the processor computes bf16
 natively — AVX-512-BF16 or AMX — elsewhere oneDNN emulates it several times slower than fp32); ``fp16`` (float16
-autocast, CUDA only). ``auto`` picks fp16 on CUDA, and on a CPU bf16 only where it is native *and* the model card
-records that bf16 was validated against fp32 on the model's test split (``card["bf16"]["validated"]``); fp32
-otherwise.
+autocast, CUDA only); ``int8`` (CPU only: the model's statically quantized ONNX graph in ONNX Runtime, see
+``quantized``). ``auto`` picks fp16 on CUDA; on a CPU it considers fp32, bf16 where it is native *and* the model card
+records that bf16 was validated against fp32 on the model's test split (``card["bf16"]["validated"]``), and int8
+where the card records int8 as validated (``card["int8"]["validated"]``) and its graph can run here; of those it
+takes the fastest, measured on this CPU once per process (``fastest``) when int8 is among them, else bf16 where it
+is a candidate (native bf16 beats fp32), else fp32.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,7 @@ from typing import Any
 import torch
 
 #: Numeric precisions a segmenter can run in.
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 #: What may be asked for: a precision or ``auto``.
 PRECISION_CHOICES = ("auto", *PRECISIONS)
 #: oneDNN's ISA names (``ONEDNN_MAX_CPU_ISA``), lowest first; from ``AVX512_CORE_BF16`` on it may use bf16 natively.
@@ -135,35 +139,83 @@ class PrecisionChoice:
     reason: str
 
 
-def bf16_validated(card: dict[str, Any]) -> bool:
-    """Whether a model card records bf16 as validated against fp32 (``card["bf16"]["validated"] is True``)."""
-    entry = card.get("bf16") if isinstance(card, dict) else None
+def validated_in_card(card: dict[str, Any], precision: str) -> bool:
+    """Whether a model card records ``precision`` as validated against fp32 (``card[precision]["validated"] is
+    True``)."""
+    entry = card.get(precision) if isinstance(card, dict) else None
     return isinstance(entry, dict) and entry.get("validated") is True
 
 
-def choose_precision(requested: str | None, device: torch.device, card: dict[str, Any]) -> PrecisionChoice:
+def bf16_validated(card: dict[str, Any]) -> bool:
+    """Whether a model card records bf16 as validated against fp32 (``card["bf16"]["validated"] is True``)."""
+    return validated_in_card(card, "bf16")
+
+
+def int8_validated(card: dict[str, Any]) -> bool:
+    """Whether a model card records int8 as validated against fp32 (``card["int8"]["validated"] is True``)."""
+    return validated_in_card(card, "int8")
+
+
+@dataclass(frozen=True)
+class Fastest:
+    """What a speed measurement found: the fastest ``precision`` and the ms per call of each candidate."""
+
+    precision: str
+    ms: dict[str, float]
+
+    def __str__(self) -> str:
+        return ", ".join(f"{p} {ms:.0f} ms" for p, ms in sorted(self.ms.items(), key=lambda kv: kv[1]))
+
+
+#: Measures candidate precisions on this CPU (``quantized.measure_fastest`` bound to a model).
+Measure = Callable[[tuple[str, ...]], Fastest]
+
+
+def choose_precision(requested: str | None, device: torch.device, card: dict[str, Any], *,
+                     int8_unavailable: str | None = "no quantized int8 graph for this model",
+                     fastest: Measure | None = None) -> PrecisionChoice:
     """The precision to run in on ``device`` for a model with model card ``card`` (``None`` = ``auto``).
 
+    ``int8_unavailable``: why int8 cannot run for this model here (``None``: it can). ``fastest``: measures
+    candidates on this CPU; without it ``auto`` never picks int8 (it is chosen by measurement, never by guess).
     ``ValueError`` for an unknown name or one the device cannot run (fp16 needs CUDA; bf16 a CPU or a CUDA GPU
-    with bf16).
+    with bf16; int8 a CPU and the model's graph).
     """
     requested = "auto" if requested is None else str(requested).lower()
     if requested not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {requested!r}")
     if requested != "auto":
         check_precision(requested, device)
+        if requested == "int8" and int8_unavailable is not None:
+            raise ValueError(f"precision int8 cannot run for this model: {int8_unavailable}; use fp32 or auto")
         return PrecisionChoice(requested, f"{requested} as requested")
     if device.type == "cuda":
         return PrecisionChoice("fp16", "auto: fp16 autocast on CUDA")
     if device.type != "cpu":
         return PrecisionChoice("fp32", f"auto: fp32 on {device.type}")
+    return _auto_cpu(card, int8_unavailable, fastest)
+
+
+def _auto_cpu(card: dict[str, Any], int8_unavailable: str | None, fastest: Measure | None) -> PrecisionChoice:
     support = cpu_bf16_support()
+    notes = []
     if not support.native:
-        return PrecisionChoice("fp32", f"auto: fp32 ({support.reason})")
-    if not bf16_validated(card):
-        return PrecisionChoice("fp32", "auto: fp32 (native bf16 here, but the model card does not record bf16 "
-                                       "as validated for this model)")
-    return PrecisionChoice("bf16", f"auto: bf16 ({support.reason}; validated in the model card)")
+        notes.append(support.reason)
+    elif not bf16_validated(card):
+        notes.append("native bf16 here, but the model card does not record bf16 as validated for this model")
+    candidates = ("fp32", *(("bf16",) if support.native and bf16_validated(card) else ()))
+    if int8_validated(card):
+        if int8_unavailable is None and fastest is not None:
+            candidates = (*candidates, "int8")
+        else:
+            notes.append(f"int8 validated but not usable here: {int8_unavailable or 'not measured'}")
+    if "int8" in candidates:
+        found = fastest(candidates)
+        return PrecisionChoice(found.precision, f"auto: {found.precision}, the fastest validated precision "
+                                                f"measured on this CPU ({found})")
+    if "bf16" in candidates:
+        return PrecisionChoice("bf16", f"auto: bf16 ({support.reason}; validated in the model card)")
+    return PrecisionChoice("fp32", f"auto: fp32 ({'; '.join(notes) or 'no other validated precision'})")
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -176,8 +228,10 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ValueError(f"precision bf16 runs on cpu or cuda, not {device.type}; use fp32")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this CUDA GPU has no bf16; use fp16 or fp32")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError(f"precision int8 runs on the CPU only (device {device.type}); use fp16 or fp32")
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a precision (``None`` for fp32: no autocast)."""
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    """The autocast dtype of a precision (``None`` for fp32 and int8: no autocast)."""
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}[precision]

@@ -29,7 +29,7 @@ RegionReader = Callable[[slice, slice], np.ndarray]
 
 def make_context(segmenter, tta: bool = False) -> Context:
     """The forward passes of ``segmenter``'s network (``inference.Context``) on its device, in its precision."""
-    return Context(segmenter.network, segmenter.device, tta, segmenter.precision)
+    return Context(segmenter.runner, segmenter.device, tta, segmenter.precision)
 
 
 @dataclass(frozen=True)

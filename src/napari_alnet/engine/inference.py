@@ -28,12 +28,13 @@ from .resolution import resample_image, resample_probabilities
 from .tiling import Tile, batch_limit, blend_window, ceil_to, check_overlap, choose_tile, plan_tiles
 
 if TYPE_CHECKING:  # the segmenter calls into this module; only its type is needed here
+    from .quantized import QuantizedNetwork
     from .segmenter import Segmenter
 
 
 #: Slices (or tiles) per forward pass by precision: in fp32 one 512² slice at a time costs 24 % less CPU per slice
 #: than four on this project's CPU (cache: four hold 4x the activations); bf16 gains from four (docs/performance.md).
-DEFAULT_BATCH = {"fp32": 1, "bf16": 4, "fp16": 4}
+DEFAULT_BATCH = {"fp32": 1, "bf16": 4, "fp16": 4, "int8": 1}
 
 
 def default_batch(precision: str) -> int:
@@ -98,7 +99,7 @@ def probability_job(segmenter: Segmenter, image: np.ndarray, *, tile: int | None
     tile = choose_tile(working, tile)
     if tile is not None:
         check_overlap(tile, overlap)
-    run = Run(Context(segmenter.network, segmenter.device, tta, segmenter.precision), meta, tile, overlap, batch_size)
+    run = Run(Context(segmenter.runner, segmenter.device, tta, segmenter.precision), meta, tile, overlap, batch_size)
     job = _predict(run, stack) if working == layout.plane else _predict_resampled(run, stack, working)
     return _guarded(job, squeeze=not layout.is_stack)
 
@@ -134,7 +135,7 @@ def prepare_whole(segmenter: Segmenter, planes: np.ndarray, *, tile: int | None 
 
 def prepared_probabilities(segmenter: Segmenter, prepared: Prepared) -> np.ndarray:
     """(N, Y, X) float32 probabilities of a ``prepare_whole`` batch: the same as ``probability_job`` gives."""
-    ctx = Context(segmenter.network, segmenter.device, False, segmenter.precision)
+    ctx = Context(segmenter.runner, segmenter.device, False, segmenter.precision)
     return ctx.probs(prepared.x)[:, : prepared.shape[0], : prepared.shape[1]]
 
 
@@ -173,7 +174,7 @@ def _predict_whole(run: Run, stack: np.ndarray, out: np.ndarray) -> Job[None]:
     batch_size = batch_limit(out.shape[1:], run.batch_size)
     total = -(-depth // batch_size)
     for step, z in enumerate(range(0, depth, batch_size), 1):
-        x = np.stack([_pad(model_input(s, run.meta)) for s in stack[z:z + batch_size]])  # pad before any flip
+        x = _batch([_pad(model_input(s, run.meta)) for s in stack[z:z + batch_size]])  # pad before any flip
         out[z:z + len(x)] = run.ctx.probs(x)[:, : out.shape[1], : out.shape[2]]
         yield Progress(step, total, f"slice {min(z + batch_size, depth)}/{depth}")
 
@@ -223,9 +224,9 @@ def _predict_resampled(run: Run, stack: np.ndarray, working: tuple[int, int]) ->
 
 class Context:
     """Forward passes of one prepared network in one precision: probabilities (optionally with 8-fold TTA) and
-    pass-1 sums."""
+    pass-1 sums. ``net``: the network, or in int8 a ``quantized.QuantizedNetwork`` (``Segmenter.runner``)."""
 
-    def __init__(self, net: ALNet, dev: torch.device, tta: bool, precision: str = "fp32") -> None:
+    def __init__(self, net: ALNet | QuantizedNetwork, dev: torch.device, tta: bool, precision: str = "fp32") -> None:
         self.net, self.dev, self.precision = net, dev, precision
         self.transforms = range(8) if tta else range(1)
 
@@ -238,7 +239,8 @@ class Context:
 
     def tensor(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.dev)
-        return t.contiguous(memory_format=torch.channels_last) if self.dev.type == "cpu" else t
+        cpu_torch = self.dev.type == "cpu" and self.precision != "int8"  # ONNX Runtime takes plain NCHW
+        return t.contiguous(memory_format=torch.channels_last) if cpu_torch else t
 
     @torch.inference_mode()
     def probs(self, x: np.ndarray, pooled: torch.Tensor | None = None) -> np.ndarray:
@@ -251,7 +253,7 @@ class Context:
         for k in self.transforms:
             ctx = None if pooled is None else pooled[k].to(self.dev).expand(len(t), -1, -1, -1)
             logits = self.net(dihedral(t, k), pooled=ctx).float()
-            prob = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1]
+            prob = logits[:, 0].sigmoid_() if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1]
             prob = undo_dihedral(prob, k)
             acc = prob if acc is None else acc + prob
         return acc / len(self.transforms)
@@ -275,7 +277,14 @@ class Context:
 def _pad(x: np.ndarray) -> np.ndarray:
     """Edge-pad (C, Y, X) bottom/right to a multiple of 32 (what the network does for a whole image)."""
     h, w = x.shape[1:]
+    if h % STRIDE == 0 and w % STRIDE == 0:
+        return x  # no copy
     return np.pad(x, ((0, 0), (0, ceil_to(h) - h), (0, ceil_to(w) - w)), mode="edge")
+
+
+def _batch(planes: list[np.ndarray]) -> np.ndarray:
+    """(N, C, Y, X) of N (C, Y, X) planes (a view for one)."""
+    return planes[0][None] if len(planes) == 1 else np.stack(planes)
 
 
 def _gather(x: np.ndarray, tiles: list[Tile]) -> np.ndarray:

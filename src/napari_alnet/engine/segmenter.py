@@ -4,7 +4,8 @@ the numeric precision it runs in.
 What ``load_model`` returns. Declared attributes instead of attributes patched onto an ``nn.Module``; the network
 is private to the segmenter (built from a copy, never the caller's module) and is never modified afterwards, so
 ``segmenter.to("cuda")`` gives a second segmenter and leaves the first where it was, and
-``segmenter.with_precision("bf16")`` gives a second one sharing the (unmodified) network.
+``segmenter.with_precision("bf16")`` gives a second one sharing the (unmodified) network. ``int8`` runs the
+model's quantized graph (``quantized``; found beside the weight file) instead of the network.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..model.metadata import ModelMetadata
 from .devices import PRECISION_CHOICES, PRECISIONS, PrecisionChoice, check_precision, choose_precision, resolve_device
 from .inference import probability_job
 from .progress import Job, run_job
+from .quantized import QuantizedNetwork, graph_for, measure_fastest, onnxruntime_available
 
 __all__ = ["PRECISIONS", "PRECISION_CHOICES", "Prediction", "Segmenter", "as_segmenter", "load_model", "predict"]
 
@@ -45,9 +47,10 @@ class Segmenter:
     Build one with ``Segmenter.load(name_or_path)`` or ``Segmenter.from_network(net, metadata)``; the dataclass
     constructor expects ``network`` already fused, in eval mode and on ``device`` (it is taken as is).
 
-    ``precision`` is what it runs in (``fp32``, ``bf16`` or ``fp16``, never ``auto``); ``requested_precision`` what
-    was asked for: ``auto`` is decided again for each device by ``to(device)`` (see ``devices.choose_precision``),
-    an explicit precision is kept. ``None`` means the precision itself.
+    ``precision`` is what it runs in (``fp32``, ``bf16``, ``fp16`` or ``int8``, never ``auto``);
+    ``requested_precision`` what was asked for: ``auto`` is decided again for each device by ``to(device)`` (see
+    ``devices.choose_precision``), an explicit precision is kept. ``None`` means the precision itself.
+    ``int8_graph``: the model's quantized graph where it may run (``quantized.graph_for``), else ``None``.
     """
 
     network: ALNet
@@ -57,11 +60,14 @@ class Segmenter:
     device: torch.device
     precision: str = "fp32"
     requested_precision: str | None = None
+    int8_graph: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.network.is_reparameterized:
             raise ValueError("Segmenter needs a re-parameterized network; use Segmenter.from_network(net)")
         check_precision(self.precision, self.device)
+        if self.precision == "int8" and self.int8_graph is None:
+            raise ValueError("precision int8 needs the model's quantized graph (int8_graph)")
         if self.requested_precision not in (None, *PRECISION_CHOICES):
             raise ValueError(f"requested_precision must be one of {PRECISION_CHOICES}, got "
                              f"{self.requested_precision!r}")
@@ -70,25 +76,31 @@ class Segmenter:
     def load(cls, name_or_path: str | Path, device: str | torch.device | None = None,
              precision: str = "auto") -> Segmenter:
         """The model stored under a built-in name or in a weight file, on ``device`` (``None``: the best here), in
-        ``precision`` (``auto``, ``fp32``, ``bf16`` or ``fp16``)."""
-        network, metadata = load_weights(resolve_weights(name_or_path))
-        return cls.from_network(network, metadata, source=str(name_or_path), device=device, precision=precision)
+        ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8``)."""
+        path = resolve_weights(name_or_path)
+        network, metadata = load_weights(path)
+        return cls.from_network(network, metadata, source=str(name_or_path), device=device, precision=precision,
+                                int8_graph=graph_for(path, metadata.card))
 
     @classmethod
     def from_network(cls, network: ALNet, metadata: ModelMetadata | None = None, *, source: str = "network",
-                     device: str | torch.device | None = None, precision: str = "auto") -> Segmenter:
+                     device: str | torch.device | None = None, precision: str = "auto",
+                     int8_graph: Path | None = None) -> Segmenter:
         """A segmenter of a copy of ``network`` (training or fused form; the caller's module is left untouched).
 
         ``metadata``: defaults for the network's config when ``None``; ``device``: ``None`` keeps the network's;
-        ``precision``: ``auto`` (see ``devices.choose_precision``) or a precision.
+        ``precision``: ``auto`` (see ``devices.choose_precision``) or a precision; ``int8_graph``: its quantized
+        graph (``quantized.quantize``), needed for int8.
         """
         dev = _device_of(network) if device is None else resolve_device(device)
         meta = metadata if metadata is not None else ModelMetadata(config=network.config)
-        choice = choose_precision(precision, dev, meta.card)  # refuses before the copy
+        _choice(precision, dev, meta.card, int8_graph)  # refuses before the copy
         net = copy.deepcopy(network)
         if not net.is_reparameterized:
             net.reparameterize()
-        return cls(_placed(net, dev), meta, source, dev, choice.precision, _requested(precision))
+        net = _placed(net, dev)
+        choice = _choice(precision, dev, meta.card, int8_graph, net)
+        return cls(net, meta, source, dev, choice.precision, _requested(precision), int8_graph)
 
     def to(self, device: str | torch.device | None, precision: str | None = None) -> Segmenter:
         """The same model on ``device`` (``None``: this one) in ``precision`` (``None``: as requested so far, so
@@ -96,16 +108,17 @@ class Segmenter:
         holding a copy of the network on another device, sharing it otherwise; ``self`` is never changed."""
         dev = self.device if device is None else resolve_device(device)
         requested = self.requested if precision is None else precision
-        choice = choose_precision(requested, dev, self.metadata.card)
+        _choice(requested, dev, self.metadata.card, self.int8_graph)  # refuses before a copy
         keep = _requested(requested)
+        network = self.network if dev == self.device else _placed(copy.deepcopy(self.network), dev)
+        choice = _choice(requested, dev, self.metadata.card, self.int8_graph, network)
         if dev == self.device and choice.precision == self.precision and keep == self.requested_precision:
             return self
-        network = self.network if dev == self.device else _placed(copy.deepcopy(self.network), dev)
-        return Segmenter(network, self.metadata, self.source, dev, choice.precision, keep)
+        return Segmenter(network, self.metadata, self.source, dev, choice.precision, keep, self.int8_graph)
 
     def with_precision(self, precision: str) -> Segmenter:
-        """The same model on the same device in ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``); ``self``
-        is never changed (see ``to``)."""
+        """The same model on the same device in ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``, ``int8``);
+        ``self`` is never changed (see ``to``)."""
         return self.to(None, precision)
 
     @property
@@ -116,7 +129,14 @@ class Segmenter:
     @property
     def precision_choice(self) -> PrecisionChoice:
         """The precision and why it was chosen (what ``auto`` saw on this device, or that it was asked for)."""
-        return choose_precision(self.requested, self.device, self.metadata.card)
+        return _choice(self.requested, self.device, self.metadata.card, self.int8_graph, self.network)
+
+    @property
+    def runner(self) -> ALNet | QuantizedNetwork:
+        """What runs the forward passes: the network, or in int8 its quantized graph (``inference.Context``)."""
+        if self.precision == "int8":
+            return QuantizedNetwork(self.int8_graph, self.network.config)
+        return self.network
 
     @property
     def threshold(self) -> float:
@@ -176,9 +196,21 @@ def as_segmenter(model: Segmenter | ALNet, device: str | torch.device | None = N
 def load_model(name_or_path: str | Path, device: str | torch.device | None = None,
                precision: str = "auto") -> Segmenter:
     """The ``Segmenter`` of a built-in model name (``em``, ``fundus``, ``dermoscopy``) or a weight file, on
-    ``device`` in ``precision`` (``auto``: bf16 on a CPU with native bf16 for models validated in bf16, fp16 on
-    CUDA, else fp32; see ``devices.choose_precision``)."""
+    ``device`` in ``precision`` (``auto``: fp16 on CUDA; on a CPU the fastest precision its card validates — int8
+    where validated and measured fastest here, bf16 where native —, else fp32; see ``devices.choose_precision``)."""
     return Segmenter.load(name_or_path, device, precision)
+
+
+def _choice(requested: str | None, device: torch.device, card: dict, graph: Path | None,
+            network: ALNet | None = None) -> PrecisionChoice:
+    """``devices.choose_precision`` for a model with quantized ``graph`` (or none); with the placed ``network``,
+    ``auto`` measures the validated candidates when int8 is one of them."""
+    if not onnxruntime_available():
+        unavailable = "onnxruntime is not installed (pip install onnxruntime)"
+    else:
+        unavailable = None if graph is not None else "no quantized int8 graph for this model"
+    measure = None if network is None or graph is None else (lambda c: measure_fastest(network, graph, c))
+    return choose_precision(requested, device, card, int8_unavailable=unavailable, fastest=measure)
 
 
 def _requested(precision: str | None) -> str | None:
