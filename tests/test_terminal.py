@@ -7,6 +7,7 @@ import json
 import os
 import re
 import struct
+import time
 
 import pytest
 
@@ -47,9 +48,31 @@ class Clock:
 
 @pytest.fixture
 def clock(monkeypatch):
+    """A clock that moves only when told, without the heartbeat thread (it waits in real time; tested below)."""
     fake = Clock()
     monkeypatch.setattr(terminal.time, "perf_counter", fake)
+    monkeypatch.setattr(ProgressBar, "_beat", lambda self: None)
     return fake
+
+
+@pytest.mark.parametrize("mode", ["log", "json"])
+def test_a_heartbeat_line_when_no_report_comes_and_none_after_close(mode):
+    stream = io.StringIO()
+    bar = ProgressBar("segment", "slices", stream=stream, mode=mode, every_seconds=0.2)
+    bar(Progress(1, 10, "block 1/10", {"slices_per_s": 2.0, "eta_s": 4.5}))
+    time.sleep(1.0)  # one long block: no report for 5 x every_seconds
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    time.sleep(0.3)
+    assert stream.getvalue().splitlines() == lines  # the heartbeat stops with close()
+    assert 2 <= len(lines) <= 6  # the report's line, then about one each 0.2 s
+    if mode == "json":
+        beats = [json.loads(line) for line in lines[1:]]
+        assert all(b["heartbeat"].startswith("still working") and b["done"] == 1 for b in beats)
+        assert all(b["eta_s"] < 4.5 for b in beats)
+    else:
+        assert all(re.fullmatch(r"segment \[#{2}\.{22}\] 1/10 10% 2\.00 slices/s ETA \d+s block 1/10 \(still "
+                                r"working, \d+s since the last report\)", line) for line in lines[1:]), lines
 
 
 def test_off_a_terminal_a_line_every_5_percent_with_rate_and_eta(clock):

@@ -5,7 +5,8 @@ elsewhere (a file, a pipe, a Slurm or LSF job log); ``bar``; ``log``; ``json``, 
 (``done``, ``total``, ``unit``, ``rate``, ``eta_s``, ``stage``, ``message`` and the float metrics); ``none``.
 Log and JSON lines are written at milestones only, and flushed: every ``EVERY_FRACTION`` of the total or
 ``EVERY_SECONDS`` (whichever comes first), the first report, reports whose message ends in "done" (an epoch's
-summary) and the first report of the whole total.
+summary) and the first report of the whole total. When no report comes for ``EVERY_SECONDS`` (one long block), a
+heartbeat line repeats the last one with the time since it ("still working"), so a job log never goes quiet.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, TextIO
 
@@ -56,30 +58,71 @@ class ProgressBar:
         self._last: float | None = None  # when the last line was written
         self._next_step = 0
         self._finished = False
+        self._lock = threading.Lock()  # the heartbeat thread writes too
+        self._latest: tuple[Progress, float, float | None, float] | None = None  # report, rate, eta, when
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     def __call__(self, report: Progress) -> None:
         if self.mode == "none":
             return
         if self.mode == "bar":
             self._draw(report)
-        elif self._milestone(report):
-            line = json.dumps(self.record(report)) if self.mode == "json" else self._log_line(report)
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            return
+        with self._lock:
+            self._latest = (report, *self._rate(report), time.perf_counter())
+            if self._milestone(report):
+                self._emit(self.record(report) if self.mode == "json" else self._log_line(report))
+        if self._heartbeat is None and self.every_seconds > 0:
+            self._heartbeat = threading.Thread(target=self._beat, name=f"progress {self.label}", daemon=True)
+            self._heartbeat.start()
 
     def write(self, text: str) -> None:
         """Print one line (an error) without breaking the bar (it is redrawn below the line); in JSON mode it is
         a ``{"message": ...}`` object, so that every line parses."""
         if self._bar is not None:
             self._bar.write(text, file=self.stream)
-        else:
-            self.stream.write((json.dumps({"message": text}) if self.mode == "json" else text) + "\n")
-        self.stream.flush()
+            self.stream.flush()
+            return
+        with self._lock:
+            self._emit({"message": text} if self.mode == "json" else text)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+            self._heartbeat = None
+        self._stop.clear()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def _emit(self, line: str | dict) -> None:
+        self.stream.write((json.dumps(line) if isinstance(line, dict) else line) + "\n")
+        self.stream.flush()
+
+    def _beat(self) -> None:
+        """Until ``close()``: where no line was written for ``every_seconds``, repeat the last report's line with
+        the time since it (its rate, and its ETA less that time)."""
+        while not self._stop.wait(self.every_seconds / 4):
+            with self._lock:
+                now = time.perf_counter()
+                if self._latest is None or self._finished or now - (self._last or now) < self.every_seconds:
+                    continue
+                report, rate, eta, when = self._latest
+                since = now - when
+                eta = None if eta is None else max(0.0, eta - since)
+                try:
+                    self._emit(self._heartbeat_line(report, rate, eta, since))
+                except (OSError, ValueError):  # the stream was closed under us
+                    return
+                self._last = now
+
+    def _heartbeat_line(self, report: Progress, rate: float, eta: float | None, since: float) -> str | dict:
+        still = f"still working, {duration(since)} since the last report"
+        if self.mode == "json":
+            return self.record(report) | {"eta_s": None if eta is None else round(eta, 1), "heartbeat": still}
+        return self._log_line(report, (rate, eta)) + f" ({still})"
 
     def record(self, report: Progress) -> dict:
         """What a JSON line holds: done, total (``None`` when unknown), unit, rate, eta_s, stage, message and the
@@ -142,8 +185,8 @@ class ProgressBar:
                          ncols=None if follow else FALLBACK_COLUMNS, nrows=None if follow else FALLBACK_LINES,
                          leave=True)
 
-    def _log_line(self, report: Progress) -> str:
-        rate, eta = self._rate(report)
+    def _log_line(self, report: Progress, rate_eta: tuple[float, float | None] | None = None) -> str:
+        rate, eta = rate_eta or self._rate(report)
         if report.total:
             filled = int(24 * report.fraction)
             count = f"[{'#' * filled}{'.' * (24 - filled)}] {report.step}/{report.total} {100 * report.fraction:.0f}%"
