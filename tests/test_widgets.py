@@ -428,3 +428,72 @@ def test_split_touching_objects_runs_in_the_worker_and_splits_instances(segment,
     assert len(np.unique(ids)) == 3 and a and b and a != b
     segment.instances.value = False
     assert segment.watershed.native.isHidden()
+
+
+def test_image_picker_follows_the_selection(segment):
+    viewer = segment.viewer
+    a = viewer.add_image(em()[0], name="a")
+    assert segment.image.value is a
+    b = viewer.add_image(em()[0], name="b")
+    assert segment.image.value is b  # a newly added image is chosen
+    viewer.layers.selection.active = a
+    assert segment.image.value is a  # the layer the user selects
+    viewer.add_labels(np.zeros((64, 64), np.uint8), name="labels")
+    assert segment.image.value is a  # a Labels layer is not an image
+    segment.probabilities.value = True
+    assert segment.run_blocking()
+    assert segment.output_name("probabilities") in viewer.layers
+    assert segment.image.value is a  # the dock's own output layers do not take the picker over
+
+
+def test_save_labels_keeps_the_pixel_size(segment, tmp_path, notes):
+    from napari_alnet.io.stack_reader import open_slices
+    from napari_alnet.io.volumes import open_volume
+
+    viewer = segment.viewer
+    viewer.add_image(em(depth=3), name="stack", scale=(50.0, 4.0, 4.0), units=("nm", "nm", "nm"))
+    assert not segment.save_labels_button.enabled and segment.save_button.native.isHidden()
+    segment.instances.value = True
+    assert segment.run_blocking()
+    assert segment.save_labels_button.enabled
+    assert segment.save_button.native.isHidden() or not segment.save_button.enabled  # no big-volume result
+    labels = viewer.layers[segment.output_name()].data
+    ids = viewer.layers[segment.output_name("instances")].data
+    tif = tmp_path / "result.tif"
+    assert segment.runner.run_inline(lambda: segment.save_labels(tif)), notes
+    np.testing.assert_array_equal(tifffile.imread(tif), labels)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "result_instances.tif"), ids)
+    with open_slices(tif) as reader:
+        assert reader.pixel_size.x == pytest.approx(0.004) and reader.pixel_size.z == pytest.approx(0.05)
+    store = tmp_path / "result.zarr"
+    assert segment.runner.run_inline(lambda: segment.save_labels(store)), notes
+    volume = open_volume(store)
+    np.testing.assert_array_equal(np.asarray(volume.data), labels)
+    np.testing.assert_allclose(volume.geometry.scale, (0.05, 0.004, 0.004))
+    assert "saved labels" in segment.status.value
+    assert not segment.save_labels(tmp_path / "result.png") and ".tif" in notes[-1]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial files left
+
+
+def test_batch_opens_each_output_as_it_is_written(make_napari_viewer, model_file, tmp_path, qtbot, notes):
+    viewer = make_napari_viewer()
+    widget = open_dock(viewer, "Batch segment (AL-Net)")
+    widget.models.load_file(model_file)
+    assert widget.threshold.native.text().startswith("model's threshold (")  # not "0.00"
+    src = tmp_path / "in"
+    src.mkdir()
+    stack = em(depth=3)
+    tifffile.imwrite(src / "a.tif", stack[0])
+    tifffile.imwrite(src / "b.tif", stack[1:])
+    widget.folder.value, widget.outdir.value = src, tmp_path / "out"
+    widget.open_outputs.value = True
+    seen, progress = [], widget._progress
+    widget._progress = lambda report: (progress(report), seen.append(len(widget.opened)))
+    assert widget.start()
+    wait(qtbot, widget)
+    assert widget.runner.last.status == "done", notes
+    assert [p.name for p in widget.opened] == ["a_labels.tif", "b_labels.tif"]
+    assert 1 in seen  # a.tif's labels were shown while b.tif was being segmented
+    assert viewer.layers["a_labels"].data.shape == (64, 64)
+    assert viewer.layers["b_labels"].data.shape == (2, 64, 64)
+

@@ -6,13 +6,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Label
+from magicgui.widgets import ComboBox, Label, PushButton
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 
 from ..engine import registry as model_registry
 from ..engine.devices import available_devices
 from ..engine.segmenter import Segmenter
+from ..engine.suitability import ImageStatistics, advice, assess, suggest
 from ..io.weights import WeightsError, read_weights
 from ..model.metadata import ModelMetadata
 
@@ -24,14 +25,16 @@ LOAD = "Load weights…"
 def device_picker() -> ComboBox:
     """'auto' plus the devices available here."""
     return ComboBox(label="Device", choices=["auto", *available_devices()], value="auto",
-                    tooltip="auto picks cuda, then mps, then cpu")
+                    tooltip="where the network runs: auto picks a CUDA GPU, then Apple's mps, then the CPU")
 
 
 def tile_picker() -> ComboBox:
     """Tile edge for big images: automatic, or one of the sizes the tiler accepts (>= its minimum)."""
     sizes = [1024, 1536, 2048, 3072]
     return ComboBox(label="Tile size", choices=[("automatic", 0)] + [(f"{s} px", s) for s in sizes], value=0,
-                    tooltip="automatic: whole image up to 2048 x 2048, tiles of 1536 beyond")
+                    tooltip="big images are segmented in overlapping tiles (the seams do not show). automatic: the "
+                            "whole image up to 2048 x 2048, tiles of 1536 beyond; choose smaller tiles if memory runs "
+                            "out")
 
 
 class ModelPicker:
@@ -42,9 +45,11 @@ class ModelPicker:
     """
 
     def __init__(self, label: str = "Model") -> None:
-        self.combo = ComboBox(label=label, choices=self._choices, tooltip="built-in models, weight files you "
-                              "loaded and models fine-tuned in this session")
-        self.summary = Label(value="")
+        self.combo = ComboBox(label=label, choices=self._choices, tooltip="the trained network: built-in models "
+                              "(em: electron microscopy membranes; fundus: retinal vessels; dermoscopy: skin "
+                              "lesions), weight files you loaded ('Load weights…') and models fine-tuned in this "
+                              "session")
+        self.summary = Label(value="", tooltip="what the chosen model was trained on")
         self.summary.native.setWordWrap(True)
         self.summary.native.setAlignment(Qt.AlignmentFlag.AlignLeft)
         self._listeners: list[Callable[[str, ModelMetadata], None]] = []
@@ -142,3 +147,51 @@ class ModelPicker:
 def _label(entry: model_registry.ModelEntry) -> str:
     return {"builtin": f"{entry.name} (built-in)", "file": entry.name,
             "session": f"{entry.name} (fine-tuned)"}[entry.kind]
+
+
+class FitNote:
+    """A warning (``label``) when the image looks unlike the model's training data, naming a better suited model
+    that ``button`` switches to; both hidden when the image suits the model. Add both widgets to a container."""
+
+    def __init__(self, picker: ModelPicker) -> None:
+        self.picker = picker
+        self.label = Label(value="", tooltip="compares the image (gray or colour, intensities, pixel size) with the "
+                                             "model card's statistics of its training images")
+        self.label.native.setWordWrap(True)
+        self.label.native.setStyleSheet("color: #f0b040;")
+        self.button = PushButton(text="Use the suggested model",
+                                 tooltip="switch 'Model' to the model this image suits better")
+        self.button.changed.connect(self._use)
+        self.problems: list[str] = []
+        self.suggestion: str | None = None
+        self._show("")
+
+    def update(self, stats: ImageStatistics | None, name: str | None) -> list[str]:
+        """Judge the image ``stats`` against model ``name``; returns what differs (shown in ``label``)."""
+        self.problems, self.suggestion = [], None
+        meta = _metadata(name) if stats is not None and name is not None else None
+        if meta is not None:
+            self.problems = assess(stats, meta)
+        if self.problems:
+            models = {e.name: m for e in model_registry.entries() if (m := _metadata(e.name)) is not None}
+            self.suggestion = suggest(stats, models, besides=name)
+        self._show(advice(name, self.problems, self.suggestion) if self.problems else "")
+        return self.problems
+
+    def _show(self, text: str) -> None:
+        self.label.value = f"⚠ {text}" if text else ""
+        self.label.visible = bool(text)
+        self.button.visible = self.suggestion is not None
+        if self.suggestion is not None:
+            self.button.text = f"Use '{self.suggestion}'"
+
+    def _use(self, *_) -> None:
+        if self.suggestion is not None:
+            self.picker.select(self.suggestion)
+
+
+def _metadata(name: str) -> ModelMetadata | None:
+    try:
+        return model_registry.metadata(name)
+    except (WeightsError, ValueError, KeyError, OSError):
+        return None

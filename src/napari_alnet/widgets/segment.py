@@ -19,7 +19,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     FloatSlider,
     Label,
@@ -37,11 +36,13 @@ from ..engine.blockwise import PROBABILITY_DTYPES, VolumeSummary, segment_volume
 from ..engine.devices import PRECISION_CHOICES, resolve_device
 from ..engine.inference import check_channels
 from ..engine.segmenter import Prediction, Segmenter
+from ..engine.suitability import image_statistics
 from ..io.volumes import VolumeError
 from ..io.weights import WeightsError
 from ..model.metadata import ModelMetadata
 from ._corrections import CorrectionsPanel, corrected_view
 from ._layers import (
+    OUTPUT_KEY,
     SCOPES,
     WHOLE_STACK,
     Z_RANGE,
@@ -49,13 +50,19 @@ from ._layers import (
     Region,
     axis_choices,
     check_pixels,
+    choose_selected,
     follow_renames,
+    labels_targets,
+    pixel_size_nm,
     read_region,
     region_for,
+    sample_plane,
+    save_labels_job,
     spatial_shape,
     upsert,
 )
-from ._models import ModelPicker, device_picker, tile_picker
+from ._layout import ScrollDock, Section
+from ._models import FitNote, ModelPicker, device_picker, tile_picker
 from ._volume import (
     LONG_RUN_MINUTES,
     Pending,
@@ -120,7 +127,7 @@ class _VolumeResult:
         return prob_path(self.labels)
 
 
-class SegmentWidget(Container):
+class SegmentWidget(ScrollDock):
     """Choose an image layer and a model, press Segment; labels appear as '<layer> (<model>)'.
 
     Scripting/tests: set the widgets' values, then ``segment()`` (threaded) or ``run_blocking()`` (inline);
@@ -129,7 +136,7 @@ class SegmentWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__()
         self.viewer = unwrap(viewer)
         self._build()
         self.runner = JobRunner("Segment (AL-Net)", progress_bar=self.progress, status=self.status,
@@ -137,9 +144,10 @@ class SegmentWidget(Container):
                                 controls=[self.image, self.models.combo, self.device, self.precision, self.scope,
                                           self.z_from, self.z_to, self.stack_axis, self.tile, self.threshold,
                                           self.probabilities, self.instances, self.instances_3d, self.watershed,
-                                          self.output, self.prob_dtype, self.overwrite, self.run_button,
-                                          self.save_button])
+                                          self.output, self.prob_dtype, self.overwrite, self.run_button])
         self._result: _Result | _VolumeResult | None = None
+        self._stats = None  # (layer key, ImageStatistics) of the image last judged against the model
+        self._judged: tuple = ()
         self._pending: Pending | None = None
         self._refreshed = 0.0
         self.volume_summary: VolumeSummary | None = None
@@ -150,53 +158,83 @@ class SegmentWidget(Container):
 
     def _build(self) -> None:
         self.image = ComboBox(label="Image", choices=self._image_choices,
-                              tooltip="the image layer to segment (NumPy, dask, Zarr or multiscale: level 0)")
+                              tooltip="the image layer to segment; follows the image layer you select in the layer "
+                                      "list (NumPy, dask, Zarr, or level 0 of a multiscale image)")
         self.models = ModelPicker()
+        self.fit = FitNote(self.models)
         self.device = device_picker()
         self.precision = precision_picker()
         self.scope = RadioButtons(label="Scope", choices=list(SCOPES), value=WHOLE_STACK,
-                                  tooltip="field of view: the part of the current slice visible in the canvas")
-        self.z_from = SpinBox(label="z from", min=0, max=0, value=0)
+                                  tooltip="what to segment: the displayed slice, its part visible in the canvas "
+                                          "(field of view), a range of slices (z-range) or every slice")
+        self.z_from = SpinBox(label="z from", min=0, max=0, value=0, tooltip="first slice of the z-range")
         self.z_to = SpinBox(label="z to", min=0, max=0, value=0, tooltip="last slice of the z-range (included)")
         self.stack_axis = ComboBox(label="Stack axis", choices=self._axis_choices,
                                    tooltip="for 4D+ layers (e.g. time series): the axis that is the stack")
         self.tile = tile_picker()
         self.threshold = FloatSlider(label="Threshold", min=0.01, max=0.99, step=0.01, value=0.5,
-                                     tooltip="re-thresholds the last result instantly (the network is not re-run)")
-        self.probabilities = CheckBox(text="Probability layer", value=False)
+                                     tooltip="a pixel whose probability is above this is labelled; set to the "
+                                             "model's own threshold when a model is chosen. Moving it re-thresholds "
+                                             "the last result at once (the network is not run again)")
+        self.probabilities = CheckBox(text="Probability layer", value=False,
+                                      tooltip="also show the network's probability (0 to 1) of each pixel as an "
+                                              "image layer")
         self.instances = CheckBox(text="Instances", value=False,
-                                  tooltip="also label each object (cell) with its own id")
-        self.instances_3d = CheckBox(text="3D instances (objects across slices)", value=False)
+                                  tooltip="also label each object (cell, lesion) with its own id, in a second "
+                                          "Labels layer")
+        self.instances_3d = CheckBox(text="3D instances (objects across slices)", value=False,
+                                     tooltip="one id for an object across the slices it spans (otherwise each slice's "
+                                             "objects are numbered on their own)")
         self.watershed = CheckBox(text="Split touching objects", value=False,
-                                  tooltip="watershed of the objects' distance transform, seeded by its maxima "
-                                          "(in 3D for 3D instances, with the layer's voxel size)")
-        self.output = FileEdit(label="Output", mode="w", filter="OME-Zarr (*.zarr)",
-                               tooltip="OME-Zarr store for big results (probabilities go beside it as X_prob.zarr); "
-                                       "empty: a temporary store, kept with 'Save result'")
-        self.prob_dtype = ComboBox(label="Probabilities", choices=[d for d in PROBABILITY_DTYPES if d != "float32"],
-                                   value="uint8", tooltip="how big results keep probabilities on disk: uint8 "
-                                                          "(1 byte per voxel, steps of 1/255) or float16")
-        self.overwrite = CheckBox(text="Overwrite the output store", value=False)
-        self.estimate = Label(value="")
-        self.run_button = PushButton(text="Segment")
-        self.cancel_button = PushButton(text="Cancel")
-        self.save_button = PushButton(text="Save result…", tooltip="keep a temporary result as OME-Zarr")
-        self.progress = ProgressBar(label="")
-        self.status = Label(value="")
+                                  tooltip="separate objects that touch, with a watershed of their distance "
+                                          "transform (in 3D for 3D instances, with the layer's voxel size)")
+        self._build_outputs()
         self.corrections = CorrectionsPanel(self.viewer, lambda: [self.output_name(), self.output_name("instances")],
                                             lambda: (self._result, float(self.threshold.value)))
         self.estimate.native.setWordWrap(True)
         self.status.native.setWordWrap(True)
-        self.extend([self.image, self.models.combo, self.models.summary, self.device, self.precision, self.scope,
-                     self.z_from, self.z_to, self.stack_axis, self.tile, self.threshold, self.probabilities,
-                     self.instances, self.instances_3d, self.watershed, self.output, self.prob_dtype,
-                     self.overwrite, self.estimate,
-                     self.run_button, self.cancel_button, self.save_button, self.corrections, self.progress,
-                     self.status])
+        self.extend([self.image, self.models.combo, self.models.summary, self.fit.label, self.fit.button, self.scope,
+                     self.z_from, self.z_to, self.stack_axis, self.threshold, self.probabilities,
+                     self.instances, self.instances_3d, self.watershed, self.big_volume, self.advanced, self.estimate,
+                     self.run_button, self.cancel_button, self.save_labels_button, self.save_button, self.corrections,
+                     self.progress, self.status])
+
+    def _build_outputs(self) -> None:
+        """The big-volume output options, the run and save buttons, progress and status; the folding sections."""
+        self.output = FileEdit(label="Output", mode="w", filter="OME-Zarr (*.zarr)",
+                               tooltip="OME-Zarr store for big results (probabilities go beside it as X_prob.zarr); "
+                                       "empty: a temporary store, kept with 'Save result…'")
+        self.prob_dtype = ComboBox(label="Probabilities", choices=[d for d in PROBABILITY_DTYPES if d != "float32"],
+                                   value="uint8", tooltip="how big results keep probabilities on disk: uint8 "
+                                                          "(1 byte per voxel, steps of 1/255) or float16")
+        self.overwrite = CheckBox(text="Overwrite the output store", value=False,
+                                  tooltip="replace what is at 'Output'; otherwise an unfinished run of this layer "
+                                          "there is continued, and anything else there is left alone")
+        self.estimate = Label(value="", tooltip="what a run will take, before it is started")
+        self.run_button = PushButton(text="Segment", tooltip="segment the chosen scope with the model, in the "
+                                     "background (the viewer stays usable); results appear as '<image> (<model>)'")
+        self.cancel_button = PushButton(text="Cancel", tooltip="stop after the part in flight; a big volume's "
+                                        "finished blocks are kept and Segment continues from there")
+        self.save_labels_button = PushButton(text="Save labels…", tooltip="save the result's labels as TIFF (.tif) "
+                                             "or OME-Zarr (.zarr), with the image's pixel size (instances beside "
+                                             "them as <name>_instances)")
+        self.save_button = PushButton(text="Save result…", tooltip="keep a big-volume result (its temporary "
+                                      "OME-Zarr store and probabilities) under a name you choose")
+        self.progress = ProgressBar(label="", tooltip="progress of the run (details in napari's activity dock)")
+        self.status = Label(value="", tooltip="what the last run did")
+        self.big_volume = Section("Output store (big volumes)", [self.output, self.prob_dtype, self.overwrite],
+                                  tooltip="where big results are written (OME-Zarr) and how; shown for big layers, "
+                                          "3D instances and split objects, which are segmented block by block")
+        self.advanced = Section("Advanced", [self.device, self.precision, self.tile],
+                                tooltip="device, numeric precision and tile size of the network")
 
     def _connect(self) -> None:
         self.run_button.changed.connect(self.segment)
         self.save_button.changed.connect(self._ask_save)
+        self.save_labels_button.changed.connect(self._ask_save_labels)
+        self.status.changed.connect(self._sync_buttons)  # every run ends by saying how: then the results are set
+        self.viewer.layers.selection.events.active.connect(self._on_selected)
+        self.viewer.dims.events.current_step.connect(self._update_fit)  # a lazy layer is judged once shown
         self.threshold.changed.connect(self._rethreshold)
         self.instances.changed.connect(self._rethreshold)
         self.probabilities.changed.connect(self._rethreshold)
@@ -418,7 +456,8 @@ class SegmentWidget(Container):
             self.viewer.add_labels(view, **kwargs)
         else:
             top = 255.0 if view.dtype == np.uint8 else 1.0
-            self.viewer.add_image(view, colormap="magma", blending="additive", contrast_limits=(0.0, top), **kwargs)
+            self.viewer.add_image(view, colormap="magma", blending="additive", contrast_limits=(0.0, top),
+                                  metadata={OUTPUT_KEY: True}, **kwargs)
 
     # --- results ------------------------------------------------------------------------------------------------
 
@@ -497,6 +536,7 @@ class SegmentWidget(Container):
         for box in (self.z_from, self.z_to):
             box.max = max(depth - 1, 0)
         self._update_estimate()
+        self._update_layout(layer)
 
     def _depth(self, layer: Image | None) -> int:
         if layer is None:
@@ -527,6 +567,81 @@ class SegmentWidget(Container):
         with self.threshold.changed.blocked():
             self.threshold.value = float(np.clip(meta.threshold, self.threshold.min, self.threshold.max))
         self._update_estimate()
+        self._update_fit()
+
+    # --- layout, suitability and saving labels ----------------------------------------------------------------------
+
+    def _on_selected(self, *_) -> None:
+        """The user selected a layer (or added one): an image layer becomes the 'Image'."""
+        choose_selected(self.viewer, self.image, Image)
+
+    def _update_layout(self, layer: Image | None) -> None:
+        """Show the big-volume options only where they apply (unfolded for a big layer), and judge the image."""
+        blockwise = layer is not None and self._uses_engine(layer)
+        self.big_volume.visible = blockwise
+        if blockwise and uses_engine(layer, False, False):
+            self.big_volume.folded = False
+        self._update_fit()
+        self._sync_buttons()
+
+    def _update_fit(self, *_) -> None:
+        """Warn (never refuse) when the image looks unlike the model's training data; suggest a better model."""
+        layer, name = self.image.value, self.models.value
+        stats = None
+        if layer is not None:
+            key = (id(layer), id(layer.data), bool(layer.rgb))
+            if self._stats is None or self._stats[0] != key:
+                try:
+                    plane = sample_plane(self.viewer, layer)
+                    found = None if plane is None else image_statistics(plane, rgb=bool(layer.rgb),
+                                                                        pixel_size_nm=pixel_size_nm(layer))
+                except (InputProblem, ValueError, IndexError, OSError):
+                    plane = found = None
+                if plane is not None:  # a lazy layer napari has not shown yet is judged once it has
+                    self._stats = (key, found)
+            stats = self._stats[1] if self._stats is not None and self._stats[0] == key else None
+        if (id(stats), name) != self._judged:  # judge each image statistics and model once
+            self._judged = (id(stats), name)
+            self.fit.update(stats, name)
+
+    def _sync_buttons(self, *_) -> None:
+        """'Save labels…' for any finished result; 'Save result…' only for a finished big-volume result."""
+        result = self._result
+        volume = isinstance(result, _VolumeResult)
+        finished = result is not None and (not volume or result.complete)
+        self.save_labels_button.enabled = finished
+        self.save_button.visible = volume or self.big_volume.visible
+        self.save_button.enabled = volume and finished
+
+    def save_labels(self, path: str | Path) -> bool:
+        """Save the last result's labels (and instances) to ``path`` (.tif or .zarr) with the image's pixel size,
+        in a worker; False (with a notification) if there is nothing to save or the path is refused."""
+        result = self._result
+        layers = [_layer_named(self.viewer, self.output_name(kind)) for kind in ("labels", "instances")]
+        layers = [layer for layer in layers if isinstance(layer, Labels)]
+        if result is None or not layers or (isinstance(result, _VolumeResult) and not result.complete):
+            show_warning("Segment: no finished result to save; press Segment first")
+            return False
+        try:
+            targets = labels_targets(layers, path)
+        except InputProblem as exc:
+            show_warning(f"Segment: {exc}")
+            return False
+
+        def saved(paths: list[Path]) -> None:
+            show_info(f"Segment: saved {', '.join(str(p) for p in paths)}")
+            self.status.value = f"saved labels to {', '.join(p.name for p in paths)} in {paths[0].parent}"
+
+        return self.runner.start(save_labels_job(targets, result.source), saved)
+
+    def _ask_save_labels(self, *_) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        name = (self.output_name() or "labels").replace(" ", "_").replace("(", "").replace(")", "")
+        path, _ = QFileDialog.getSaveFileName(None, "Save the labels", f"{name}.tif",
+                                              "TIFF (*.tif *.tiff);;OME-Zarr (*.zarr)")
+        if path:
+            self.save_labels(path)
 
 
 def _in_worker(model: Segmenter, source, dest: Path, options: dict, marker: dict):
