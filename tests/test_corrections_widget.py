@@ -186,7 +186,8 @@ def test_zarr_backed_result_is_editable_and_corrections_survive_threshold_and_re
     fg = paint_patch(qtbot, layer, 1, 20, 10, 1)
     late = paint_patch(qtbot, layer, 7, 40, 10, 1)  # a slice the run has not reached yet
     assert len(fg) > 40 and len(late) > 40 and corrections_of(layer).slices() == [1, 7]
-    assert dock.segment(), notes  # resumes (the layer's corrections are kept: nothing is asked)
+    assert dock.segment(), notes  # resumes; asked first, the default keeps the corrections
+    assert len(answers.asked) == 1 and "2 slices" in answers.asked[0]
     qtbot.waitUntil(lambda: not dock.runner.running, timeout=WAIT_MS)
     assert dock.runner.last.status == "done" and dock.volume_summary.blocks_resumed >= 3, notes
     data = np.asarray(layer.data[...])
