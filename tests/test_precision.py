@@ -157,12 +157,13 @@ def test_the_precision_is_recorded_in_the_outputs_and_the_summary(tmp_path, prec
     src = _stack(tmp_path / "s.tif")
     summary = run_job(segment_files_job([src], tmp_path / "out", model, probabilities=True, instances=True))
     assert summary.ok and summary.precision == precision and summary.device == "cpu"
-    labels = recorded_info(tmp_path / "out" / "s_labels.tif")  # int32 instances: tifffile's JSON description
+    labels = recorded_info(tmp_path / "out" / "s_labels.tif")  # uint8 mask
+    ids = recorded_info(tmp_path / "out" / "s_instances.tif")  # int32 instances beside it: tifffile's JSON description
     prob = recorded_info(tmp_path / "out" / "s_prob.tif")  # float32: ImageJ's Info property
-    for info in (labels, prob):
+    for info in (labels, ids, prob):
         assert info["precision"] == precision and info["device"] == "cpu" and info["threshold"] == 0.45
         assert info["model"] == "network" and info["software"].startswith("napari-alnet")
-    assert labels["output"] == "instances" and prob["output"] == "probabilities"
+    assert labels["output"] == "labels" and ids["output"] == "instances" and prob["output"] == "probabilities"
     run_job(segment_files_job([src], tmp_path / "sem", model))
     assert recorded_info(tmp_path / "sem" / "s_labels.tif")["output"] == "labels"
 
