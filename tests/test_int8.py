@@ -102,11 +102,16 @@ def test_auto_picks_int8_only_where_validated_and_measured_fastest(monkeypatch):
         choose_precision("int8", CPU, validated)
 
 
-def test_a_segmenter_measures_before_auto_picks_int8(tiny, monkeypatch):
+def test_a_segmenter_measures_before_auto_picks_int8_and_keeps_the_figures(tiny, monkeypatch, tmp_path):
     monkeypatch.setattr(devices, "cpu_bf16_support", lambda: BF16Support(False, "mocked: no bf16"))
+    monkeypatch.setenv("NAPARI_ALNET_CACHE", str(tmp_path))
     path, _ = tiny
     model = load_model(path, device="cpu")
     assert model.precision in ("fp32", "int8") and "measured on this CPU" in model.precision_choice.reason
+    assert quantized.speed_cache().is_file()
+    quantized.clear_sessions()  # a new process: the figures come from the cache, nothing is timed
+    monkeypatch.setattr(quantized, "_measured", lambda *a: pytest.fail("measured again despite the cache"))
+    assert load_model(path, device="cpu").precision == model.precision
     unvalidated = Segmenter.from_network(_tiny_network(), ModelMetadata(config=TINY), device="cpu",
                                          int8_graph=quantized.graph_path(path))
     assert unvalidated.precision == "fp32" and unvalidated.with_precision("int8").precision == "int8"

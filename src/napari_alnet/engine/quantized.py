@@ -27,8 +27,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -41,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..io.atomic import atomic_write
 from ..model import STRIDE, ALNet
 from ..model.alnet import pad_to_stride
 from ..model.config import ALNetConfig
@@ -254,8 +258,53 @@ def _array(t: torch.Tensor) -> np.ndarray:
 def measure_fastest(network: ALNet, graph: Path, candidates: tuple[str, ...]) -> Fastest:
     """The fastest of ``candidates`` (fp32, bf16: ``network`` in torch; int8: ``graph``) on this CPU: the median of
     ``MEASURE_CALLS`` calls each on a ``MEASURE_SIZE``² image after one warm-up, round-robin. Measured once per
-    process for a graph, candidates and thread count (about 0.3 s on a 2-core AVX2 CPU)."""
-    return _measured(network, str(graph), tuple(candidates), torch.get_num_threads())
+    process, and kept across processes in ``speed_cache()`` for this CPU model, library versions, graph (SHA-256),
+    candidates and thread count, so only the first process pays (docs/performance.md)."""
+    threads = torch.get_num_threads()
+    key = "|".join([_cpu_name(), platform.machine(), f"torch {torch.__version__}", _ort_version(),
+                    _cached_sha(str(graph), Path(graph).stat().st_mtime_ns), ",".join(candidates),
+                    f"{threads} threads"])
+    known = _read_speeds().get(key)
+    if isinstance(known, dict) and known.get("precision") in candidates:
+        return Fastest(known["precision"], {str(k): float(v) for k, v in dict(known.get("ms", {})).items()})
+    found = _measured(network, str(graph), tuple(candidates), threads)
+    with contextlib.suppress(Exception):  # a cache that cannot be written must never stop inference
+        speeds = _read_speeds() | {key: {"precision": found.precision, "ms": found.ms}}
+        cache = speed_cache()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache, lambda tmp: Path(tmp).write_text(json.dumps(speeds, indent=1)))
+    return found
+
+
+def speed_cache() -> Path:
+    """The file of speed measurements: ``$NAPARI_ALNET_CACHE`` or ``$XDG_CACHE_HOME`` (``~/.cache``)
+    ``/napari-alnet``, ``precision-speeds.json``."""
+    base = os.environ.get("NAPARI_ALNET_CACHE")
+    folder = Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "napari-alnet"
+    return folder / "precision-speeds.json"
+
+
+def _read_speeds() -> dict[str, Any]:
+    try:
+        data = json.loads(speed_cache().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _ort_version() -> str:
+    try:
+        return f"onnxruntime {importlib.metadata.version('onnxruntime')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "onnxruntime ?"
 
 
 @functools.lru_cache(maxsize=16)
