@@ -153,7 +153,7 @@ def test_report_gives_the_best_epoch_as_the_model_card_and_the_cli_do(dock, stac
     card = load_model(Path(dock.output.value)).metadata.card["training"]
     assert len(ious) == result.epochs_done == 3
     assert result.best_epoch == card["best_epoch"] == best
-    assert f"(epoch {best})." in dock.report.value, dock.report.value
+    assert f"finished after 3 of 3 epochs; kept the best: epoch {best} (" in dock.report.value, dock.report.value
 
 
 def test_stop_keeps_the_best_weights(dock, stack, qtbot, notes):
@@ -169,6 +169,7 @@ def test_stop_keeps_the_best_weights(dock, stack, qtbot, notes):
     out = Path(dock.output.value)
     assert load_model(out).metadata.card["finetune"]["slices"] == [0, 1]
     assert dock.report.value.startswith("stopped") and dock.model_name == "mito"
+    assert dock.status.value.startswith("stopped after") and dock.report.value.startswith(dock.status.value)
     segment = SegmentWidget(viewer)  # the saved model segments in the Segment dock
     segment.models.select("mito")
     assert segment.run_blocking()

@@ -497,3 +497,21 @@ def test_batch_opens_each_output_as_it_is_written(make_napari_viewer, model_file
     assert viewer.layers["a_labels"].data.shape == (64, 64)
     assert viewer.layers["b_labels"].data.shape == (2, 64, 64)
 
+
+def test_finetune_stop_line_agrees_with_itself():
+    from types import SimpleNamespace
+
+    from napari_alnet.training.loop import TrainResult
+    from napari_alnet.widgets.finetune import _ending
+
+    request = SimpleNamespace(train=SimpleNamespace(epochs=10, steps_per_epoch=25))
+    metrics = {"iou": 0.5, "dice": 0.6}
+    stopped = TrainResult(out=Path("x"), best_epoch=1, best_metrics=metrics, epochs_done=0, steps_done=7,
+                          stopped="stopped")
+    assert _ending(stopped, request) == ("stopped after 0 of 10 epochs and 7 steps of epoch 1; kept the best: "
+                                         "epoch 1, partly trained (validation IoU 0.500, Dice 0.600)")
+    later = TrainResult(out=Path("x"), best_epoch=3, best_metrics=metrics, epochs_done=4, steps_done=100,
+                        stopped="stopped")
+    assert _ending(later, request).startswith("stopped after 4 of 10 epochs; kept the best: epoch 3 (")
+    done = TrainResult(out=Path("x"), best_epoch=9, best_metrics=metrics, epochs_done=10, steps_done=250)
+    assert _ending(done, request).startswith("finished after 10 of 10 epochs; kept the best: epoch 9 (")

@@ -19,7 +19,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     Label,
@@ -48,7 +47,17 @@ from ..training.finetune import (
 from ..training.loop import TrainResult
 from ._corrections import corrections_of, training_marks
 from ._curve import CurveWidget
-from ._layers import CURRENT_SLICE, InputProblem, base_data, follow_renames, region_for, spatial_shape, upsert
+from ._layers import (
+    CURRENT_SLICE,
+    InputProblem,
+    base_data,
+    choose_selected,
+    follow_renames,
+    region_for,
+    spatial_shape,
+    upsert,
+)
+from ._layout import ScrollDock, Section
 from ._models import ModelPicker
 from ._slices import SliceList, embed, painted_slices
 from ._volume import IN_MEMORY_VOXELS
@@ -59,7 +68,7 @@ NO_HOLDOUT = "(none)"
 LOSS, IOU = "loss", "val IoU"
 
 
-class FinetuneWidget(Container):
+class FinetuneWidget(ScrollDock):
     """Choose an image, its annotations and a starting model; press Fine-tune; watch the curve; Stop any time.
 
     Scripting/tests: set the widgets' values, then ``start()`` (threaded) or ``run_blocking()`` (inline);
@@ -68,7 +77,7 @@ class FinetuneWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__()
         self.viewer = unwrap(viewer)
         self.request: FinetuneRequest | None = None
         self.result: TrainResult | None = None
@@ -90,9 +99,11 @@ class FinetuneWidget(Container):
 
     def _build_inputs(self) -> list:
         """Image, annotations, mode and slice list; returns the widgets in dock order."""
-        self.image = ComboBox(label="Image", choices=self._image_choices, tooltip="the image that was annotated")
+        self.image = ComboBox(label="Image", choices=self._image_choices, tooltip="the image that was annotated; "
+                              "follows the image layer you select in the layer list")
         self.annotations = ComboBox(label="Annotations", choices=self._annotation_choices,
-                                    tooltip="a Labels layer with the image's shape holding your annotations")
+                                    tooltip="a Labels layer with the image's shape holding your annotations (or a "
+                                            "Segment result you corrected); follows the Labels layer you select")
         self.new_labels = PushButton(text="New annotations layer",
                                      tooltip="an empty Labels layer matching the image (shape, scale, translate)")
         self.mode = RadioButtons(label="Mode", choices=list(MODES), value="dense", orientation="horizontal",
@@ -100,7 +111,8 @@ class FinetuneWidget(Container):
                                          "1 = foreground, 2 = background, 0 = unlabelled (ignored)")
         self.slice_list = SliceList()
         self.slice_box = embed(self.slice_list, "Slices")
-        self.refresh_button = PushButton(text="Refresh slices")
+        self.refresh_button = PushButton(text="Refresh slices", tooltip="look again for the slices that hold "
+                                         "annotations (done for you as you paint)")
         self._refresh_timer = QTimer()
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(300)
@@ -109,31 +121,44 @@ class FinetuneWidget(Container):
     def _build_recipe(self) -> list:
         """Starting model, training options, hold-out slice, preview and output file, in dock order."""
         self.models = ModelPicker("Start from")
-        self.scratch = CheckBox(text="Train from scratch (random weights)", value=self.models.value is None)
-        self.epochs = SpinBox(label="Epochs", min=1, max=1000, value=10)
-        self.steps = SpinBox(label="Steps / epoch", min=1, max=10_000, value=25)
-        self.lr = FloatSpinBox(label="Learning rate", min=0.0001, max=0.1, step=0.0001, value=0.001)
-        self.batch_size = SpinBox(label="Batch size", min=1, max=64, value=4)
+        self.scratch = CheckBox(text="Train from scratch (random weights)", value=self.models.value is None,
+                                tooltip="start from random weights instead of a trained model: needs many more "
+                                        "annotated slices and epochs")
+        self.epochs = SpinBox(label="Epochs", min=1, max=1000, value=10,
+                              tooltip="rounds of training; after each, the hold-out slice is measured and the best "
+                                      "weights so far are saved")
+        self.steps = SpinBox(label="Steps / epoch", min=1, max=10_000, value=25,
+                             tooltip="training steps per epoch; each step learns from one batch of random crops")
+        self.lr = FloatSpinBox(label="Learning rate", min=0.0001, max=0.1, step=0.0001, value=0.001,
+                               tooltip="how far each step moves the weights: smaller is slower but safer for a "
+                                       "model that is already good")
+        self.batch_size = SpinBox(label="Batch size", min=1, max=64, value=4,
+                                  tooltip="crops per training step: more is steadier but slower and needs more memory")
         self.crop = SpinBox(label="Crop size", min=32, max=1024, step=32, value=256,
                             tooltip="edge of the random training crops in pixels")
+        self.advanced = Section("Advanced", [self.epochs, self.steps, self.lr, self.batch_size, self.crop],
+                                tooltip="the training recipe")
         self.holdout = ComboBox(label="Hold out", choices=self._holdout_choices,
                                 tooltip="an annotated slice kept out of training to measure validation IoU")
         self.preview = CheckBox(text="Live preview of the current slice", value=True,
                                 tooltip="after each epoch, predict the current slice into a preview layer")
-        self.output = FileEdit(label="Save to", mode="w", filter="AL-Net weights (*.safetensors)")
+        self.output = FileEdit(label="Save to", mode="w", filter="AL-Net weights (*.safetensors)",
+                               tooltip="the new model's weight file (.safetensors); it works in every dock and with "
+                                       "'alnet segment --model FILE'")
         self.export_button = PushButton(text="Export…", tooltip="after fine-tuning: write the model as a bioimage.io "
                                         "package (ilastik, deepImageJ, QuPath) beside its weight file, checked")
-        return [self.models.combo, self.models.summary, self.scratch, self.epochs, self.steps, self.lr,
-                self.batch_size, self.crop, self.holdout, self.preview, self.output, self.export_button]
+        return [self.models.combo, self.models.summary, self.scratch, self.advanced, self.holdout, self.preview,
+                self.output, self.export_button]
 
     def _build_run(self) -> list:
         """Start/Stop, progress, status, the loss/IoU curve and the final report, in dock order."""
-        self.start_button = PushButton(text="Fine-tune")
+        self.start_button = PushButton(text="Fine-tune", tooltip="train on the ticked slices in the background; "
+                                       "the curve shows the loss and the hold-out IoU")
         self.stop_button = PushButton(text="Stop", tooltip="stop now and keep the best weights so far")
-        self.progress = ProgressBar(label="")
-        self.status = Label(value="")
+        self.progress = ProgressBar(label="", tooltip="training progress (details in napari's activity dock)")
+        self.status = Label(value="", tooltip="what the run is doing")
         self.curve = CurveWidget(fixed={IOU: (0.0, 1.0)})
-        self.report = Label(value="")
+        self.report = Label(value="", tooltip="how the last run ended and where its model is")
         self.report.native.setWordWrap(True)
         return [self.start_button, self.stop_button, self.progress, self.status, embed(self.curve), self.report]
 
@@ -147,6 +172,7 @@ class FinetuneWidget(Container):
         self.image.changed.connect(self._on_image)
         self.annotations.changed.connect(self._on_labels)
         self.scratch.changed.connect(self._on_scratch)
+        self.viewer.layers.selection.events.active.connect(self._on_selected)
         self.slice_list.itemChanged.connect(self._reset_holdout)
         for event in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, event).connect(self._on_layers)
@@ -366,6 +392,7 @@ class FinetuneWidget(Container):
         self.result = result
         if result is None or result.best_epoch < 1 or not Path(result.out).is_file():  # best_epoch: 1-based
             self.report.value = "stopped before any weights were saved; nothing was written"
+            self.status.value = "stopped before the first step finished; nothing was written"
             show_info(f"Fine-tune: {self.report.value}")
             return
         steps = self.request.train.steps_per_epoch if self.request is not None else 1
@@ -375,9 +402,10 @@ class FinetuneWidget(Container):
         out = Path(result.out)
         out.with_name(out.name + ".ckpt").unlink(missing_ok=True)  # resumable state: the dock does not resume
         self.model_name = _register(out)
-        state = "stopped" if result.stopped != "finished" else "finished"
-        self.report.value = (f"{state} after {result.epochs_done} epoch(s), {result.wall_seconds:.0f} s; "
-                             f"best: {_describe(result.best_metrics)} (epoch {result.best_epoch}). "
+        per_step = result.wall_seconds / max(result.steps_done, 1)
+        self.status.value = _ending(result, self.request)
+        self.report.value = (f"{self.status.value}. {result.steps_done} steps in {result.wall_seconds:.0f} s "
+                             f"({per_step:.2f} s per step with validation). "
                              f"Saved to {out}; '{self.model_name}' is now in the Segment model list")
         self.report.tooltip = str(out)
         show_info(f"Fine-tune: {self.report.value}")
@@ -390,7 +418,11 @@ class FinetuneWidget(Container):
         text = (f"exported {report.path} ({report.size_bytes / 1e6:.0f} MB, {report.seconds:.0f} s): every weight "
                 f"format reproduces napari-alnet within 1e-4; bioimageio.core test_model: {tests}")
         self.report.value = f"{self.report.value}\n{text}" if self.report.value else text
+        passed = sum(result == "passed" for result in report.tests.values())
+        self.status.value = (f"exported {report.path.name}: checked against napari-alnet; bioimageio.core tests "
+                             f"passed for {passed} of {len(report.tests)} weight formats")
         show_info(f"Fine-tune: {text}")
+
 
     # --- checks ---------------------------------------------------------------------------------------------------
 
@@ -456,6 +488,14 @@ class FinetuneWidget(Container):
         """Follow layers being added, removed and renamed."""
         follow_renames(self.viewer, self._on_rename, event)
         self._on_rename()
+
+    def _on_selected(self, *_) -> None:
+        """The user selected (or added) a layer: an image becomes the 'Image', a Labels layer that fits it the
+        'Annotations'."""
+        choose_selected(self.viewer, self.image, Image)
+        layer, image = self.viewer.layers.selection.active, self.image.value
+        if isinstance(layer, Labels) and image is not None and tuple(layer.data.shape) == spatial_shape(image):
+            choose_selected(self.viewer, self.annotations, Labels)
 
     def _on_rename(self, *_) -> None:
         self.image.reset_choices()
@@ -535,6 +575,20 @@ def _register(out: Path) -> str:
     except ValueError as exc:
         show_error(f"Fine-tune: saved to {out} but could not add it to the model list: {exc}")
         return out.stem
+
+
+def _ending(result: TrainResult, request: FinetuneRequest | None) -> str:
+    """How a run ended, in one line that agrees with itself: 'stopped after 1 of 10 epochs and 7 steps of epoch 2;
+    kept the best: epoch 2, partly trained (validation IoU 0.812, Dice 0.896)'."""
+    how = {"finished": "finished", "budget": "time budget reached"}.get(result.stopped, "stopped")
+    epochs = request.train.epochs if request is not None else result.epochs_done
+    per_epoch = request.train.steps_per_epoch if request is not None else 0
+    partial = result.steps_done - result.epochs_done * per_epoch if per_epoch else 0
+    done = f"{result.epochs_done} of {epochs} epoch{'s' * (epochs != 1)}"
+    if partial > 0:
+        done += f" and {partial} step{'s' * (partial != 1)} of epoch {result.epochs_done + 1}"
+    best = f"epoch {result.best_epoch}" + (", partly trained" if result.best_epoch > result.epochs_done else "")
+    return f"{how} after {done}; kept the best: {best} ({_describe(result.best_metrics)})"
 
 
 def _describe(metrics: dict[str, float]) -> str:
