@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from napari_alnet import load_model, predict
 from napari_alnet.engine.normalization import Normalization
 from napari_alnet.engine.progress import run_job
 from napari_alnet.io.sample_data import em_like_stack
-from napari_alnet.io.weights import ModelMetadata, save_weights
+from napari_alnet.io.weights import ModelMetadata, load_weights, save_weights
 from napari_alnet.model import ALNet
 from napari_alnet.training.finetune import (
     AnnotationError,
@@ -133,3 +134,83 @@ def test_annotations_are_zoomed_like_the_base_model(stack):
     assert pair.image.shape == (1, 2 * h, 2 * w) and pair.mask.shape == pair.ignore.shape == (2 * h, 2 * w)
     assert np.array_equal(pair.ignore[::2, ::2], labels == 0)
     assert np.array_equal(pair.mask[::2, ::2] > 0, labels == 1)
+
+
+def test_quick_preset_from_em_improves_the_unseen_slice(tmp_path):
+    """The Quick preset's first epoch (15 steps) from the shipped em on a generated EM-like stack em was not
+    trained on: the preview that follows it is already better on an unseen slice.
+
+    Measured (AMD EPYC, AVX2; training seeds 0, 1, 2): membrane IoU of the unseen slice 0.710 (em) -> 0.832,
+    0.797, 0.754; the test asks for +0.02.
+    """
+    images, truth = em_like_stack(depth=4, size=256, cells=40, seed=3)
+    labels = np.zeros(images.shape, np.uint8)
+    labels[:3] = truth[:3]
+    out = tmp_path / "quick.safetensors"
+    recipe = finetune_recipe("quick", epochs=1, max_minutes=0.0)
+    assert recipe.freeze_stages == 2 and recipe.focus > 0 and recipe.crop == 128 and recipe.steps_per_epoch == 15
+    request = FinetuneRequest(images, labels, base="em", out=out, train=recipe, slices=[0, 1, 2], preview_slice=3)
+    previews = []
+    result = run_job(finetune_job(request), lambda r: previews.extend([r] if "preview" in r.metrics else []))
+    before = iou_of("em", images[3], truth[3])
+    after = segmentation_scores(previews[0].metrics["preview"] > 0.5, truth[3]).iou
+    assert after > before + 0.02, (before, after)
+    assert previews[0].step == result.steps_done == 15
+    card = load_model(out).metadata.card
+    assert card["finetune"]["preset"] == "custom" and card["foreground"] == "membrane"  # inherited from em
+    assert finetune_recipe("quick").max_minutes == 2.0 and finetune_recipe().crop == 256  # Thorough: today's recipe
+
+
+def test_label_meaning_check_and_the_flipped_model(stack, base, tmp_path):
+    from napari_alnet.training.meaning import check_meaning, flipped_model
+
+    images, truth = stack
+    membranes = lambda image: truth[0].astype(np.float32)  # noqa: E731  (a model that knows the membranes)
+    card = {"foreground": "membrane", "background": "cell interior"}
+    cells = (~truth[:1]).astype(np.uint8)
+    found = check_meaning(membranes, images[:1], cells, mode="dense", slices=[0], threshold=0.5, card=card)
+    assert found.flipped and found.on_background == 1.0 and "cell interior" in found.message("em")
+    same = check_meaning(membranes, images[:1], truth[:1].astype(np.uint8), mode="dense", slices=[0],
+                         threshold=0.5, card=card)
+    assert not same.flipped and same.on_background == 0.0
+    other = np.zeros_like(cells)  # a new target on the model's background (organelles inside cells): no flip
+    other[0, 40:60, 40:60] = ~truth[0, 40:60, 40:60]
+    assert not check_meaning(membranes, images[:1], other, mode="dense", slices=[0], threshold=0.5,
+                             card=card).flipped
+    scribbles = np.where(truth[:1], 1, 2).astype(np.uint8)  # membranes as 1, cells as 2: matches
+    assert not check_meaning(membranes, images[:1], scribbles, mode="scribbles", slices=[0], threshold=0.5,
+                             card=card).flipped
+    model, _ = load_weights(base)
+    model.eval()
+    inverted = flipped_model(base, model.config).eval()
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 1, 64, 64)).astype(np.float32))
+    with torch.no_grad():
+        assert torch.allclose(torch.sigmoid(inverted(x)), 1 - torch.sigmoid(model(x)), atol=1e-5)
+
+
+def test_flipped_fine_tune_records_the_new_meaning(stack, tmp_path):
+    images, truth = stack
+    labels = np.zeros(images.shape, np.uint8)
+    labels[0] = ~truth[0]
+    out = tmp_path / "cells.safetensors"
+    request = FinetuneRequest(images, labels, base="em", out=out, slices=[0], flip=True, parent_name="em",
+                              version=1, train=finetune_recipe("quick", epochs=1, steps_per_epoch=1, crop=64))
+    run_job(finetune_job(request))
+    meta = load_model(out).metadata
+    assert meta.card["foreground"] == "cell interior" and meta.card["background"] == "membrane"
+    assert meta.objects == "foreground" and meta.card["finetune"]["flipped"] and meta.card["finetune"]["parent"] == "em"
+    assert "label 1 = cell interior" in meta.summary
+
+
+def test_new_versions_never_reuse_a_file(tmp_path):
+    from napari_alnet.engine.registry import next_version, version_of
+
+    first = tmp_path / "mito.safetensors"
+    assert next_version(first) == (first, 1)
+    first.write_bytes(b"v1")
+    assert next_version(first) == (tmp_path / "mito-v2.safetensors", 2)
+    (tmp_path / "mito-v2.safetensors").write_bytes(b"v2")
+    (tmp_path / "mitochondria.safetensors").write_bytes(b"another model")
+    assert next_version(first) == next_version(tmp_path / "mito-v2.safetensors") == (
+        tmp_path / "mito-v3.safetensors", 3)
+    assert version_of("a-v12.safetensors") == ("a", 12) and version_of("a-vx.safetensors") == ("a-vx", 1)

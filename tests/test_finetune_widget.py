@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from qtpy.QtCore import QTimer
 
 from napari_alnet import load_model
 from napari_alnet.engine import registry as model_registry
 from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.io.weights import ModelMetadata, save_weights
 from napari_alnet.model import ALNet
+from napari_alnet.training.finetune import finetune_recipe
 from napari_alnet.widgets import SegmentWidget
 from napari_alnet.widgets.finetune import IOU, LOSS, FinetuneWidget
 
@@ -60,6 +62,7 @@ def dock(make_napari_viewer, base_file, tmp_path) -> FinetuneWidget:
     widget.models.load_file(base_file)
     widget.scratch.value = False
     widget.epochs.value, widget.steps.value, widget.batch_size.value, widget.crop.value = 2, 2, 2, 64
+    widget.minutes.value = 0.0  # no time limit: the same run on a busy machine
     widget.output.value = tmp_path / "mito.safetensors"
     return widget
 
@@ -132,7 +135,7 @@ def test_run_in_worker_saves_and_registers_the_model(dock, stack, qtbot, notes, 
     assert len(dock.curve.series.get(IOU, [])) == (2 if dense else 0)
     assert dock.model_name == "mito" and str(out) in notes[-1]
     labels = [dock.models.combo.native.itemText(i) for i in range(dock.models.combo.native.count())]
-    assert "mito (fine-tuned)" in labels
+    assert "mito (v1, fine-tuned from base)" in labels
     segment = SegmentWidget(viewer)
     assert "mito" in segment.models.combo.choices
     if dense:
@@ -241,8 +244,6 @@ def test_bad_input_gives_a_notification_and_starts_nothing(dock, stack, notes, t
     refused("cannot write")
     dock.output.value = tmp_path / "m.tif"
     refused(".safetensors")
-    dock.output.value = base_file
-    assert not dock.start() and "starting model" in notes[-1]
     assert np.array_equal(layer.data[0], truth[0])  # nothing lost
 
 
@@ -297,3 +298,134 @@ def test_export_button_writes_a_checked_package_with_the_fine_tune_provenance(do
     assert np.array_equal(load_model(report.path, device="cpu").predict(image),
                           load_model(Path(dock.output.value), device="cpu").predict(image))
     assert _export_path(Path(dock.output.value)).name == "mito-2.bioimageio.zip"  # never replaces an export
+
+
+def test_quick_is_the_default_and_the_dock_estimates_the_run(make_napari_viewer):
+    viewer = make_napari_viewer()
+    dock = FinetuneWidget(viewer)
+    assert dock.preset.value == "quick"
+    quick = finetune_recipe("quick")
+    assert (dock.epochs.value, dock.steps.value, dock.crop.value) == (quick.epochs, quick.steps_per_epoch, quick.crop)
+    assert f"{quick.epochs * quick.steps_per_epoch} steps" in dock.estimate.value
+    assert "assumed" in dock.estimate.value and ("min" in dock.estimate.value or " s" in dock.estimate.value)
+    dock.preset.value = "thorough"
+    thorough = finetune_recipe("thorough")
+    assert (dock.epochs.value, dock.crop.value) == (thorough.epochs, thorough.crop)
+    found = dock.update_estimate()
+    assert found.steps == thorough.epochs * thorough.steps_per_epoch and found.seconds > 60
+    assert f"{found.steps} steps" in dock.estimate.value and "min" in dock.estimate.value
+    dock.epochs.value = 2
+    assert "50 steps" in dock.estimate.value
+
+
+def test_progress_in_steps_and_seconds_and_a_measured_estimate_after_a_run(dock, stack, notes):
+    annotate(dock, stack, (0, 1))
+    dock.preview.value = False
+    seen: list[str] = []
+    relay = dock.runner._on_progress
+
+    def watch(report) -> None:
+        relay(report)
+        seen.append(dock.status.value)
+
+    dock.runner._on_progress = watch
+    assert dock.run_blocking() and dock.runner.last.status == "done", notes
+    steps = [text for text in seen if text.startswith("step ")]
+    assert steps and all(" s" in text and "epoch" in text for text in steps), seen
+    assert "4 steps" in dock.report.value and "s per step" in dock.report.value
+    assert "measured" in dock.estimate.value
+
+
+def _em_dock(make_napari_viewer, tmp_path, stack):
+    """A dock starting from the shipped ``em`` (label 1 = membrane) on a generated EM stack, a few steps."""
+    viewer = make_napari_viewer()
+    dock = FinetuneWidget(viewer)
+    dock.models.select("em")
+    dock.scratch.value = False
+    dock.epochs.value, dock.steps.value, dock.batch_size.value, dock.crop.value = 1, 2, 2, 64
+    dock.minutes.value, dock.preview.value = 0.0, False
+    dock.output.value = tmp_path / "cells.safetensors"
+    images, _truth = stack
+    viewer.add_image(images, name="em")
+    return dock, dock.add_annotations_layer()
+
+
+@pytest.fixture(scope="module")
+def em_stack():
+    return em_like_stack(depth=2, size=128, cells=12, seed=2)
+
+
+def test_painted_cells_on_a_membrane_model_offer_to_flip(make_napari_viewer, tmp_path, em_stack, notes, qtbot,
+                                                         monkeypatch):
+    """Cells painted as label 1 while em's label 1 is membrane: the dock says so before training; the user flips
+    (the real dialog is answered); the new model's label 1 is the cell interior."""
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    dock, layer = _em_dock(make_napari_viewer, tmp_path, em_stack)
+    assert "label 1 = membrane" in dock.models.summary.value
+    layer.data[0] = ~em_stack[1][0]  # the cells, not the membranes
+    dock.refresh_slices()
+    asked: list[str] = []
+
+    def answer() -> None:
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, answer)
+            return
+        asked.append(box.text())
+        next(b for b in box.buttons() if b.text() == "Flip the meaning").click()
+
+    QTimer.singleShot(0, answer)
+    assert dock.run_blocking() and dock.runner.last.status == "done", notes
+    assert asked and "membrane" in asked[0] and "cell interior" in asked[0]
+    assert dock.meaning.flipped and dock.meaning.on_background > 0.5 and dock.request.flip
+    meta = load_model(Path(dock.result.out)).metadata
+    assert meta.card["foreground"] == "cell interior" and meta.card["finetune"]["flipped"]
+    assert meta.objects == "foreground"  # em's objects are its background (cells): now label 1
+    assert dock.models.value == "cells"  # the new model is chosen; its label 1 is what was painted
+    assert dock.models.summary.value.endswith("label 1 = cell interior")
+    dock.models.select("em")
+    monkeypatch.setattr("napari_alnet.widgets.finetune.ask_flip", lambda *_: "cancel")
+    assert not dock.start() and not dock.runner.running  # cancelled: nothing starts
+
+
+def test_painted_membranes_on_a_membrane_model_are_not_questioned(make_napari_viewer, tmp_path, em_stack, notes,
+                                                                  monkeypatch):
+    dock, layer = _em_dock(make_napari_viewer, tmp_path, em_stack)
+    layer.data[0] = em_stack[1][0]
+    dock.refresh_slices()
+    asked: list[str] = []
+    monkeypatch.setattr("napari_alnet.widgets.finetune.ask_flip", lambda _parent, text: asked.append(text) or "flip")
+    dock.foreground.value = "plasma membrane"
+    assert dock.run_blocking() and dock.runner.last.status == "done", notes
+    assert not asked and not dock.meaning.flipped and not dock.request.flip
+    card = load_model(Path(dock.result.out)).metadata.card
+    assert card["foreground"] == "plasma membrane" and not card["finetune"]["flipped"]
+
+
+def test_each_run_saves_a_new_version_the_segment_dock_follows_and_goes_back(dock, stack, notes):
+    viewer = dock.viewer
+    segment = SegmentWidget(viewer)
+    segment.models.select("base")
+    annotate(dock, stack, (0, 1, 2))
+    dock.holdout.value, dock.preview.value = 2, False
+    assert dock.run_blocking() and dock.runner.last.status == "done", notes
+    first = Path(dock.output.value)
+    assert dock.result.out == first and dock.model_name == "mito"
+    frozen = first.read_bytes()
+    assert segment.models.value == "mito"  # a fine-tune of the model Segment showed: it follows
+    dock.slice_list.set_checked(1, False)
+    assert dock.run_blocking() and dock.runner.last.status == "done", notes
+    second = Path(dock.result.out)
+    assert second == first.with_name("mito-v2.safetensors") and first.read_bytes() == frozen  # never overwritten
+    card = load_model(second).metadata.card["finetune"]
+    assert card["parent"] == "mito" and card["version"] == 2 and card["parent_version"] == 1
+    assert card["slices"] == [0, 2] and 0.0 <= card["iou"] <= 1.0 and card["holdout"] == 2
+    first_card = load_model(first).metadata.card["finetune"]
+    assert first_card["version"] == 1 and Path(first_card["parent"]).name != "mito"
+    assert segment.models.value == "mito-v2" and dock.models.value == "mito-v2"
+    labels = [segment.models.combo.native.itemText(i) for i in range(segment.models.combo.native.count())]
+    assert "mito-v2 (v2, fine-tuned from mito)" in labels and "mito (v1, fine-tuned from base)" in labels
+    segment.models.select("mito")  # back to the earlier version
+    assert segment.run_blocking()
+    assert viewer.layers["em (mito)"].data.shape == (3, 64, 64)

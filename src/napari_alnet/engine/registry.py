@@ -3,11 +3,17 @@
 Widgets list ``entries()`` and listen with ``connect(callback)``; the fine-tune dock calls
 ``register(name, path)`` after saving, and every model picker shows the new model at once.
 Call ``register``/``unregister`` from the main (GUI) thread: callbacks run synchronously in it.
+
+Versions: each fine-tune run of the correction loop saves a new file (``next_version``: ``mito.safetensors``,
+``mito-v2.safetensors``, ...; never over an earlier run's file) and registers it with its ``parent``; pickers follow
+a new version of the model they show (``children``), and every earlier version stays choosable.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -27,11 +33,14 @@ KINDS = ("builtin", "file", "session")
 @dataclass(frozen=True)
 class ModelEntry:
     """One choosable model: ``name`` (unique, shown in pickers), ``source`` (built-in name or weight file path),
-    ``kind`` (``builtin``, ``file`` = loaded by the user, ``session`` = fine-tuned in this session)."""
+    ``kind`` (``builtin``, ``file`` = loaded by the user, ``session`` = fine-tuned in this session); a fine-tuned
+    model's ``parent`` (the name of the model it started from) and ``version`` in its loop."""
 
     name: str
     source: str
     kind: str = "session"
+    parent: str | None = None
+    version: int | None = None
 
 
 _registered: dict[str, ModelEntry] = {}
@@ -54,30 +63,61 @@ def get(name: str) -> ModelEntry:
     raise KeyError(f"no model called {name!r} (known: {', '.join(e.name for e in entries()) or 'none'})")
 
 
-def register(name: str, path: str | Path, *, kind: str = "session") -> ModelEntry:
+def register(name: str, path: str | Path, *, kind: str = "session", parent: str | None = None,
+             version: int | None = None) -> ModelEntry:
     """Add (or replace) the model ``name`` stored in ``path`` and notify listeners; returns its entry."""
     if kind not in KINDS[1:]:
         raise ValueError(f"kind must be 'file' or 'session', got {kind!r}")
     if name in BUILTIN_NAMES:
         raise ValueError(f"{name!r} is a built-in model name; choose another name")
-    entry = ModelEntry(str(name), str(Path(path).expanduser().resolve()), kind)
+    entry = ModelEntry(str(name), str(Path(path).expanduser().resolve()), kind, parent, version)
     _registered.pop(entry.name, None)
     _registered[entry.name] = entry
     _notify()
     return entry
 
 
-def register_path(path: str | Path, *, kind: str = "session") -> ModelEntry:
+def register_path(path: str | Path, *, kind: str = "session", parent: str | None = None,
+                  version: int | None = None) -> ModelEntry:
     """Register a weight file under a name derived from its file name: the name it already has when this file is
     registered, else its stem made unique (``stem (2)``, ...)."""
     path = Path(path).expanduser().resolve()
     for entry in _registered.values():
         if entry.source == str(path):
-            return register(entry.name, path, kind=kind)
+            return register(entry.name, path, kind=kind, parent=parent, version=version)
     name, n = path.stem, 2
     while name in BUILTIN_NAMES or name in _registered:
         name, n = f"{path.stem} ({n})", n + 1
-    return register(name, path, kind=kind)
+    return register(name, path, kind=kind, parent=parent, version=version)
+
+
+def children(name: str) -> list[ModelEntry]:
+    """The registered models fine-tuned from ``name``, in registration order."""
+    return [entry for entry in _registered.values() if entry.parent == name]
+
+
+_VERSION = re.compile(r"^(?P<stem>.+?)-v(?P<n>[0-9]+)$")
+
+
+def version_of(path: str | Path) -> tuple[str, int]:
+    """(the loop's stem, version) of a weight file name: ``mito.safetensors`` is (mito, 1), ``mito-v3`` (mito, 3)."""
+    stem = Path(path).stem
+    match = _VERSION.match(stem)
+    return (match["stem"], int(match["n"])) if match else (stem, 1)
+
+
+def next_version(path: str | Path) -> tuple[Path, int]:
+    """The file a new fine-tune run asked to save to ``path`` writes, and its version: ``path`` itself if no version
+    of its loop exists in its folder, else ``<stem>-v<N>`` one past the highest (an earlier run's file is never
+    replaced)."""
+    path = Path(path)
+    stem, _ = version_of(path)
+    folder, suffix = path.parent, path.suffix or ".safetensors"
+    taken = [version_of(p)[1] for p in folder.glob(f"{glob.escape(stem)}*{suffix}") if version_of(p)[0] == stem]
+    if not taken and not path.exists():
+        return path, version_of(path)[1]
+    n = max([*taken, version_of(path)[1]]) + 1
+    return folder / f"{stem}-v{n}{suffix}", n
 
 
 def register_file(path: str | Path) -> ModelEntry:

@@ -19,12 +19,15 @@ from .augment import Augmentation
 
 @dataclass
 class Pair:
-    """One training image (C, H, W) float32, normalized; mask (H, W) float32 in {0, 1}; optional ignore (H, W)."""
+    """One training image (C, H, W) float32, normalized; mask (H, W) float32 in {0, 1}; optional ignore (H, W);
+    optional ``focus`` (H, W) bool: the pixels crops are centred on with ``TrainConfig.focus`` (e.g. the pixels a
+    user corrected; default: the labelled pixels)."""
 
     image: np.ndarray
     mask: np.ndarray
     ignore: np.ndarray | None = None
     name: str = ""
+    focus: np.ndarray | None = None
 
 
 def make_pair(image: np.ndarray, mask: np.ndarray, normalization: Normalization, in_channels: int,
@@ -92,19 +95,25 @@ def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normaliza
 
 class CropSampler:
     """Random crops (the paper's translations) with one of the 8 flips/transposes, as training batches; optionally
-    rotated, zoomed and intensity-jittered (see ``Augmentation``)."""
+    rotated, zoomed and intensity-jittered (see ``Augmentation``). A ``focus`` fraction of the crops is centred
+    on a pixel of the pair's ``focus`` (or, without one, on a labelled pixel), so that sparse annotations and small
+    corrections are seen in most batches."""
 
     def __init__(self, pairs: Sequence[Pair], crop: int, rng: np.random.Generator,
-                 augmentation: Augmentation | None = None) -> None:
+                 augmentation: Augmentation | None = None, *, focus: float = 0.0) -> None:
         if not pairs:
             raise ValueError("no training pairs")
         self.pairs, self.crop, self.rng = list(pairs), crop, rng
         self.augmentation = augmentation or Augmentation()
         sizes = np.array([p.mask.size for p in self.pairs], dtype=np.float64)
         self.weights = sizes / sizes.sum()
+        self.focus = focus
+        #: Per pair: the flat indices of its focus pixels (None: no focus, crops placed uniformly).
+        self.centres = [_focus_pixels(p) if focus > 0 else None for p in self.pairs]
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pair = self.pairs[self.rng.choice(len(self.pairs), p=self.weights)]
+        index = int(self.rng.choice(len(self.pairs), p=self.weights))
+        pair = self.pairs[index]
         aug = self.augmentation
         c = aug.window(self.crop)
         h, w = pair.mask.shape
@@ -116,8 +125,7 @@ class CropSampler:
             image = np.pad(image, ((0, 0), *pads), mode="reflect" if min(h, w) > 1 else "edge")
             mask = np.pad(mask, pads)
             ignore = np.pad(ignore, pads, constant_values=True)
-        y = self.rng.integers(0, mask.shape[0] - c + 1)
-        x = self.rng.integers(0, mask.shape[1] - c + 1)
+        y, x = self._corner(self.centres[index] if self.centres else None, (h, w), mask.shape, c, (ph // 2, pw // 2))
         image, mask, ignore = image[:, y:y + c, x:x + c], mask[y:y + c, x:x + c], ignore[y:y + c, x:x + c]
         if aug.geometric:
             image, mask, ignore = aug.warp(image, mask, ignore, self.crop, self.rng)
@@ -127,7 +135,30 @@ class CropSampler:
             image = aug.jitter(image, self.rng)
         return image, mask, ignore
 
+    def _corner(self, centres: np.ndarray | None, shape: tuple[int, int], padded: tuple[int, ...], c: int,
+                offset: tuple[int, int]) -> tuple[int, int]:
+        """Top-left corner of a ``c`` window in the (padded) image: around a focus pixel with probability
+        ``focus``, else uniform."""
+        if centres is not None and centres.size and self.rng.random() < self.focus:
+            cy, cx = np.unravel_index(centres[self.rng.integers(centres.size)], shape)
+            y = int(np.clip(cy + offset[0] - c // 2 + self.rng.integers(-(c // 4), c // 4 + 1), 0, padded[0] - c))
+            x = int(np.clip(cx + offset[1] - c // 2 + self.rng.integers(-(c // 4), c // 4 + 1), 0, padded[1] - c))
+            return y, x
+        return int(self.rng.integers(0, padded[0] - c + 1)), int(self.rng.integers(0, padded[1] - c + 1))
+
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         samples = [self.sample() for _ in range(size)]
         return tuple(np.ascontiguousarray(np.stack(s)) for s in zip(*samples, strict=True))  # type: ignore[return-value]
 
+
+
+def _focus_pixels(pair: Pair) -> np.ndarray | None:
+    """Flat indices of the pixels crops are centred on: ``focus``, else the labelled (not ignored) pixels; None
+    when every pixel is labelled (uniform placement is then the same thing)."""
+    if pair.focus is not None:
+        where = np.asarray(pair.focus, bool)
+    elif pair.ignore is not None:
+        where = ~pair.ignore
+    else:
+        return None
+    return np.flatnonzero(where) if where.any() and not where.all() else None

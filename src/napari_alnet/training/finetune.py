@@ -19,11 +19,12 @@ import torch
 from ..engine.progress import Job, Progress, relay
 from ..engine.resolution import network_shape, resample_image, resample_mask
 from ..engine.segmenter import Segmenter
-from ..io.weights import load_weights, resolve_weights
+from ..io.weights import load_weights, resolve_weights, save_weights
 from ..model import ALNetConfig
 from ..model.metadata import ModelMetadata, Normalization
 from .data import Pair, make_pair
 from .loop import TrainConfig, TrainResult, train_job
+from .meaning import flipped_model, label_meaning
 
 MODES = ("dense", "scribbles")
 
@@ -95,14 +96,25 @@ def annotation_pairs(image: np.ndarray, labels: np.ndarray, *, mode: str, slices
     return pairs
 
 
-#: What a fine-tune changes in ``TrainConfig``'s defaults: a short run at a lower learning rate.
+#: What a fine-tune changes in ``TrainConfig``'s defaults: a short run at a lower learning rate (the *Thorough*
+#: preset).
 FINETUNE_RECIPE = {"epochs": 10, "lr": 1e-3, "gamma": 0.95, "steps_per_epoch": 25}
+#: *Quick* (the Fine-tune dock's default): many short epochs of small crops centred on the labelled pixels, the
+#: first two encoder stages frozen (as accurate, faster steps, a better first preview: benchmarks/finetune_loop.py),
+#: so the first preview comes after a few seconds and the run ends within 2 minutes on 2 CPU cores (the time budget
+#: stops it cleanly, keeping the best weights). See docs/models.md for its measured held-out IoU and time.
+QUICK_RECIPE = {"epochs": 16, "lr": 2e-3, "gamma": 0.9, "steps_per_epoch": 15, "batch_size": 4, "crop": 128,
+                "focus": 0.8, "freeze_stages": 2, "max_minutes": 2.0}
+PRESETS = {"quick": QUICK_RECIPE, "thorough": FINETUNE_RECIPE}
 
 
-def finetune_recipe(**changes: Any) -> TrainConfig:
-    """The fine-tune recipe (``TrainConfig`` with ``FINETUNE_RECIPE``: 10 epochs of 25 steps at lr 1e-3, batches
-    of 4 crops of 256 px, seed 0) with ``changes`` applied, e.g. ``finetune_recipe(epochs=3, crop=96)``."""
-    return TrainConfig(**(FINETUNE_RECIPE | changes))
+def finetune_recipe(preset: str = "thorough", **changes: Any) -> TrainConfig:
+    """A fine-tune recipe: ``TrainConfig`` with a preset's changes (``thorough``: ``FINETUNE_RECIPE``, 10 epochs of
+    25 steps at lr 1e-3, batches of 4 crops of 256 px, seed 0; ``quick``: ``QUICK_RECIPE``) and then ``changes``,
+    e.g. ``finetune_recipe(epochs=3, crop=96)``."""
+    if preset not in PRESETS:
+        raise ValueError(f"fine-tune preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    return TrainConfig(**(PRESETS[preset] | changes))
 
 
 @dataclass
@@ -125,6 +137,16 @@ class FinetuneRequest:
     #: When ``image``/``labels`` hold only some slices of a bigger stack (the ones trained, held out and
     #: previewed): the stack's slice number of each, so the model card names the slices as the user knows them.
     slice_numbers: list[int] | None = None
+    #: Train label 1 as what the starting model calls background (``meaning.check_meaning`` detects the need): the
+    #: starting model's output layer is inverted first, so training starts from a model that agrees.
+    flip: bool = False
+    #: What label 1 means for the new model (``card["foreground"]``); None: the starting model's (or, flipped, its
+    #: background's).
+    foreground: str | None = None
+    #: The starting model as the user knows it (its registry name), recorded as the new model's parent.
+    parent_name: str | None = None
+    #: The version of this model in its loop (1, 2, ...; ``engine.registry.next_version``), recorded in the card.
+    version: int | None = None
 
     def __post_init__(self) -> None:
         self.image = np.array(self.image, copy=True)
@@ -147,6 +169,7 @@ def finetune_job(request: FinetuneRequest) -> Job[TrainResult]:
     if not chosen:
         raise AnnotationError("no annotated slice is selected for training")
     meta = base_metadata(request.base, request.rgb)
+    base_card = dict(meta.card)
     pairs = annotation_pairs(request.image, request.labels, mode=request.mode, slices=chosen,
                              normalization=meta.normalization, in_channels=meta.in_channels, rgb=request.rgb,
                              input_size=meta.input_size, input_scale=meta.input_scale)
@@ -154,8 +177,12 @@ def finetune_job(request: FinetuneRequest) -> Job[TrainResult]:
     train_pairs = [p for z, p in zip(chosen, pairs, strict=True) if z != request.holdout]
     if not train_pairs:
         raise AnnotationError("the only annotated slice is held out for validation; annotate one more slice")
-    meta.card = _card(request, chosen)
+    meta.card = _card(request, chosen, base_card)
     meta.threshold = 0.5
+    init = request.base
+    if request.flip:
+        init = flipped_model(request.base, meta.config)
+        meta.objects = "foreground" if meta.objects == "background" else "background"
     preview_stack = as_stack(request.image, request.rgb)
 
     def with_preview(report: Progress) -> Progress:
@@ -163,21 +190,56 @@ def finetune_job(request: FinetuneRequest) -> Job[TrainResult]:
             report.metrics["preview"] = _preview(request.out, preview_stack[request.preview_slice])
         return report
 
-    job = train_job(train_pairs, val, meta, request.out, config=request.train, init=request.base)
-    return (yield from relay(job, with_preview))
+    job = train_job(train_pairs, val, meta, request.out, config=request.train, init=init)
+    result = yield from relay(job, with_preview)
+    if result.best_epoch >= 1 and request.out.is_file():
+        record_iou(request.out, result)
+        if result.stopped == "budget" and request.preview_slice is not None:  # the partial epoch may be the best
+            yield Progress(result.steps_done, result.steps_done, "time budget reached: best weights saved",
+                           {"preview": _preview(request.out, preview_stack[request.preview_slice])})
+    return result
 
 
-def _card(request: FinetuneRequest, slices: list[int]) -> dict[str, Any]:
-    """The model card of a fine-tuned model: what it was tuned from and on (``request.card`` added)."""
+def _card(request: FinetuneRequest, slices: list[int], base_card: dict[str, Any]) -> dict[str, Any]:
+    """The model card of a fine-tuned model: what it was tuned from and on, what label 1 means, its parent and
+    version (``request.card`` added)."""
     numbers = request.slice_numbers
     if numbers is not None:
         slices = [numbers[z] for z in slices]
     holdout = request.holdout if numbers is None or request.holdout is None else numbers[request.holdout]
-    return {"summary": f"fine-tuned from {request.base or 'scratch'} on {request.image_name} "
-                       f"({request.mode}, slices {', '.join(map(str, slices))})",
+    parent = request.parent_name or (str(request.base) if request.base else "scratch")
+    meaning = label_meaning(base_card)
+    foreground = request.foreground or (meaning[1] if request.flip else meaning[0])
+    background = meaning[0] if request.flip else meaning[1]
+    version = f" v{request.version}" if request.version else ""
+    return {"summary": f"fine-tuned{version} from {parent} on {request.image_name} "
+                       f"({request.mode}, slices {', '.join(map(str, slices))}); label 1 = {foreground}",
+            "foreground": foreground, "background": background,
             "finetune": {"base": str(request.base) if request.base else "scratch", "image_layer": request.image_name,
                          "slices": slices, "mode": request.mode, "epochs": request.train.epochs,
-                         "seed": request.train.seed, "holdout": holdout}} | request.card
+                         "seed": request.train.seed, "holdout": holdout, "parent": parent,
+                         "parent_version": (base_card.get("finetune") or {}).get("version"),
+                         "version": request.version, "flipped": request.flip,
+                         "preset": _preset_name(request.train)}} | request.card
+
+
+def _preset_name(config: TrainConfig) -> str:
+    """The preset ``config`` was made from (``custom`` if its recipe fields differ from every preset)."""
+    for name, changes in PRESETS.items():
+        if all(getattr(config, k) == v for k, v in changes.items()):
+            return name
+    return "custom"
+
+
+def record_iou(weights: Path, result: TrainResult) -> None:
+    """Write the run's measured held-out IoU into the saved model's card (``card["finetune"]["iou"]``: the best
+    epoch's validation IoU, or None without a held-out slice) — the weights are rewritten as they are."""
+    model, meta = load_weights(weights)
+    tune = dict(meta.card.get("finetune") or {})
+    tune["iou"] = result.best_metrics.get("iou")
+    tune["steps"], tune["seconds"] = result.steps_done, round(result.wall_seconds, 1)
+    meta.card = dict(meta.card) | {"finetune": tune}
+    save_weights(model, meta, weights)
 
 
 def _preview(weights: Path, image: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ saving the best weights, saving and resuming a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..engine.devices import resolve_device
+from ..engine.devices import autocast_dtype, check_precision, cpu_bf16_support, resolve_device
 from ..engine.progress import Job, Progress, StopRequested, run_job
 from ..io.atomic import atomic_write
 from ..io.weights import load_weights, resolve_weights, save_weights
@@ -26,8 +27,12 @@ from ..model import ALNet, ALNetConfig
 from ..model.metadata import ModelMetadata
 from .augment import Augmentation
 from .data import CropSampler, Pair
+from .estimate import record_step_seconds
 from .losses import dice_bce_loss
 from .metrics import segmentation_scores
+
+#: Training precisions ``TrainConfig.precision`` accepts.
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -45,8 +50,12 @@ class TrainConfig:
     #: Wall-clock budget in minutes (0 = none): stops cleanly at the budget, keeping the best weights.
     max_minutes: float = 0.0
     device: str | None = None
-    #: Mixed precision (used on CUDA only).
+    #: Mixed precision where the hardware computes it natively (see ``precision``); False = fp32 everywhere.
     amp: bool = True
+    #: ``auto`` (with ``amp``: fp16 autocast on CUDA, bf16 autocast on a CPU with native bf16 — AVX-512-BF16 or
+    #: AMX, ``engine.devices.cpu_bf16_support`` —, fp32 elsewhere), or ``fp32`` / ``bf16`` forced. Validation and
+    #: the saved weights stay fp32.
+    precision: str = "auto"
     threads: int = 0
     threshold: float = 0.5
     #: Exponential moving average of the weights (e.g. 0.999; 0 = off): validated and saved instead of the raw
@@ -57,6 +66,19 @@ class TrainConfig:
     rotate: bool = False
     zoom: float = 1.0
     intensity_jitter: float = 0.0
+    #: Encoder stages (of 5, from the input side) whose weights and BatchNorm statistics stay as they are.
+    freeze_stages: int = 0
+    #: Fraction of crops centred on a labelled pixel (``Pair.focus``: the corrected / annotated pixels, or the
+    #: pixels not ignored); the rest are placed uniformly.
+    focus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"training precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.precision!r}")
+        if not 0 <= self.freeze_stages <= 5:
+            raise ValueError(f"freeze_stages must be 0-5 (encoder stages), got {self.freeze_stages}")
+        if not 0.0 <= self.focus <= 1.0:
+            raise ValueError(f"focus must lie in [0, 1] (a fraction of the crops), got {self.focus}")
 
     @property
     def augmentation(self) -> Augmentation:
@@ -153,13 +175,17 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.model, init_name = _initial_model(init, metadata.config)
-        self.model.to(self.device).train()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.model.to(self.device)
+        self.frozen = _freeze(self.model, config.freeze_stages)
+        self._train_mode()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trainable, lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=config.gamma)
-        self.use_amp = config.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        #: ``fp32``, ``bf16`` or ``fp16``: the autocast of the training steps (``training_precision``).
+        self.precision = training_precision(config, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.ema = _weight_average(self.model, config.ema_decay)
-        self.sampler = CropSampler(train_pairs, config.crop, self.rng, config.augmentation)
+        self.sampler = CropSampler(train_pairs, config.crop, self.rng, config.augmentation, focus=config.focus)
         self.steps_per_epoch = config.resolved_steps(train_pairs)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.state = TrainState()
@@ -168,6 +194,8 @@ class Trainer:
                      "val_pairs": [p.name for p in val_pairs]}
         #: The step losses of the epoch in progress (empty once it is scored).
         self.losses: list[float] = []
+        #: Seconds of each optimizer step of this run (the first, which warms up the kernels, included).
+        self.step_times: list[float] = []
         self._start = time.perf_counter()
 
     @property
@@ -203,19 +231,39 @@ class Trainer:
         self.losses = []
         for _ in range(self.steps_per_epoch):
             loss = self.step()
-            yield Progress(self.state.steps, self.total_steps, f"epoch {number}/{cfg.epochs}",
-                           {"loss": loss, "epoch": number})
+            yield Progress(self.state.steps, self.total_steps, self.where(number),
+                           {"loss": loss, "epoch": number, "seconds": self.elapsed()})
             if cfg.max_minutes and self.elapsed() > cfg.max_minutes * 60:
                 raise _BudgetReached
         row = self.end_epoch()
-        yield Progress(self.state.steps, self.total_steps, f"epoch {number}/{cfg.epochs} done", row)
+        yield Progress(self.state.steps, self.total_steps, f"{self.where(number)} done", row)
         return row
+
+    def where(self, epoch: int) -> str:
+        """'step 40/300, 35 s (about 50 s left), epoch 3/20': progress in steps and seconds."""
+        steps, total, elapsed = self.state.steps, self.total_steps, self.elapsed()
+        left = total - steps
+        if self.config.max_minutes:
+            budget = self.config.max_minutes * 60 - elapsed
+            left_s = min(budget, elapsed / max(steps, 1) * left)
+        else:
+            left_s = elapsed / max(steps, 1) * left
+        rest = f" (about {_duration(left_s)} left)" if steps and left else ""
+        return f"step {steps}/{total}, {_duration(elapsed)}{rest}, epoch {epoch}/{self.config.epochs}"
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        """The median seconds of this run's steps after the first (None before the second step)."""
+        return float(np.median(self.step_times[1:])) if len(self.step_times) > 1 else None
 
     def step(self) -> float:
         """One optimizer step on a random batch of crops (and the weight average's update); returns its loss."""
+        start = time.perf_counter()
+        self._train_mode()
         batch = self.sampler.batch(self.config.batch_size)
         images, masks, ignores = (torch.from_numpy(a).to(self.device) for a in batch)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        dtype = autocast_dtype(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
             logits = self.model(images)
         loss = dice_bce_loss(logits.float(), masks[:, None], ignores[:, None])
         self.optimizer.zero_grad(set_to_none=True)
@@ -227,7 +275,14 @@ class Trainer:
         value = loss.item()
         self.losses.append(value)
         self.state.steps += 1
+        self.step_times.append(time.perf_counter() - start)
         return value
+
+    def _train_mode(self) -> None:
+        """Training mode, except the frozen stages (their BatchNorm statistics stay as they were)."""
+        self.model.train()
+        for module in self.frozen:
+            module.eval()
 
     def end_epoch(self) -> dict[str, Any]:
         """Score and save the epoch, step the learning rate, record the history row and write the checkpoint."""
@@ -241,6 +296,8 @@ class Trainer:
                "wall_seconds": round(self.state.wall, 1)} | {f"val_{k}": v for k, v in metrics.items()}
         self.state.history.append(row)
         self.save_checkpoint()
+        if self.seconds_per_step is not None:
+            record_step_seconds(self.config, self.device, self.precision, self.seconds_per_step)
         return row
 
     def score_and_save(self, train_loss: float) -> dict[str, float]:
@@ -319,6 +376,35 @@ def _prepare_device(config: TrainConfig) -> torch.device:
     if config.threads:
         torch.set_num_threads(config.threads)
     return device
+
+
+def training_precision(config: TrainConfig, device: torch.device) -> str:
+    """The autocast of the training steps: ``config.precision`` when forced (``ValueError`` if ``device`` cannot run
+    it); for ``auto`` with ``amp``: fp16 on CUDA, bf16 on a CPU that computes it natively (emulated bf16 is several
+    times slower than fp32), fp32 elsewhere."""
+    if config.precision != "auto":
+        check_precision(config.precision, device)
+        return config.precision
+    if not config.amp:
+        return "fp32"
+    if device.type == "cuda":
+        return "fp16"
+    if device.type == "cpu" and cpu_bf16_support().native:
+        return "bf16"
+    return "fp32"
+
+
+def _freeze(model: ALNet, stages: int) -> list[torch.nn.Module]:
+    """Freeze the first ``stages`` encoder stages (no gradients); returns them (kept in eval mode by the Trainer)."""
+    frozen = list(model.encoder.stages[:stages])
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _initial_model(init: str | Path | ALNet | None, config: ALNetConfig) -> tuple[ALNet, str]:

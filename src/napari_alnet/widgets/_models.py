@@ -39,7 +39,9 @@ def tile_picker() -> ComboBox:
 
 class ModelPicker:
     """A model ``combo`` (shipped built-ins, loaded files, session fine-tunes, 'Load weights…') and a
-    ``summary`` label with the model card's one-line summary. Add both widgets to a container.
+    ``summary`` label with the model card's one-line summary and what its label 1 means. Add both widgets to a
+    container. When a new version of the chosen model is registered (a fine-tune of it), the picker moves to it;
+    earlier versions stay in the list.
 
     ``on_change(callback)`` calls ``callback(name, metadata)`` when the choice changes to a usable model.
     """
@@ -54,6 +56,7 @@ class ModelPicker:
         self.summary.native.setAlignment(Qt.AlignmentFlag.AlignLeft)
         self._listeners: list[Callable[[str, ModelMetadata], None]] = []
         self._previous: str | None = self.combo.value
+        self._seen = {entry.name for entry in model_registry.entries()}
         self._refreshing = False
         self.combo.changed.connect(self._on_combo)
         model_registry.connect(self.refresh)
@@ -88,10 +91,14 @@ class ModelPicker:
         return model_registry.load(self.value, device)
 
     def refresh(self) -> None:
-        """Re-read the registry (called by it on every change)."""
+        """Re-read the registry (called by it on every change); follow a new version of the chosen model."""
         self._refreshing = True
         try:
             self.combo.reset_choices()
+            newer = [e.name for e in model_registry.children(self._previous or "") if e.name not in self._seen]
+            if newer:
+                self.combo.value = newer[-1]
+            self._seen = {entry.name for entry in model_registry.entries()}
         finally:
             self._refreshing = False
         if self.combo.value != self._previous:
@@ -139,12 +146,16 @@ class ModelPicker:
         except (WeightsError, ValueError, KeyError, OSError) as exc:
             self.summary.value = f"unusable: {exc}"
             return None
-        self.summary.value = meta.summary
-        self.summary.tooltip = meta.summary
+        foreground = meta.card.get("foreground")
+        text = f"{meta.summary} · label 1 = {foreground}" if foreground else meta.summary
+        self.summary.value = text
+        self.summary.tooltip = text
         return meta
 
 
 def _label(entry: model_registry.ModelEntry) -> str:
+    if entry.parent is not None:
+        return f"{entry.name} (v{entry.version or '?'}, fine-tuned from {entry.parent})"
     return {"builtin": f"{entry.name} (built-in)", "file": entry.name,
             "session": f"{entry.name} (fine-tuned)"}[entry.kind]
 

@@ -22,6 +22,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
+    LineEdit,
     ProgressBar,
     PushButton,
     RadioButtons,
@@ -30,11 +31,14 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QMessageBox
 
 from ..engine import registry as model_registry
+from ..engine.devices import resolve_device
 from ..engine.export import ExportReport, export_job
 from ..engine.progress import Progress
 from ..io.weights import WeightsError
+from ..training.estimate import Estimate, estimate
 from ..training.finetune import (
     MODES,
     AnnotationError,
@@ -44,7 +48,8 @@ from ..training.finetune import (
     finetune_job,
     finetune_recipe,
 )
-from ..training.loop import TrainResult
+from ..training.loop import TrainResult, training_precision
+from ..training.meaning import MeaningCheck, check_meaning
 from ._corrections import corrections_of, training_marks
 from ._curve import CurveWidget
 from ._layers import (
@@ -83,6 +88,8 @@ class FinetuneWidget(ScrollDock):
         self.result: TrainResult | None = None
         self.model_name: str | None = None
         self.export_report: ExportReport | None = None
+        #: What the last label-meaning check found (None: not checked, e.g. from scratch).
+        self.meaning: MeaningCheck | None = None
         self._watched: Labels | None = None
         #: A big annotations layer and its annotated slices, kept current from its paint events.
         self._tracked: tuple[Labels, set[int]] | None = None
@@ -90,12 +97,13 @@ class FinetuneWidget(ScrollDock):
         self._suggested: Path | None = None
         inputs, recipe, run = self._build_inputs(), self._build_recipe(), self._build_run()
         self.extend([*inputs, *recipe, *run])
-        controls = [w for w in (*inputs, *recipe) if w is not self.models.summary]  # a label, not a control
+        controls = [w for w in (*inputs, *recipe) if w not in (self.models.summary, self.estimate)]  # labels
         self.runner = JobRunner(NAME, progress_bar=self.progress, status=self.status, cancel_button=self.stop_button,
                                 controls=[*controls, self.start_button])
         self._connect()
         self._on_layers()
         self._on_scratch()
+        self._on_preset()
 
     def _build_inputs(self) -> list:
         """Image, annotations, mode and slice list; returns the widgets in dock order."""
@@ -124,6 +132,11 @@ class FinetuneWidget(ScrollDock):
         self.scratch = CheckBox(text="Train from scratch (random weights)", value=self.models.value is None,
                                 tooltip="start from random weights instead of a trained model: needs many more "
                                         "annotated slices and epochs")
+        self.preset = RadioButtons(label="Preset", choices=[("Quick", "quick"), ("Thorough", "thorough")],
+                                   value="quick", orientation="horizontal",
+                                   tooltip="Quick: small crops around your annotations, a first preview within "
+                                           "seconds, done within 2 minutes on a laptop; Thorough: the longer recipe "
+                                           "(bigger crops, more steps). Sets the options below")
         self.epochs = SpinBox(label="Epochs", min=1, max=1000, value=10,
                               tooltip="rounds of training; after each, the hold-out slice is measured and the best "
                                       "weights so far are saved")
@@ -136,8 +149,16 @@ class FinetuneWidget(ScrollDock):
                                   tooltip="crops per training step: more is steadier but slower and needs more memory")
         self.crop = SpinBox(label="Crop size", min=32, max=1024, step=32, value=256,
                             tooltip="edge of the random training crops in pixels")
-        self.advanced = Section("Advanced", [self.epochs, self.steps, self.lr, self.batch_size, self.crop],
-                                tooltip="the training recipe")
+        self.minutes = FloatSpinBox(label="Time limit (min)", min=0.0, max=1440.0, step=0.5, value=0.0,
+                                    tooltip="stop cleanly after this many minutes, keeping the best weights so far "
+                                            "(0 = no limit; Quick: 2)")
+        self.advanced = Section("Advanced", [self.epochs, self.steps, self.lr, self.batch_size, self.crop,
+                                             self.minutes],
+                                tooltip="the training recipe (the preset sets these)")
+        self.estimate = Label(value="", tooltip="steps x seconds per step (measured on this computer by an earlier "
+                              "run with the same crops and batch, else assumed for a 2-core laptop) plus validation")
+        self.foreground = LineEdit(label="Label 1 is", tooltip="what your label 1 marks (e.g. cell, membrane); empty: "
+                                   "what the starting model's label 1 is. Recorded in the new model's card")
         self.holdout = ComboBox(label="Hold out", choices=self._holdout_choices,
                                 tooltip="an annotated slice kept out of training to measure validation IoU")
         self.preview = CheckBox(text="Live preview of the current slice", value=True,
@@ -147,8 +168,8 @@ class FinetuneWidget(ScrollDock):
                                        "'alnet segment --model FILE'")
         self.export_button = PushButton(text="Export…", tooltip="after fine-tuning: write the model as a bioimage.io "
                                         "package (ilastik, deepImageJ, QuPath) beside its weight file, checked")
-        return [self.models.combo, self.models.summary, self.scratch, self.advanced, self.holdout, self.preview,
-                self.output, self.export_button]
+        return [self.models.combo, self.models.summary, self.scratch, self.preset, self.advanced, self.estimate,
+                self.foreground, self.holdout, self.preview, self.output, self.export_button]
 
     def _build_run(self) -> list:
         """Start/Stop, progress, status, the loss/IoU curve and the final report, in dock order."""
@@ -173,6 +194,10 @@ class FinetuneWidget(ScrollDock):
         self.annotations.changed.connect(self._on_labels)
         self.scratch.changed.connect(self._on_scratch)
         self.viewer.layers.selection.events.active.connect(self._on_selected)
+        self.preset.changed.connect(self._on_preset)
+        for widget in (self.epochs, self.steps, self.batch_size, self.crop, self.minutes, self.holdout,
+                       self.preview):
+            widget.changed.connect(self.update_estimate)
         self.slice_list.itemChanged.connect(self._reset_holdout)
         for event in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, event).connect(self._on_layers)
@@ -186,9 +211,18 @@ class FinetuneWidget(ScrollDock):
             return False
         try:
             request = self.make_request()
+            self._versioned(request)
+            check = self._check_meaning(request)
         except (InputProblem, WeightsError, ValueError) as exc:  # AnnotationError is a ValueError
             show_warning(f"Fine-tune: {exc}")
             return False
+        self.meaning = check
+        if check is not None and check.flipped:
+            answer = ask_flip(self.native, check.message(self.models.value or "the starting model"))
+            if answer == "cancel":
+                self.status.value = "not started: check what your label 1 marks"
+                return False
+            request.flip = answer == "flip"
         self.request, self.result = request, None
         self.curve.clear()
         self.report.value = ""
@@ -293,8 +327,54 @@ class FinetuneWidget(ScrollDock):
         return int(region[0]) if len(region) == 3 else 0
 
     def _recipe(self):
-        return finetune_recipe(epochs=self.epochs.value, lr=float(self.lr.value), batch_size=self.batch_size.value,
-                               crop=self.crop.value, steps_per_epoch=self.steps.value)
+        return finetune_recipe(self.preset.value, epochs=self.epochs.value, lr=float(self.lr.value),
+                               batch_size=self.batch_size.value, crop=self.crop.value,
+                               steps_per_epoch=self.steps.value, max_minutes=float(self.minutes.value))
+
+    def _versioned(self, request: FinetuneRequest) -> None:
+        """A new version of the model in 'Save to' (never over an earlier run's file), its parent and label 1."""
+        request.out, request.version = model_registry.next_version(request.out)
+        request.parent_name = None if self.scratch.value else self.models.value
+        request.foreground = self.foreground.value.strip() or None
+
+    def _check_meaning(self, request: FinetuneRequest) -> MeaningCheck | None:
+        """Does the painted foreground mean what the starting model's label 1 means? (None from scratch.)"""
+        if request.base is None or self.models.value is None:
+            return None
+        model = model_registry.load(self.models.value, "cpu")
+        images = request.image if request.image.ndim - int(request.rgb) == 3 else request.image[None]
+        labels = request.labels if request.labels.ndim == 3 else request.labels[None]
+        slices = [z for z in (request.slices or []) if z != request.holdout] or list(request.slices or [])
+        return check_meaning(model.predict, images, labels, mode=request.mode, slices=slices,
+                             threshold=model.metadata.threshold, card=model.metadata.card)
+
+    def update_estimate(self, *_) -> Estimate | None:
+        """Show how long the current recipe will take (before a run)."""
+        try:
+            config = self._recipe()
+        except ValueError:
+            self.estimate.value = ""
+            return None
+        ticked = len(self.slice_list.checked()) if hasattr(self, "slice_list") else 0
+        evaluated = (self.holdout.value is not None) + bool(self.preview.value)
+        image = self.image.value
+        plane = int(np.prod(spatial_shape(image)[-2:])) if image is not None else 512 * 512
+        device = resolve_device(config.device)
+        found = estimate(config, config.epochs * config.steps_per_epoch, eval_pixels=evaluated * plane,
+                         device=device, precision=training_precision(config, device))
+        self.estimate.value = f"Estimate: {found.describe()}" + ("" if ticked else " (tick slices to train on)")
+        return found
+
+    def _on_preset(self, *_) -> None:
+        """Set the options to the chosen preset's (when the choice changes: the user's own values stay otherwise)."""
+        if getattr(self, "_preset_applied", None) == self.preset.value:
+            return
+        self._preset_applied = self.preset.value
+        config = finetune_recipe(self.preset.value)
+        with self.epochs.changed.blocked(), self.steps.changed.blocked(), self.crop.changed.blocked():
+            self.epochs.value, self.steps.value, self.crop.value = config.epochs, config.steps_per_epoch, config.crop
+            self.lr.value, self.batch_size.value, self.minutes.value = config.lr, config.batch_size, config.max_minutes
+        self.update_estimate()
 
     def add_annotations_layer(self, *_) -> Labels | None:
         """Add an empty Labels layer matching the image and choose it (brush ready to paint label 1)."""
@@ -401,12 +481,16 @@ class FinetuneWidget(ScrollDock):
             self.curve.set(IOU, ious)
         out = Path(result.out)
         out.with_name(out.name + ".ckpt").unlink(missing_ok=True)  # resumable state: the dock does not resume
-        self.model_name = _register(out)
+        request = self.request
+        self.model_name = _register(out, None if request is None else request.parent_name,
+                                    None if request is None else request.version)
         per_step = result.wall_seconds / max(result.steps_done, 1)
-        self.status.value = _ending(result, self.request)
+        version = f" (version {request.version})" if request is not None and request.version else ""
+        self.status.value = _ending(result, request)
         self.report.value = (f"{self.status.value}. {result.steps_done} steps in {result.wall_seconds:.0f} s "
                              f"({per_step:.2f} s per step with validation). "
-                             f"Saved to {out}; '{self.model_name}' is now in the Segment model list")
+                             f"Saved to {out}{version}; '{self.model_name}' is now in the Segment model list")
+        self.update_estimate()  # a measured seconds-per-step now
         self.report.tooltip = str(out)
         show_info(f"Fine-tune: {self.report.value}")
 
@@ -422,7 +506,6 @@ class FinetuneWidget(ScrollDock):
         self.status.value = (f"exported {report.path.name}: checked against napari-alnet; bioimageio.core tests "
                              f"passed for {passed} of {len(report.tests)} weight formats")
         show_info(f"Fine-tune: {text}")
-
 
     # --- checks ---------------------------------------------------------------------------------------------------
 
@@ -448,8 +531,7 @@ class FinetuneWidget(ScrollDock):
         if out.suffix != ".safetensors" or out.is_dir():
             raise InputProblem(f"the output file {out.name!r} must be a file ending in .safetensors; change "
                                "'Save to'")
-        if base is not None and out.exists() and out.resolve() == Path(base).expanduser().resolve():
-            raise InputProblem(f"{out.name} is the starting model's file; choose another name so it is kept")
+        # an existing file (the starting model's, an earlier run's) is kept: the run saves a new version beside it
         parent = out.parent
         existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
         if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -568,10 +650,22 @@ def _suggest_output(image_name: str) -> Path:
     return path
 
 
-def _register(out: Path) -> str:
+def ask_flip(parent, text: str) -> str:
+    """Ask whether to flip the labels' meaning: ``flip``, ``keep`` (train as painted) or ``cancel``."""
+    box = QMessageBox(QMessageBox.Icon.Question, "Fine-tune: what does label 1 mean?", text, parent=parent)
+    flip = box.addButton("Flip the meaning", QMessageBox.ButtonRole.YesRole)
+    keep = box.addButton("Train as painted", QMessageBox.ButtonRole.NoRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(flip)
+    box.exec()
+    clicked = box.clickedButton()
+    return "flip" if clicked is flip else "keep" if clicked is keep else "cancel"
+
+
+def _register(out: Path, parent: str | None = None, version: int | None = None) -> str:
     """Register ``out`` under a name derived from its file name (re-registering the same file keeps its name)."""
     try:
-        return model_registry.register_path(out, kind="session").name
+        return model_registry.register_path(out, kind="session", parent=parent, version=version).name
     except ValueError as exc:
         show_error(f"Fine-tune: saved to {out} but could not add it to the model list: {exc}")
         return out.stem
