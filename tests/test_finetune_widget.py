@@ -426,6 +426,9 @@ def test_each_run_saves_a_new_version_the_segment_dock_follows_and_goes_back(doc
     assert segment.models.value == "mito-v2" and dock.models.value == "mito-v2"
     labels = [segment.models.combo.native.itemText(i) for i in range(segment.models.combo.native.count())]
     assert "mito-v2 (v2, fine-tuned from mito)" in labels and "mito (v1, fine-tuned from base)" in labels
+    assert segment.models.summary.value.endswith("label 1 = foreground")  # inherited from the (unnamed) base
+    segment.models.select("em")
+    assert segment.models.summary.value.endswith("label 1 = membrane")  # the Segment dock says it too
     segment.models.select("mito")  # back to the earlier version
     assert segment.run_blocking()
     assert viewer.layers["em (mito)"].data.shape == (3, 64, 64)
