@@ -1,11 +1,12 @@
 """Training steps/s beside inference latency, per OpenMP wait policy: run before and after any change to threading.
 
-    python benchmarks/training_speed.py [--policies engine passive active unset] [--steps 12] [--threads 2]
+    python benchmarks/training_speed.py [--policies engine passive active unset spin10k] [--steps 12] [--threads 2]
 
 Each column runs in a fresh process, because libgomp reads ``OMP_WAIT_POLICY`` once, when torch loads it:
 ``engine`` = whatever ``napari_alnet`` chooses for the kind of work (``engine.threads``: training and inference
 processes are set up as ``alnet train`` / ``alnet segment`` set them up); ``passive`` / ``active`` / ``unset`` force
-the environment before anything is imported. Training = ``Trainer.step`` from ``em`` on 3 generated EM-like
+the environment before anything is imported; ``spin10k`` is libgomp's default with ``GOMP_SPINCOUNT=10000``.
+Training = ``Trainer.step`` from ``em`` on 3 generated EM-like
 512² slices (crop 256, batch 4, the Fine-tune dock's recipe); inference = ``Segmenter.predict`` of one 512² slice
 (median of ``--predicts``). Name the CPU beside the figures (printed first).
 """
@@ -19,14 +20,15 @@ import subprocess
 import sys
 import time
 
-POLICIES = ("engine", "passive", "active", "unset")
+POLICIES = ("engine", "passive", "active", "unset", "spin10k")
 
 
 def measure(kind: str, steps: int, predicts: int, threads: int) -> dict[str, float]:
     """In this process: (training steps/s, median predict ms) for the kind of work ``kind``."""
     from napari_alnet.engine.threads import prepare_for
 
-    prepare_for(kind)
+    if os.environ.get("NAPARI_ALNET_BENCH_FORCED") != "1":  # the engine's choice; else the environment as given
+        prepare_for(kind)
     import numpy as np
     import torch
 
@@ -65,6 +67,8 @@ def run_column(policy: str, kind: str, args: argparse.Namespace) -> dict[str, fl
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if policy in ("passive", "active"):
         env["OMP_WAIT_POLICY"] = policy.upper()
+    if policy == "spin10k":  # libgomp's default policy with a shorter spin (GOMP_SPINCOUNT, default 300,000)
+        env["GOMP_SPINCOUNT"] = "10000"
     env["NAPARI_ALNET_BENCH_FORCED"] = "0" if policy == "engine" else "1"
     code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import training_speed as t; "
             f"print(json.dumps(t.measure({kind!r}, {args.steps}, {args.predicts}, {args.threads})))")

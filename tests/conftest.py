@@ -3,8 +3,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Before torch loads libgomp: the suite's own threads (Qt, Xvfb, child processes) share 2 cores with torch's, where
+# sleeping OpenMP threads keep every test's time bounded (spinning ones were measured to stall 100-fold under load).
+# The wait policy changes speed, never results; tests/test_threads.py checks each entry point's own choice.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
+
+from napari_alnet.training.estimate import forget_measurements
 
 DATA = Path(os.environ.get("NAPARI_ALNET_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
@@ -21,4 +28,5 @@ def require_data(name: str) -> Path:
 def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(2)
+    forget_measurements()  # a training step time measured by an earlier test would change this test's estimates
     yield

@@ -23,12 +23,13 @@ def test_a_command_line_names_its_kind_of_work(argv, kind):
     assert command_kind(argv) == kind
 
 
-def test_training_busy_waits_and_segmenting_spins_briefly():
+def test_training_busy_waits_segmenting_sleeps_and_the_viewer_spins_briefly():
     env: dict[str, str] = {}
     assert prepare_for("train", env) == "ACTIVE" and env["OMP_WAIT_POLICY"] == "ACTIVE"
     env = {}
-    assert prepare_for("segment", env) is None and "OMP_WAIT_POLICY" not in env
+    assert prepare_for("segment", env) == "PASSIVE" and env["OMP_WAIT_POLICY"] == "PASSIVE"
     assert env[MARKER] == "segment"  # dask workers started from here inherit the choice
+    assert prepare_for("viewer", env) is None and "OMP_WAIT_POLICY" not in env
 
 
 def test_a_value_the_user_set_wins_but_ours_can_be_replaced():

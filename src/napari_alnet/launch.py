@@ -10,7 +10,7 @@ from .engine.threads import command_kind, prepare_for
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``alnet …``: ``train`` runs with busy-waiting OpenMP threads, everything else with libgomp's bounded spin."""
+    """``alnet …``: ``train`` runs with busy-waiting OpenMP threads, everything else with sleeping ones."""
     args = sys.argv[1:] if argv is None else list(argv)
     prepare_for(command_kind(args))
     return importlib.import_module("napari_alnet.cli").main(args)

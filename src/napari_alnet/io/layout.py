@@ -72,7 +72,7 @@ def canonical(image, rgb: bool | None = None):
     if not layout.gray_channel:
         return image, layout
     image = image[..., 0]
-    return image, image_layout(image.shape, False if not has_colour_axis(image.shape) else None)
+    return image, image_layout(image.shape, False)  # what is left is spatial: (Z, Y, 3) is a stack, never RGB
 
 
 def is_plane(shape: tuple[int, ...]) -> bool:

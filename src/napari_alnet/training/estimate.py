@@ -56,6 +56,11 @@ def record_step_seconds(config: TrainConfig, device: torch.device | str, precisi
         _measured[_key(config, device, precision)] = float(seconds)
 
 
+def forget_measurements() -> None:
+    """Forget every measured step time (estimates are ``assumed`` again until a run measures one)."""
+    _measured.clear()
+
+
 def step_seconds(config: TrainConfig, device: torch.device | str = "cpu", precision: str = "fp32"
                  ) -> tuple[float, str]:
     """(seconds per step, ``measured`` or ``assumed``) for ``config`` on ``device``."""
