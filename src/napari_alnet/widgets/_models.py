@@ -147,7 +147,8 @@ class ModelPicker:
             self.summary.value = f"unusable: {exc}"
             return None
         foreground = meta.card.get("foreground")
-        text = f"{meta.summary} · label 1 = {foreground}" if foreground else meta.summary
+        said = f"label 1 = {foreground}" in meta.summary  # a fine-tune's card summary already says it
+        text = f"{meta.summary} · label 1 = {foreground}" if foreground and not said else meta.summary
         self.summary.value = text
         self.summary.tooltip = text
         return meta
