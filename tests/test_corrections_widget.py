@@ -15,7 +15,6 @@ import pytest
 import zarr
 
 from napari_alnet.engine import blockwise, segmenter
-from napari_alnet.engine import registry as model_registry
 from napari_alnet.engine.postprocess import semantic_labels
 from napari_alnet.engine.progress import Progress
 from napari_alnet.io.weights import ModelMetadata, save_weights
@@ -24,7 +23,7 @@ from napari_alnet.widgets import FinetuneWidget, SegmentWidget, _corrections
 from napari_alnet.widgets._corrections import corrections_of
 from napari_alnet.widgets._volume import CorrectedView
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("forget_registered_models")]
 WAIT_MS = 120_000
 SIZE = 64
 RAMP = np.broadcast_to(np.arange(SIZE, dtype=np.float32) / (SIZE - 1), (SIZE, SIZE))
@@ -65,15 +64,6 @@ def answers(monkeypatch) -> Answers:
     queue = Answers()
     monkeypatch.setattr(_corrections, "question", queue)
     return queue
-
-
-@pytest.fixture(autouse=True)
-def _forget_registered_models():
-    before = {e.name for e in model_registry.entries()}
-    yield
-    for entry in model_registry.entries():
-        if entry.name not in before:
-            model_registry.unregister(entry.name)
 
 
 @pytest.fixture

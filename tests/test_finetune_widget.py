@@ -9,7 +9,6 @@ import pytest
 from qtpy.QtCore import QTimer
 
 from napari_alnet import load_model
-from napari_alnet.engine import registry as model_registry
 from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.io.weights import ModelMetadata, save_weights
 from napari_alnet.model import ALNet
@@ -17,7 +16,7 @@ from napari_alnet.training.finetune import finetune_recipe
 from napari_alnet.widgets import SegmentWidget
 from napari_alnet.widgets.finetune import IOU, LOSS, FinetuneWidget
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("forget_registered_models")]
 WAIT_MS = 60_000
 
 
@@ -42,15 +41,6 @@ def notes(monkeypatch) -> list[str]:
             monkeypatch.setattr(f"napari_alnet.widgets.{module}.{name}", lambda msg, _s=seen: _s.append(str(msg)),
                                 raising=False)
     return seen
-
-
-@pytest.fixture(autouse=True)
-def _forget_registered_models():
-    before = {e.name for e in model_registry.entries()}
-    yield
-    for entry in model_registry.entries():
-        if entry.name not in before:
-            model_registry.unregister(entry.name)
 
 
 @pytest.fixture
