@@ -75,11 +75,11 @@ def one(args: argparse.Namespace) -> dict:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_alnet.engine import blockwise
+    from napari_alnet.engine.volume import plan
     from napari_alnet.widgets import SegmentWidget
     from napari_alnet.widgets._layers import WHOLE_STACK
 
-    blockwise.BLOCK_VOXELS = args.block_slices * args.plane * args.plane
+    plan.BLOCK_VOXELS = args.block_slices * args.plane * args.plane
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1400, 900)
     widget = SegmentWidget(viewer)

@@ -46,7 +46,7 @@ def _cases(folder: Path, model: str, size: int) -> dict[str, list[str]]:
                                                    "--model", model, "--device", "cpu", "--quiet", "--overwrite"],
         "import of the TIFF path (cli.segment)": [PYTHON, "-c", "import napari_alnet.cli.segment"],
         "+ the volume engine (was imported by every command)": [
-            PYTHON, "-c", "import napari_alnet.cli.segment, napari_alnet.engine.blockwise"],
+            PYTHON, "-c", "import napari_alnet.cli.segment, napari_alnet.engine.volume"],
     }
 
 

@@ -115,9 +115,9 @@ def measure(args: argparse.Namespace) -> dict:
     """One run of ``segment_volume_job`` with a time budget; the figures as a dict."""
     import torch
 
-    from napari_alnet.engine.blockwise import plan_volume, segment_volume_job
     from napari_alnet.engine.progress import stop_job
     from napari_alnet.engine.segmenter import load_model
+    from napari_alnet.engine.volume import plan_volume, segment_volume_job
 
     model = load_model(args.model, device="cpu")
     if args.threads and not args.workers:
@@ -215,8 +215,8 @@ def dask_overhead(source: Path, model: str, tasks: int = 200) -> dict:
 
     from distributed import Client, LocalCluster, as_completed
 
-    from napari_alnet.engine.blockwise import prepare_volume_run
     from napari_alnet.engine.segmenter import load_model
+    from napari_alnet.engine.volume import prepare_volume_run
 
     run = prepare_volume_run(load_model(model, device="cpu"), source, Path("/tmp/alnet-bench/overhead.zarr"),
                              overwrite=True)

@@ -23,7 +23,7 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from model_factory import calibrated_model, texture
-from napari_alnet.engine.blockwise import segment_volume
+from napari_alnet.engine.volume import segment_volume
 
 
 def probabilities(model, data: np.ndarray, dest: Path, threads: int, planes: int) -> np.ndarray:

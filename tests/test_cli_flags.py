@@ -287,7 +287,7 @@ def test_a_volume_run_logs_its_blocks_with_rate_and_eta(weights, tmp_path, monke
 
 
 def test_the_volume_api_checks_its_arguments_before_writing(weights, tmp_path):
-    from napari_alnet.engine.blockwise import segment_volume_job
+    from napari_alnet.engine.volume import segment_volume_job
 
     data = (texture((2, 64, 64), 4) * 255).astype(np.uint8)
     dest = tmp_path / "seg.zarr"

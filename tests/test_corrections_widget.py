@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_alnet.engine import blockwise, segmenter
+from napari_alnet.engine import segmenter
 from napari_alnet.engine.postprocess import semantic_labels
 from napari_alnet.engine.progress import Progress
+from napari_alnet.engine.volume import plan as volume_plan
+from napari_alnet.engine.volume import tasks as volume_tasks
 from napari_alnet.io.weights import ModelMetadata, save_weights
 from napari_alnet.model import ALNet
 from napari_alnet.widgets import FinetuneWidget, SegmentWidget, _corrections
@@ -73,7 +75,7 @@ def dock(make_napari_viewer, model_file, monkeypatch) -> SegmentWidget:
         return np.broadcast_to(RAMP, np.shape(image)[:np.ndim(image)]).astype(np.float32)
 
     monkeypatch.setattr(segmenter, "probability_job", ramp)
-    monkeypatch.setattr(blockwise, "probability_job", ramp)
+    monkeypatch.setattr(volume_tasks, "probability_job", ramp)
     widget = SegmentWidget(make_napari_viewer())
     widget.models.load_file(model_file)  # registered as 'ramp-net', or 'ramp-net (2)' when a test did before
     widget.threshold.value = 0.5
@@ -155,14 +157,14 @@ def test_segment_again_asks_and_keeps_corrections_by_default(dock, qtbot, answer
 
 def test_zarr_backed_result_is_editable_and_corrections_survive_threshold_and_resume(dock, qtbot, monkeypatch,
                                                                                      tmp_path, answers, notes):
-    monkeypatch.setattr(blockwise, "BLOCK_VOXELS", SIZE * SIZE)  # one slice per block
-    ramp = blockwise.probability_job
+    monkeypatch.setattr(volume_plan, "BLOCK_VOXELS", SIZE * SIZE)  # one slice per block
+    ramp = volume_tasks.probability_job
 
     def slow_ramp(*args, **kwargs):
         time.sleep(0.3)  # so that Cancel lands mid-run
         return (yield from ramp(*args, **kwargs))
 
-    monkeypatch.setattr(blockwise, "probability_job", slow_ramp)
+    monkeypatch.setattr(volume_tasks, "probability_job", slow_ramp)
     viewer = dock.viewer
     viewer.add_image(stack(8), name="vol")
     dock.output.value = tmp_path / "out.zarr"

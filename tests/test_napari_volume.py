@@ -16,8 +16,9 @@ import pytest
 import zarr
 
 from model_factory import save_test_model, texture
-from napari_alnet.engine import blockwise
 from napari_alnet.engine.postprocess import semantic_labels
+from napari_alnet.engine.volume import plan as volume_plan
+from napari_alnet.engine.volume import segment_volume
 from napari_alnet.widgets import FinetuneWidget, SegmentWidget
 from napari_alnet.widgets import finetune as finetune_widget
 from napari_alnet.widgets._layers import WHOLE_STACK, Z_RANGE
@@ -58,7 +59,7 @@ def wait(qtbot, widget) -> None:
 
 def small_blocks(monkeypatch, slices: int, plane: int) -> None:
     """Automatic engine blocks of ``slices`` slices of ``plane`` pixels (the default is 16 M voxels)."""
-    monkeypatch.setattr(blockwise, "BLOCK_VOXELS", slices * plane)
+    monkeypatch.setattr(volume_plan, "BLOCK_VOXELS", slices * plane)
 
 
 def lazy_volume(depth: int, size: int, chunk_z: int, made: list[int]) -> da.Array:
@@ -189,7 +190,7 @@ def test_cancel_then_segment_again_resumes_to_the_uninterrupted_result(widget, q
     third = run(again, None)
     assert again.runner.last.status == "done" and third.complete, notes
     assert third.blocks_resumed == first.blocks_run + second.blocks_run and third.blocks_resumed < 10
-    reference = blockwise.segment_volume(widget.models.load("cpu"), image, tmp_path / "ref.zarr",
+    reference = segment_volume(widget.models.load("cpu"), image, tmp_path / "ref.zarr",
                                          probabilities=True, threshold=0.5)
     for name in ("cut.zarr", "cut_prob.zarr"):
         got = zarr.open_array(str(tmp_path / name / "0"), mode="r")[...]
@@ -209,7 +210,7 @@ def test_threshold_slider_on_a_lazy_result_reads_only_the_displayed_slice(widget
     widget.scope.value = Z_RANGE
     widget.z_from.value, widget.z_to.value = 2, 9
     widget.instances.value = False
-    monkeypatch.setattr("napari_alnet.widgets._volume.IN_MEMORY_VOXELS", 1000)  # this small layer counts as big
+    monkeypatch.setattr("napari_alnet.engine.volume.routing.IN_MEMORY_VOXELS", 1000)  # this small layer counts as big
     assert widget.segment(), notes
     wait(qtbot, widget)
     assert widget.runner.last.status == "done" and widget.volume_summary.complete, notes
@@ -250,7 +251,7 @@ def test_3d_instances_come_from_the_engine(widget, qtbot, monkeypatch, tmp_path,
     assert widget.runner.last.status == "done" and widget.volume_summary.objects > 0, notes
     ids = widget.viewer.layers[widget.output_name("instances")].data
     assert isinstance(ids, StoreView) and ids.dtype == np.uint32
-    reference = blockwise.segment_volume(widget.models.load("cpu"), image, tmp_path / "ref.zarr", instances="3d",
+    reference = segment_volume(widget.models.load("cpu"), image, tmp_path / "ref.zarr", instances="3d",
                                          threshold=0.5)
     assert reference.objects == widget.volume_summary.objects
     assert np.array_equal(ids[...], zarr.open_array(str(tmp_path / "ref.zarr" / "0"), mode="r")[...])
@@ -293,7 +294,7 @@ def test_field_of_view_of_a_multiscale_layer_segments_the_visible_part_of_level_
     camera.center = (3.0, 300.0, 500.0)
     camera.zoom = 4.0  # a few hundred world units of the 1024 x 1024 layer are visible
     widget.scope.value = "field of view"
-    monkeypatch.setattr("napari_alnet.widgets._volume.IN_MEMORY_VOXELS", 1000)
+    monkeypatch.setattr("napari_alnet.engine.volume.routing.IN_MEMORY_VOXELS", 1000)
     made.clear()
     assert widget.segment(), notes
     wait(qtbot, widget)
@@ -345,7 +346,7 @@ def test_a_big_rgb_image_goes_through_the_engine_as_one_colour_plane(make_napari
     widget.threshold.value = 0.5
     image = (texture((96, 80, 3), seed=7) * 255).astype(np.uint8)
     widget.viewer.add_image(image, name="photo", rgb=True)
-    monkeypatch.setattr("napari_alnet.widgets._volume.IN_MEMORY_VOXELS", 1000)
+    monkeypatch.setattr("napari_alnet.engine.volume.routing.IN_MEMORY_VOXELS", 1000)
     assert widget.segment(), notes
     wait(qtbot, widget)
     assert widget.runner.last.status == "done", notes

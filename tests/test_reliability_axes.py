@@ -22,7 +22,7 @@ with warnings.catch_warnings():  # ome-zarr warns at import about a default argu
 
 import test_volumes
 from model_factory import calibrated_model, texture
-from napari_alnet.engine.blockwise import segment_volume
+from napari_alnet.engine.volume import segment_volume
 from napari_alnet.io.volumes import VolumeError, open_volume
 
 ZYX = ("z", "y", "x")

@@ -18,9 +18,16 @@ from ome_zarr.reader import Reader
 from ome_zarr.writer import write_image
 
 from model_factory import calibrated_model, texture
-from napari_alnet.engine import blockwise
-from napari_alnet.engine.blockwise import BlockPlan, plan_blocks, segment_volume, segment_volume_job
 from napari_alnet.engine.postprocess import instance_labels
+from napari_alnet.engine.volume import (
+    FP32_TOLERANCE,
+    BlockPlan,
+    choose_workers,
+    executors,
+    plan_blocks,
+    segment_volume,
+    segment_volume_job,
+)
 from napari_alnet.io.volumes import VolumeError, open_volume
 
 UNITS = {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
@@ -122,7 +129,7 @@ def test_automatic_plan_cuts_planes_over_the_whole_image_limit(tmp_path, model):
 def test_local_cluster_equals_in_process(tmp_path, model, monkeypatch):
     """Blocks run with the same torch threads give the same bits wherever they run (float32 probabilities
     compared exactly: they differ in the last bits between 1 and 2 threads, docs/volumes.md)."""
-    monkeypatch.setattr(blockwise, "usable_cores", lambda: 4)  # 2 workers are declined on 2 cores
+    monkeypatch.setattr(executors, "usable_cores", lambda: 4)  # 2 workers are declined on 2 cores
     data = volume((4, 160, 144), seed=5)
     options = {"block": (1, 160, 144), "instances": "3d", "probabilities": True, "prob_dtype": "float32",
                "threads": 1}
@@ -145,7 +152,7 @@ def test_other_thread_counts_stay_within_the_stated_tolerance(tmp_path, model):
     bf16's own error against fp32 (on AMX, where bf16 is native, the kernels differ per thread count)."""
     data = volume((2, 96, 96), seed=6)
     fp32 = [_probabilities(model, data, tmp_path / f"f{t}.zarr", t) for t in (1, 2)]
-    assert np.abs(fp32[0] - fp32[1]).max() <= blockwise.FP32_TOLERANCE
+    assert np.abs(fp32[0] - fp32[1]).max() <= FP32_TOLERANCE
     bf16 = [_probabilities(model.with_precision("bf16"), data, tmp_path / f"b{t}.zarr", t) for t in (1, 2)]
     own_error = np.abs(bf16[0] - fp32[0]).max()
     assert np.abs(bf16[0] - bf16[1]).max() <= own_error
@@ -155,12 +162,12 @@ def test_other_thread_counts_stay_within_the_stated_tolerance(tmp_path, model):
 
 
 def test_workers_that_cannot_add_cores_run_in_process_and_say_so(tmp_path, model, monkeypatch):
-    assert blockwise.choose_workers(None, 8) == (None, "")
-    assert blockwise.choose_workers(4, 8) == (4, "")
+    assert choose_workers(None, 8) == (None, "")
+    assert choose_workers(4, 8) == (4, "")
     for workers, cores in ((1, 8), (3, 2), (2, 2), (2, 1)):
-        chosen, note = blockwise.choose_workers(workers, cores)
+        chosen, note = choose_workers(workers, cores)
         assert chosen is None and "not add" in note
-    monkeypatch.setattr(blockwise, "usable_cores", lambda: 2)
+    monkeypatch.setattr(executors, "usable_cores", lambda: 2)
     summary = segment_volume(model, volume((1, 64, 64)), tmp_path / "v.zarr", workers=2, threads=1)
     assert summary.complete and summary.workers.startswith("in-process (on 2 usable cores")
     assert summary.threads == 2  # the requested 2 x 1 threads, in one process

@@ -15,7 +15,7 @@ from ome_zarr.writer import write_image
 
 from model_factory import save_test_model, texture
 from napari_alnet.cli import main
-from napari_alnet.engine import blockwise
+from napari_alnet.engine.volume import tasks
 from napari_alnet.io.atomic import write_error, writer_lock
 
 
@@ -92,7 +92,7 @@ def test_a_full_disk_during_a_zarr_write_is_said_as_on_the_tiff_path_and_the_run
     source = tmp_path / "em.zarr"
     write_image(_data(), zarr.open_group(source, mode="w"), axes="zyx", scale_factors=[],
                 storage_options={"chunks": (1, 128, 112)})
-    put, calls = blockwise._put, []
+    put, calls = tasks._put, []
 
     def full_after_one_block(array, region, data):
         calls.append(region)
@@ -100,7 +100,7 @@ def test_a_full_disk_during_a_zarr_write_is_said_as_on_the_tiff_path_and_the_run
             raise OSError(errno.ENOSPC, "No space left on device")
         put(array, region, data)
 
-    monkeypatch.setattr(blockwise, "_put", full_after_one_block)
+    monkeypatch.setattr(tasks, "_put", full_after_one_block)
     args = ["segment", str(source), "-o", str(tmp_path / "seg.zarr"), "--model", str(weights), "--block", "1", "128",
             "112"]
     assert main(args) == 2
@@ -109,7 +109,7 @@ def test_a_full_disk_during_a_zarr_write_is_said_as_on_the_tiff_path_and_the_run
     assert "Traceback" not in err and "No space left" not in err
     tiff = str(write_error(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "x.tif"))
     assert re.search(r"x\.tif: the disk is full \(\d+ MB free on .+\);", tiff)  # the same words, one function
-    monkeypatch.setattr(blockwise, "_put", put)
+    monkeypatch.setattr(tasks, "_put", put)
     assert main(args) == 0
     assert "(2 now, 1 done before)" in capsys.readouterr().out
 

@@ -16,15 +16,15 @@ import zarr
 from ome_zarr.writer import write_image
 
 from model_factory import calibrated_model, save_test_model, texture
-from napari_alnet.engine.blockwise import COMPUTED, read_state, segment_volume, segment_volume_job
 from napari_alnet.engine.segmenter import load_model
+from napari_alnet.engine.volume import COMPUTED, read_state, segment_volume, segment_volume_job
 from napari_alnet.io.fingerprint import fingerprint, sample_regions
 from napari_alnet.io.volumes import VolumeError, open_volume
 
 BLOCK = (1, 160, 144)
 RUN = """
 import sys
-from napari_alnet.engine.blockwise import segment_volume
+from napari_alnet.engine.volume import segment_volume
 from napari_alnet.engine.segmenter import load_model
 model_path, source, dest = sys.argv[1:4]
 segment_volume(load_model(model_path, device="cpu"), source, dest, block=(1, 160, 144), instances="3d",

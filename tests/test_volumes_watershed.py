@@ -10,10 +10,10 @@ from skimage.measure import label
 
 from model_factory import calibrated_model, save_test_model, texture
 from napari_alnet.cli import main
-from napari_alnet.engine import blockwise
-from napari_alnet.engine.blockwise import segment_volume, segment_volume_job
 from napari_alnet.engine.instances3d import face_votes, halo_voxels, voxel_sampling
 from napari_alnet.engine.postprocess import instance_labels, split_objects
+from napari_alnet.engine.volume import BlockPlan, phases, segment_volume, segment_volume_job, tasks, watershed_block
+from napari_alnet.engine.volume import plan as volume_plan
 from napari_alnet.io.volumes import VolumeError
 
 
@@ -44,9 +44,9 @@ def mask_as_probabilities(monkeypatch):
         outputs.context[z] = 0  # the per-slice network context of plane-cutting blocks: not used here
         return z
 
-    monkeypatch.setattr(blockwise, "_whole_plane_probs", probs)
-    monkeypatch.setattr(blockwise, "_cut_plane_probs", probs)
-    monkeypatch.setattr(blockwise, "context_task", no_context)
+    monkeypatch.setattr(tasks, "_whole_plane_probs", probs)
+    monkeypatch.setattr(tasks, "_cut_plane_probs", probs)
+    monkeypatch.setattr(phases, "context_task", no_context)
 
 
 def _partition_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -210,17 +210,17 @@ def test_cli_watershed_without_instances_is_a_usage_error(tmp_path, weights, cap
     ((100, 512, 512), (64, 512, 512), (16, 16, 16), (64, 512, 512)),      # fits: the automatic block stays
 ])
 def test_an_automatic_block_bounds_the_watershed_window(shape, block, halo, expected):
-    plan = blockwise.BlockPlan(shape, block, (1, 512, 512))
-    chosen = blockwise.watershed_block(plan, halo, can_cut=True)
+    plan = BlockPlan(shape, block, (1, 512, 512))
+    chosen = watershed_block(plan, halo, can_cut=True)
     assert chosen == expected
     window = np.prod([min(n, b + 2 * h) for b, n, h in zip(chosen, shape, halo, strict=True)])
-    assert window <= blockwise.WATERSHED_WINDOW_VOXELS
-    whole = blockwise.watershed_block(plan, halo, can_cut=False)
+    assert window <= volume_plan.WATERSHED_WINDOW_VOXELS
+    whole = watershed_block(plan, halo, can_cut=False)
     assert whole[1:] == shape[1:]
 
 
 def test_a_watershed_run_without_block_gets_the_bounded_block(tmp_path, model, mask_as_probabilities, monkeypatch):
-    monkeypatch.setattr(blockwise, "WATERSHED_WINDOW_VOXELS", 40_000)
+    monkeypatch.setattr(volume_plan, "WATERSHED_WINDOW_VOXELS", 40_000)
     data = balls((40, 64, 64), [(20, 32, 26), (20, 32, 38)], 6.0).astype(np.uint8)
     plain = segment_volume(model, data, tmp_path / "cc.zarr", instances="3d")
     split = segment_volume(model, data, tmp_path / "ws.zarr", instances="3d", watershed=True, watershed_halo=4)

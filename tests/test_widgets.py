@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_alnet.engine import batch, blockwise, inference, segmenter
-from napari_alnet.engine import registry as model_registry
+from napari_alnet.engine import batch, inference, segmenter
 from napari_alnet.engine.postprocess import semantic_labels
 from napari_alnet.engine.progress import Progress, StopRequested
+from napari_alnet.engine.volume import tasks as volume_tasks
 from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.io.weights import ModelMetadata, save_weights
 from napari_alnet.model import ALNet
@@ -313,13 +313,13 @@ def test_image_picker_follows_layers(segment):
 def test_models_registered_in_this_session_appear_at_once(segment, model_file):
     name = "mito (fine-tuned)"
     try:
-        model_registry.register("mito", model_file)
+        segment.models.registry.register("mito", model_file)
         labels = [segment.models.combo.native.itemText(i) for i in range(segment.models.combo.native.count())]
         assert name in labels and "Load weights…" in labels
         segment.models.select("mito")
         assert segment.models.summary.value == "untrained test network"
     finally:
-        model_registry.unregister("mito")
+        segment.models.registry.unregister("mito")
     assert "mito" not in segment.models.combo.choices
 
 
@@ -410,7 +410,7 @@ def test_split_touching_objects_runs_in_the_worker_and_splits_instances(segment,
         return np.broadcast_to(discs, np.shape(image)).astype(np.float32)  # (Y, X) in memory, (Z, Y, X) blockwise
 
     monkeypatch.setattr(segmenter, "probability_job", the_discs)
-    monkeypatch.setattr(blockwise, "probability_job", the_discs)
+    monkeypatch.setattr(volume_tasks, "probability_job", the_discs)
     viewer = segment.viewer
     viewer.add_image(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64), name="img")
     segment.instances.value = True

@@ -1,6 +1,6 @@
 """Big layers in the Segment dock: lazy sources, Zarr-backed result views, estimates, temporary stores, saving.
 
-A layer too big for the in-memory path is segmented by the blockwise engine (``engine.blockwise``) in the
+A layer too big for the in-memory path is segmented by the blockwise engine (``engine.volume``) in the
 worker: ``lazy_source`` gives the engine the chosen region of the layer's level-0 data without reading it (a NumPy
 view, or a dask array over dask / Zarr / other array-like data), the engine writes labels and probabilities into
 OME-Zarr stores, and the output layers show them through ``StoreView``: an array-like that reads only what napari
@@ -24,18 +24,15 @@ import numpy as np
 import zarr
 from napari.layers import Image
 
-from ..engine.blockwise import BlockPlan, plan_blocks
 from ..engine.corrections import Corrections
 from ..engine.progress import Job, Progress
 from ..engine.tiling import WHOLE_IMAGE_PIXELS
+from ..engine.volume import BlockPlan, plan_blocks
 from ..io.atomic import move_into_place, staging_directory
 from ..io.volumes import RECORD_KEY, VolumeError, record_of
 from ..model.metadata import ModelMetadata
 from ._layers import Region, base_data, spatial_shape
 
-#: Layers of at most this many voxels (and 2D instances, no output path) keep the in-memory path: one network
-#: call, a full-size NumPy result (the same budget as one engine block).
-IN_MEMORY_VOXELS = 4 * 2048 * 2048
 #: Seconds per megapixel before this session has measured its own rate (fused AL-Net, fp32: 89 ms per 512 x 512
 #: on two free CPU cores, docs/architecture.md; CUDA: a rough figure for a mid-range GPU).
 DEFAULT_SECONDS_PER_MPX = {"cpu": 0.34, "cuda": 0.01, "mps": 0.05}
@@ -59,12 +56,6 @@ def lazy_source(layer: Image, region: Region) -> Any:
     part = data[region]
     # always (Z, Y, X[, C]) for the engine: a single plane gets a Z of one (so a colour axis is never read as X)
     return part[None] if Placement.of(layer, region).extra_z else part
-
-
-def uses_engine(layer: Image, engine_instances: bool, has_output: bool) -> bool:
-    """Whether a run goes through the blockwise engine: big layers, instances only the engine makes (3D, or split
-    by the watershed: about 1 s per megapixel, never on the GUI thread), or an output store chosen."""
-    return engine_instances or has_output or int(np.prod(spatial_shape(layer), dtype=np.int64)) > IN_MEMORY_VOXELS
 
 
 @dataclass(frozen=True)
