@@ -177,7 +177,7 @@ def finetune_job(request: FinetuneRequest) -> Job[TrainResult]:
     train_pairs = [p for z, p in zip(chosen, pairs, strict=True) if z != request.holdout]
     if not train_pairs:
         raise AnnotationError("the only annotated slice is held out for validation; annotate one more slice")
-    meta.card = _card(request, chosen, base_card)
+    meta.card = model_card(request, chosen, base_card)
     meta.threshold = 0.5
     init = request.base
     if request.flip:
@@ -200,7 +200,7 @@ def finetune_job(request: FinetuneRequest) -> Job[TrainResult]:
     return result
 
 
-def _card(request: FinetuneRequest, slices: list[int], base_card: dict[str, Any]) -> dict[str, Any]:
+def model_card(request: FinetuneRequest, slices: list[int], base_card: dict[str, Any]) -> dict[str, Any]:
     """The model card of a fine-tuned model: what it was tuned from and on, what label 1 means, its parent and
     version (``request.card`` added)."""
     numbers = request.slice_numbers
