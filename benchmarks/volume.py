@@ -204,30 +204,32 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def _noop(segmenter, outputs, settings, plan, block) -> int:
+def _noop(work, block) -> int:
     return block.index
 
 
 def dask_overhead(source: Path, model: str, tasks: int = 200) -> dict:
     """Milliseconds per block task that Dask itself costs: no-op tasks taking a real block task's arguments (the
-    scattered model, the output arrays, settings, plan, block) through a 2-worker LocalCluster on loopback."""
+    scattered ``Work``: model, reader, output arrays, settings and plan; and the block) through a 2-worker
+    LocalCluster on loopback."""
     import logging
 
     from distributed import Client, LocalCluster, as_completed
 
     from napari_alnet.engine.segmenter import load_model
     from napari_alnet.engine.volume import prepare_volume_run
+    from napari_alnet.engine.volume.tasks import Work
 
     run = prepare_volume_run(load_model(model, device="cpu"), source, Path("/tmp/alnet-bench/overhead.zarr"),
                              overwrite=True)
     blocks = (run.plan.blocks() * (tasks // len(run.plan) + 1))[:tasks]
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-        shared = client.scatter(run.segmenter, broadcast=True, hash=False)
-        client.submit(_noop, shared, run.outputs, run.settings, run.plan, blocks[0], pure=False).result()
+        work = Work(run.outputs, run.settings, run.plan, segmenter=run.segmenter, reader=run.volume.reader)
+        shared = client.scatter(work, broadcast=True, hash=False)
+        client.submit(_noop, shared, blocks[0], pure=False).result()
         start = time.perf_counter()
-        futures = [client.submit(_noop, shared, run.outputs, run.settings, run.plan, b, pure=False, retries=3)
-                   for b in blocks]
+        futures = [client.submit(_noop, shared, b, pure=False, retries=3) for b in blocks]
         for _ in as_completed(futures):
             pass
         seconds = time.perf_counter() - start

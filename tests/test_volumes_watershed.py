@@ -36,12 +36,11 @@ def balls(shape: tuple[int, int, int], centres: list[tuple[float, float, float]]
 @pytest.fixture
 def mask_as_probabilities(monkeypatch):
     """Blocks' probabilities are the source itself (0/1 voxels), so the tests choose the objects exactly."""
-    def probs(_segmenter, reader, *rest) -> np.ndarray:
-        block = rest[-1]
-        return reader.read(block.region).astype(np.float32)
+    def probs(work, block) -> np.ndarray:
+        return work.reader.read(block.region).astype(np.float32)
 
-    def no_context(_segmenter, _reader, outputs, _settings, _plane, z) -> int:
-        outputs.context[z] = 0  # the per-slice network context of plane-cutting blocks: not used here
+    def no_context(work, z) -> int:
+        work.outputs.context[z] = 0  # the per-slice network context of plane-cutting blocks: not used here
         return z
 
     monkeypatch.setattr(tasks, "_whole_plane_probs", probs)

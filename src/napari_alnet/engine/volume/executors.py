@@ -25,9 +25,10 @@ class InProcess:
     def share(self, obj: Any) -> Any:
         return obj
 
-    def run(self, fn: Callable, items: list, args: Callable[[Any], tuple]) -> Iterator[tuple[Any, Any]]:
+    def run(self, fn: Callable[[Any, Any], Any], work: Any, items: list) -> Iterator[tuple[Any, Any]]:
+        """``fn(work, item)`` for each item, as (item, result) pairs as they finish."""
         for item in items:
-            yield item, fn(*args(item))
+            yield item, fn(work, item)
 
     def close(self) -> None:
         pass
@@ -43,11 +44,13 @@ class OnDask:
     def share(self, obj: Any) -> Any:
         return self.client.scatter(obj, broadcast=True, hash=False)
 
-    def run(self, fn: Callable, items: list, args: Callable[[Any], tuple]) -> Iterator[tuple[Any, Any]]:
+    def run(self, fn: Callable[[Any, Any], Any], work: Any, items: list) -> Iterator[tuple[Any, Any]]:
+        """``fn(work, item)`` for each item on the cluster (``work``: shared with ``share``), as (item, result)
+        pairs as they finish."""
         from distributed import as_completed
 
         token = uuid.uuid4().hex[:8]
-        futures = {self.client.submit(fn, *args(item), key=f"alnet-{fn.__name__}-{i}-{token}", retries=RETRIES,
+        futures = {self.client.submit(fn, work, item, key=f"alnet-{fn.__name__}-{i}-{token}", retries=RETRIES,
                                       pure=False): item for i, item in enumerate(items)}
         self.pending = list(futures)
         for future in as_completed(futures):
@@ -69,6 +72,11 @@ class OnDask:
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity where the OS tells it)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def threads_per_task(cores: int, tasks: int) -> int:
+    """The torch threads of each of ``tasks`` tasks running at once on ``cores`` cores (at least 1)."""
+    return max(1, cores // max(1, tasks))
 
 
 #: A LocalCluster needs more cores than this: on 2 cores one process already uses both (torch's threads), and
@@ -113,7 +121,7 @@ def place_run(client=None, workers: int | None = None, scheduler: str | None = N
     cores = usable_cores()
     chosen, note = choose_workers(workers, cores)
     if chosen:
-        return Placement(chosen, max(1, cores // chosen))
+        return Placement(chosen, threads_per_task(cores, chosen))
     if note and threads:
         return Placement(None, min(cores, threads * int(workers or 1)), note)
     return Placement(None, torch.get_num_threads(), note)

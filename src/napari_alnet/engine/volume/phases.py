@@ -19,11 +19,8 @@ from ..instances3d import (
 from ..progress import Job, Progress
 from .plan import Block, BlockPlan
 from .prepare import VolumeRun
-from .settings import Settings
-from .stores import FINAL, PENDING, STATE, _id_outputs, _outputs, read_state
-from .tasks import block_task, context_task, merge_task, relabel_task, split_task
-
-# --- running ------------------------------------------------------------------------------------------------------
+from .stores import FINAL, PENDING, STATE, id_outputs, open_arrays, read_state
+from .tasks import Work, block_task, context_task, merge_task, relabel_task, split_task
 
 #: Work of one pass-1 slice and of one merge or relabel block, in slices of full inference (for progress / ETA).
 CONTEXT_WEIGHT = 0.4
@@ -65,7 +62,7 @@ def _duration(seconds: float) -> str:
 
 
 @dataclass
-class _Todo:
+class Todo:
     """What is left: pass-1 slices, blocks to compute, whether to merge, blocks to relabel, blocks to split."""
 
     context: list[int]
@@ -74,6 +71,13 @@ class _Todo:
     relabel: list[Block]
     split: list[Block] = field(default_factory=list)
 
+    @classmethod
+    def everything(cls, run: VolumeRun) -> Todo:
+        """All of a run's work, as if nothing were done yet."""
+        plan, settings = run.plan, run.settings
+        return cls(list(range(plan.shape[0])) if plan.cuts_planes else [], plan.blocks(), bool(settings.instances),
+                   plan.blocks() if settings.instances else [], plan.blocks() if settings.watershed else [])
+
     def work(self, plan: BlockPlan) -> float:
         plane = plan.shape[1] * plan.shape[2]
         return (CONTEXT_WEIGHT * len(self.context) + sum(b.voxels for b in self.blocks) / plane
@@ -81,7 +85,7 @@ class _Todo:
                 + SPLIT_WEIGHT * sum(b.voxels for b in self.split) / plane)
 
 
-def _todo(run: VolumeRun) -> _Todo:
+def todo_of(run: VolumeRun) -> Todo:
     blocks = run.plan.blocks()
     states = read_state(run.outputs.state)
     context = []
@@ -89,23 +93,24 @@ def _todo(run: VolumeRun) -> _Todo:
         rows = read_state(run.outputs.context)
         context = [z for z in range(len(rows)) if np.isnan(rows[z]).any()]
     if not run.settings.instances:
-        return _Todo(context, [b for b in blocks if states[b.position] == PENDING], False, [])
+        return Todo(context, [b for b in blocks if states[b.position] == PENDING], False, [])
     merged = "merged" in run.labels_group[STATE].attrs
     split = []
     if run.outputs.split_state is not None and not merged:
         done = read_state(run.outputs.split_state)
         split = [b for b in blocks if not done[b.position]]
-    return _Todo(context, [b for b in blocks if states[b.position] == PENDING], not merged,
+    return Todo(context, [b for b in blocks if states[b.position] == PENDING], not merged,
                  [b for b in blocks if states[b.position] != FINAL], split)
 
 
-def _run_phases(run: VolumeRun, ex, shared: tuple, settings: Settings, todo: _Todo, tracker: Tracker) -> Job[None]:
-    plan, outputs = run.plan, run.outputs
-    for z, _ in ex.run(context_task, todo.context, lambda z: (*shared, outputs, settings, plan.shape[1:], z)):
+def run_phases(run: VolumeRun, ex, todo: Todo, tracker: Tracker) -> Job[None]:
+    """Run what is left (``todo``) on the executor ``ex``, reporting progress to ``tracker``."""
+    plan, settings = run.plan, run.settings
+    network = ex.share(Work(run.outputs, settings, plan, segmenter=run.segmenter, reader=run.volume.reader))
+    for z, _ in ex.run(context_task, network, todo.context):
         tracker.add(CONTEXT_WEIGHT)
         yield tracker.report("context", f"context of slice {z + 1}/{plan.shape[0]}")
-    for block, (slices, inference_s, task_s) in ex.run(block_task, todo.blocks,
-                                                       lambda b: (*shared, outputs, settings, plan, b)):
+    for block, (slices, inference_s, task_s) in ex.run(block_task, network, todo.blocks):
         run.summary.blocks_run += 1
         run.summary.slices += slices
         tracker.add(slices, block=not settings.instances)
@@ -113,28 +118,27 @@ def _run_phases(run: VolumeRun, ex, shared: tuple, settings: Settings, todo: _To
         report.metrics |= {"inference_s": inference_s, "task_s": task_s}
         yield report
     if settings.instances:
-        yield from _split_phase(run, ex, settings, todo.split, tracker)
+        yield from _split_phase(run, ex, todo.split, tracker)
         if todo.merge:
-            yield from _merge_phase(run, ex, settings, tracker)
+            yield from _merge_phase(run, ex, tracker)
         yield from _relabel_phase(run, ex, todo.relabel, tracker)
 
 
-def _split_phase(run: VolumeRun, ex, settings: Settings, blocks: list[Block], tracker: Tracker) -> Job[None]:
-    plan, outputs = run.plan, run.outputs
-    for block, _ in ex.run(split_task, blocks, lambda b: (outputs, settings, plan, b)):
+def _split_phase(run: VolumeRun, ex, blocks: list[Block], tracker: Tracker) -> Job[None]:
+    plan = run.plan
+    for block, _ in ex.run(split_task, ex.share(Work(run.outputs, run.settings, plan)), blocks):
         tracker.add(SPLIT_WEIGHT * block.voxels / (plan.shape[1] * plan.shape[2]))
         yield tracker.report("watershed", f"watershed of block {block.index + 1}/{len(plan)}", block.bounds)
 
 
-def _merge_phase(run: VolumeRun, ex, settings: Settings, tracker: Tracker) -> Job[None]:
-    plan, outputs = run.plan, _id_outputs(run.outputs)
+def _merge_phase(run: VolumeRun, ex, tracker: Tracker) -> Job[None]:
+    plan, outputs, settings = run.plan, id_outputs(run.outputs), run.settings
     counts = read_state(outputs.counts).ravel().astype(np.int64)
     starts = offsets(counts)
     sizes = np.zeros(int(counts.sum()) + 1, np.int64)
     pairs = []
-    shared_starts = ex.share(starts)
-    for block, (found, edges) in ex.run(merge_task, plan.blocks(),
-                                        lambda b: (outputs, settings, plan, b, shared_starts)):
+    work = ex.share(Work(outputs, settings, plan, starts=starts))
+    for block, (found, edges) in ex.run(merge_task, work, plan.blocks()):
         start = int(starts[block.index])
         sizes[start + 1: start + len(found)] = found[1:]
         pairs.append(edges)
@@ -152,22 +156,22 @@ def _merge_phase(run: VolumeRun, ex, settings: Settings, tracker: Tracker) -> Jo
                             fill_value=0, overwrite=True, attributes=dict(old.attrs),
                             **({"dimension_names": old.metadata.dimension_names}
                                if old.metadata.zarr_format == 3 else {}))
-        run.outputs = _outputs(labels, run.prob_group)
+        run.outputs = open_arrays(labels, run.prob_group)
     state.attrs["merged"] = {"objects": merged.objects, "dtype": str(merged.lut.dtype)}
 
 
 def _relabel_phase(run: VolumeRun, ex, blocks: list[Block], tracker: Tracker) -> Job[None]:
-    plan, outputs = run.plan, _id_outputs(run.outputs)
+    plan, outputs = run.plan, id_outputs(run.outputs)
     state = run.labels_group[STATE]
     starts = offsets(read_state(outputs.counts).ravel())
-    lut = state["relabel"]
+    work = ex.share(Work(outputs, run.settings, plan, starts=starts, lut=state["relabel"]))
     run.summary.objects = int(state.attrs["merged"]["objects"])
-    for block, _ in ex.run(relabel_task, blocks, lambda b: (outputs, lut, b, int(starts[b.index]))):
+    for block, _ in ex.run(relabel_task, work, blocks):
         tracker.add(MERGE_WEIGHT, block=True)
         yield tracker.report("relabel", f"block {tracker.blocks_done}/{len(plan)}", block.bounds)
 
 
-def _finish(run: VolumeRun) -> None:
+def finish(run: VolumeRun) -> None:
     """Mark the outputs complete (only now), then drop the run's state."""
     extra = {"objects": run.summary.objects} if run.summary.objects is not None else {}
     for group in (run.labels_group, run.prob_group):

@@ -14,6 +14,7 @@ from ...io.volumes import (
     open_volume,
 )
 from ...model import STRIDE
+from ...model.metadata import ModelMetadata
 from ..segmenter import Segmenter
 from ..tiling import WHOLE_IMAGE_PIXELS, ceil_to
 
@@ -124,12 +125,14 @@ def plan_volume(model: Segmenter, source: Any, *, block: tuple[int, int, int] | 
     """The opened source and its block plan (for an estimate before a run: ``len(plan)`` blocks)."""
     volume = source if isinstance(source, Volume) else open_volume(source)
     return volume, plan_blocks(volume.shape, chunks=volume.chunks, block=block, whole_pixels=whole_pixels,
-                               can_cut=_can_cut(model, volume))
+                               can_cut=can_cut(model.metadata, volume.shape))
 
 
-def _can_cut(model: Segmenter, volume: Volume) -> bool:
-    """Whether blocks may cut YX planes: not for models that resize images for their network."""
-    return model.metadata.network_shape(volume.shape[1:]) == volume.shape[1:]
+def can_cut(metadata: ModelMetadata, shape: tuple[int, ...]) -> bool:
+    """Whether blocks of a (Z, Y, X) ``shape`` may cut YX planes: not for models that resize images for their
+    network (``metadata.network_shape``)."""
+    plane = tuple(int(n) for n in shape[-2:])
+    return metadata.network_shape(plane) == plane
 
 
 #: The most voxels a block's watershed window may hold when the block shape is automatic: about 2.7 GB at the

@@ -16,22 +16,22 @@ from ...io.volumes import (
 from ..halo import context_width, make_context
 from ..segmenter import Segmenter, as_segmenter
 from ..tiling import WHOLE_IMAGE_PIXELS
-from .plan import BlockPlan, _can_cut, plan_volume, watershed_block
-from .records import _recorded_threads, run_record
-from .settings import WATERSHED_HALO, Settings, _check_threads, _settings, _watershed_settings
+from .plan import BlockPlan, can_cut, plan_volume, watershed_block
+from .records import recorded_threads, run_record
+from .settings import Settings
 from .stores import (
     STATE,
     Outputs,
     Targets,
-    _check_not_source,
-    _claim,
-    _claim_writer,
-    _created,
-    _new_labels,
-    _new_probabilities,
-    _outputs,
-    _store_path,
+    check_not_source,
+    claim,
+    claim_output_writer,
+    created,
+    new_labels,
+    new_probabilities,
+    open_arrays,
     output_targets,
+    store_path,
 )
 
 
@@ -81,37 +81,27 @@ class VolumeRun:
     lock: Path | None = None
 
 
-def prepare_volume_run(model: Segmenter, source: Any, dest: str | Path | zarr.Group, *,
-                       block: tuple[int, int, int] | None = None, probabilities: bool = False,
-                       prob_dtype: str = "uint8", instances: str | None = None, threshold: float | None = None,
-                       min_size: int = 16, overwrite: bool = False, tile: int | None = None, overlap: int = 64,
-                       tta: bool = False, batch_size: int = 4, whole_pixels: int = WHOLE_IMAGE_PIXELS,
-                       device=None, prob_dest: str | Path | zarr.Group | None = None, watershed: bool = False,
-                       watershed_halo: int = WATERSHED_HALO, threads: int | None = None,
+def prepare_volume_run(model: Segmenter, source: Any, dest: str | Path | zarr.Group, settings: Settings | None = None,
+                       *, block: tuple[int, int, int] | None = None, whole_pixels: int = WHOLE_IMAGE_PIXELS,
+                       overwrite: bool = False, prob_dest: str | Path | zarr.Group | None = None, device=None,
                        default_threads: int | None = None) -> VolumeRun:
-    """Check everything and create (or reopen, to resume) the outputs; see ``segment_volume_job``. ``threads``:
-    torch threads per block task; without it, a resumed run keeps the threads it was started with, a new one
-    takes ``default_threads`` (``None``: each Dask worker decides)."""
+    """Check everything and create (or reopen, to resume) the outputs; see ``segment_volume_job``. Without
+    ``settings.threads``, a resumed run keeps the threads it was started with, a new one takes
+    ``default_threads`` (``None``: each Dask worker decides)."""
     segmenter = as_segmenter(model, device)
     volume, plan = plan_volume(segmenter, source, block=block, whole_pixels=whole_pixels)
-    settings = _settings(segmenter, volume, threshold=threshold, instances=instances, probabilities=probabilities,
-                         prob_dtype=prob_dtype, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
-                         min_size=min_size)
-    targets = output_targets(volume, dest, probabilities, prob_dest)
+    settings = (settings or Settings()).resolved(segmenter, volume)
+    targets = output_targets(volume, dest, settings.probabilities is not None, prob_dest)
     for target in (targets.labels, targets.probabilities):  # before anything is written, the lock included
-        _check_not_source(target if isinstance(target, (Path, type(None))) else _store_path(target), volume)
-    if threads is None:
-        threads = default_threads if overwrite else _recorded_threads(targets.labels, default_threads)
-    else:
-        threads = _check_threads(threads)
-    settings = replace(settings, threads=threads)
-    if watershed or watershed_halo != WATERSHED_HALO:
-        settings = _watershed_settings(settings, volume, watershed, watershed_halo)
-        if block is None:  # memory is set by the watershed's window, not by the network's block
-            chosen = watershed_block(plan, settings.watershed_halo, can_cut=_can_cut(segmenter, volume))
-            volume, plan = plan_volume(segmenter, volume, block=chosen, whole_pixels=whole_pixels)
+        check_not_source(target if isinstance(target, (Path, type(None))) else store_path(target), volume)
+    if settings.threads is None:
+        threads = default_threads if overwrite else recorded_threads(targets.labels, default_threads)
+        settings = replace(settings, threads=threads)
+    if settings.watershed and block is None:  # memory is set by the watershed's window, not by the network's block
+        chosen = watershed_block(plan, settings.watershed_halo, can_cut=can_cut(segmenter.metadata, volume.shape))
+        volume, plan = plan_volume(segmenter, volume, block=chosen, whole_pixels=whole_pixels)
     record = run_record(segmenter, volume, plan, settings)
-    lock = _claim_writer(targets.labels)
+    lock = claim_output_writer(targets.labels)
     try:
         labels, prob = _open_outputs(segmenter, volume, plan, settings, record, targets, overwrite)
     except BaseException:
@@ -122,21 +112,21 @@ def prepare_volume_run(model: Segmenter, source: Any, dest: str | Path | zarr.Gr
                                            else str(prob.store_path))
     summary = VolumeSummary(name, prob_name, plan.shape, plan.block, len(plan), dtype=str(labels["0"].dtype),
                             device=f"{segmenter.device} ({segmenter.precision})", threads=settings.threads)
-    return VolumeRun(segmenter, volume, plan, settings, labels, prob, _outputs(labels, prob), summary, lock)
+    return VolumeRun(segmenter, volume, plan, settings, labels, prob, open_arrays(labels, prob), summary, lock)
 
 
 def _open_outputs(segmenter: Segmenter, volume: Volume, plan: BlockPlan, settings: Settings, record: dict,
                   targets: Targets, overwrite: bool) -> tuple[zarr.Group, zarr.Group | None]:
     """The labels and probability groups: reopened to resume, or created (cleared first with ``overwrite``)."""
-    labels = _claim(targets.labels, record, overwrite, volume)
-    prob = _claim(targets.probabilities, record, overwrite, volume) if targets.probabilities is not None else None
+    labels = claim(targets.labels, record, overwrite, volume)
+    prob = claim(targets.probabilities, record, overwrite, volume) if targets.probabilities is not None else None
     if labels is not None and STATE not in labels:
         raise VolumeError(f"{targets.labels}: its run record is incomplete but its block states are missing; "
                           "--overwrite starts it anew")
     width = context_width(make_context(segmenter, settings.tta)) if plan.cuts_planes else 0
     if labels is None:
-        labels = _created(targets.labels, lambda: _new_labels(targets.labels, volume, plan, settings, record, width))
+        labels = created(targets.labels, lambda: new_labels(targets.labels, volume, plan, settings, record, width))
     if targets.probabilities is not None and prob is None:
-        prob = _created(targets.probabilities,
-                        lambda: _new_probabilities(targets.probabilities, volume, plan, settings, record))
+        prob = created(targets.probabilities,
+                        lambda: new_probabilities(targets.probabilities, volume, plan, settings, record))
     return labels, prob

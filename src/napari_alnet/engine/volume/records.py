@@ -85,7 +85,7 @@ def _flat(record: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _differences(old: dict, new: dict) -> str:
+def differences(old: dict, new: dict) -> str:
     """What differs between two run records: the names, then each value, e.g. ``(numerics.precision):
     numerics.precision fp32 then, bf16 now`` (settings by their bare names)."""
     before, now = _flat(old), _flat(new)
@@ -103,7 +103,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _recorded_threads(target: Path | zarr.Group, default: int | None) -> int | None:
+def recorded_threads(target: Path | zarr.Group, default: int | None) -> int | None:
     """The torch threads per block an unfinished output at ``target`` was started with (a resume keeps them: a
     block's floating-point results depend on them), else ``default``."""
     try:

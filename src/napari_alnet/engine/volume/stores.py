@@ -28,7 +28,7 @@ from ..instances3d import (
     FACE_AXES,
 )
 from .plan import BlockPlan
-from .records import RECORD_VERSION, _differences
+from .records import RECORD_VERSION, differences
 from .settings import Settings
 
 STATE = "alnet_state"
@@ -108,15 +108,15 @@ def _source_path(volume: Volume) -> Path | None:
     """Where the source lies on disk: its path, or the local store of an on-disk Zarr array given as an array."""
     if volume.path is not None:
         return Path(volume.path)
-    return _store_path(getattr(volume.reader, "_raw", None))
+    return store_path(getattr(volume.reader, "_raw", None))
 
 
-def _store_path(node: Any) -> Path | None:
+def store_path(node: Any) -> Path | None:
     root = getattr(getattr(node, "store", None), "root", None)
     return Path(str(root)) / getattr(node, "path", "") if root is not None else None
 
 
-def _check_not_source(target: Path | None, volume: Volume) -> None:
+def check_not_source(target: Path | None, volume: Volume) -> None:
     """``VolumeError`` when an output would lie anywhere inside the input's container (or hold the input)."""
     source = _source_path(volume)
     if target is None or source is None:
@@ -127,7 +127,7 @@ def _check_not_source(target: Path | None, volume: Volume) -> None:
                           "an input is never written to: choose an output outside it")
 
 
-def _claim(target: Path | zarr.Group, record: dict, overwrite: bool, volume: Volume) -> zarr.Group | None:
+def claim(target: Path | zarr.Group, record: dict, overwrite: bool, volume: Volume) -> zarr.Group | None:
     """The existing output to resume, or ``None`` to create one (after clearing it with ``overwrite``);
     ``VolumeError`` when it must not be touched."""
     where = target if isinstance(target, Path) else f"Zarr group {target.store_path}"
@@ -149,7 +149,7 @@ def _claim(target: Path | zarr.Group, record: dict, overwrite: bool, volume: Vol
     elif found.get("complete"):
         why = "is complete"
     elif found.get("run") != record:
-        why = (f"was started with other settings {_differences(found.get('run') or {}, record)}; resuming would "
+        why = (f"was started with other settings {differences(found.get('run') or {}, record)}; resuming would "
                "mix blocks of both runs")
     else:
         return existing
@@ -179,7 +179,7 @@ def disk_full_said(path: Path | str, after: str = DISK_FULL_KEPT) -> Iterator[No
         raise write_error(exc, Path(str(path)), after=after) from exc
 
 
-def _created(target: Path | zarr.Group, create: Callable[[], zarr.Group]) -> zarr.Group:
+def created(target: Path | zarr.Group, create: Callable[[], zarr.Group]) -> zarr.Group:
     """``create()`` a new output at ``target``; a path it fails to fill is removed (nothing half-made is left)."""
     try:
         with disk_full_said(target if isinstance(target, Path) else target.store_path,
@@ -202,7 +202,7 @@ def _spatial(values: tuple[int, ...], ndim: int) -> tuple[int, ...]:
     return tuple(values) if ndim == 3 else tuple(values[1:])
 
 
-def _new_labels(target: Path | zarr.Group, volume: Volume, plan: BlockPlan, settings: Settings, record: dict,
+def new_labels(target: Path | zarr.Group, volume: Volume, plan: BlockPlan, settings: Settings, record: dict,
                 width: int) -> zarr.Group:
     dtype = np.uint32 if settings.instances else np.uint8
     props = None if settings.instances else [{"label-value": 1, "class": settings.objects}]
@@ -225,7 +225,7 @@ def _new_labels(target: Path | zarr.Group, volume: Volume, plan: BlockPlan, sett
     return group
 
 
-def _new_probabilities(target: Path | zarr.Group, volume: Volume, plan: BlockPlan, settings: Settings,
+def new_probabilities(target: Path | zarr.Group, volume: Volume, plan: BlockPlan, settings: Settings,
                        record: dict) -> zarr.Group:
     encoding = ("uint8: probability = value / 255" if settings.probabilities == "uint8"
                 else f"{settings.probabilities}: probability")
@@ -248,7 +248,7 @@ def _new_split(state: zarr.Group, plan: BlockPlan, settings: Settings) -> None:
         state.create_array(f"ghost{axis}", shape=tuple(shape), dtype="uint32", chunks=tuple(chunks), fill_value=0)
 
 
-def _outputs(labels: zarr.Group, prob: zarr.Group | None) -> Outputs:
+def open_arrays(labels: zarr.Group, prob: zarr.Group | None) -> Outputs:
     state = labels[STATE]
     names = set(state.array_keys())
     outputs = Outputs(labels["0"], state["blocks"], prob["0"] if prob is not None else None,
@@ -261,7 +261,7 @@ def _outputs(labels: zarr.Group, prob: zarr.Group | None) -> Outputs:
     return outputs
 
 
-def _id_outputs(outputs: Outputs) -> Outputs:
+def id_outputs(outputs: Outputs) -> Outputs:
     """What the merge and relabel phases read as the blocks' ids: the watershed's where it ran, else ``local``."""
     return outputs if outputs.split is None else replace(outputs, local=outputs.split, counts=outputs.split_counts)
 
@@ -279,7 +279,7 @@ def read_state(array: zarr.Array) -> np.ndarray:
         return out
 
 
-def _claim_writer(target: Path | zarr.Group) -> Path | None:
+def claim_output_writer(target: Path | zarr.Group) -> Path | None:
     """This run as the one writer of a path output (``io.atomic.claim_writer``); a second run is refused saying
     it kept the first one's work."""
     if not isinstance(target, Path):

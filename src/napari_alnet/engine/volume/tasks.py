@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,12 +31,26 @@ from ..instances3d import (
 from ..postprocess import semantic_labels
 from ..progress import run_job
 from ..segmenter import Segmenter
-from .executors import usable_cores
+from .executors import threads_per_task, usable_cores
 from .plan import Block, BlockPlan
 from .settings import Settings
 from .stores import COMPUTED, FINAL, Outputs
 
-# --- the tasks (module level: they run on Dask workers) -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Work:
+    """What the tasks of one phase share (sent to each worker once): the output arrays, the settings and the plan;
+    the model and the source's reader (the network phases); the first global id of each block (merge, relabel)
+    and the merged lookup table (relabel)."""
+
+    outputs: Outputs
+    settings: Settings
+    plan: BlockPlan
+    segmenter: Segmenter | None = None
+    reader: Any = None
+    starts: np.ndarray | None = None
+    lut: zarr.Array | None = None
+
 
 def _set_threads(threads: int | None) -> None:
     """torch threads for this task: ``threads``, or on a Dask worker the cores divided among its task threads."""
@@ -45,7 +61,7 @@ def _set_threads(threads: int | None) -> None:
             worker = get_worker()
         except (ImportError, ValueError):
             return
-        threads = max(1, usable_cores() // max(1, worker.state.nthreads))
+        threads = threads_per_task(usable_cores(), worker.state.nthreads)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
@@ -60,36 +76,37 @@ def _get(array: zarr.Array, region: tuple[slice, slice, slice]) -> np.ndarray:
     return get_region(array, region)
 
 
-def context_task(segmenter: Segmenter, reader, outputs: Outputs, settings: Settings, plane: tuple[int, int],
-                 z: int) -> int:
+def context_task(work: Work, z: int) -> int:
     """Pass 1 for slice ``z``: its normalization bounds and pooled context, stored as one row."""
+    settings, segmenter = work.settings, work.segmenter
     _set_threads(settings.threads)
 
     def read(ys: slice, xs: slice) -> np.ndarray:
-        return reader.read((slice(z, z + 1), ys, xs))[0]
+        return work.reader.read((slice(z, z + 1), ys, xs))[0]
 
     ctx = make_context(segmenter, settings.tta)
-    found = plane_context(ctx, segmenter.metadata, read, plane, tile=settings.context_tile,
+    found = plane_context(ctx, segmenter.metadata, read, work.plan.shape[1:], tile=settings.context_tile,
                           overlap=settings.overlap, batch_size=settings.batch_size)
-    outputs.context[z] = found.to_row()
+    work.outputs.context[z] = found.to_row()
     return z
 
 
-def _whole_plane_probs(segmenter: Segmenter, reader, settings: Settings, block: Block) -> np.ndarray:
-    raw = reader.read(block.region)
-    job = probability_job(segmenter, raw, tile=settings.tile, overlap=settings.overlap,
+def _whole_plane_probs(work: Work, block: Block) -> np.ndarray:
+    settings = work.settings
+    raw = work.reader.read(block.region)
+    job = probability_job(work.segmenter, raw, tile=settings.tile, overlap=settings.overlap,
                           batch_size=settings.batch_size, tta=settings.tta, rgb=settings.rgb)
     return run_job(job)
 
 
-def _cut_plane_probs(segmenter: Segmenter, reader, outputs: Outputs, settings: Settings, plan: BlockPlan,
-                     block: Block) -> np.ndarray:
+def _cut_plane_probs(work: Work, block: Block) -> np.ndarray:
     """Probabilities of a block that cuts YX planes: each slice in its halo window with that slice's context."""
+    segmenter, settings = work.segmenter, work.settings
     zs, ys, xs = block.region
-    plane = plan.shape[1:]
+    plane = work.plan.shape[1:]
     window = tuple(slice(w.start, min(w.stop, n)) for w, n in zip(halo_window((ys, xs), plane), plane, strict=True))
-    raw = reader.read((zs, *window))
-    rows = outputs.context[zs]
+    raw = work.reader.read((zs, *window))
+    rows = work.outputs.context[zs]
     if np.isnan(rows).any():
         raise RuntimeError(f"slices {zs.start}-{zs.stop - 1}: the context pass has not run (a bug)")
     ctx = make_context(segmenter, settings.tta)
@@ -111,17 +128,14 @@ def encode_probabilities(probs: np.ndarray, dtype: str) -> np.ndarray:
     return probs.astype(dtype)
 
 
-def block_task(segmenter: Segmenter, reader, outputs: Outputs, settings: Settings, plan: BlockPlan,
-               block: Block) -> tuple[float, float, float]:
+def block_task(work: Work, block: Block) -> tuple[float, float, float]:
     """Segment one block and write it (labels or local ids, probabilities), then mark it computed; returns the
     slices it is worth (voxels / plane), the seconds of inference (reading included) and of the whole task."""
+    outputs, settings, plan = work.outputs, work.settings, work.plan
     start = time.perf_counter()
     _set_threads(settings.threads)
     try:
-        if plan.cuts_planes:
-            probs = _cut_plane_probs(segmenter, reader, outputs, settings, plan, block)
-        else:
-            probs = _whole_plane_probs(segmenter, reader, settings, block)
+        probs = _cut_plane_probs(work, block) if plan.cuts_planes else _whole_plane_probs(work, block)
     except ValueError as exc:
         z0, z1, y0, y1, x0, x1 = block.bounds
         raise ValueError(f"block z {z0}:{z1}, y {y0}:{y1}, x {x0}:{x1}: {exc}") from exc
@@ -139,10 +153,10 @@ def block_task(segmenter: Segmenter, reader, outputs: Outputs, settings: Setting
     return block.voxels / (plan.shape[1] * plan.shape[2]), inferred - start, end - start
 
 
-def merge_task(outputs: Outputs, settings: Settings, plan: BlockPlan, block: Block,
-               starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def merge_task(work: Work, block: Block) -> tuple[np.ndarray, np.ndarray]:
     """One block's voxels per local id and the id pairs facing each other across its faces with the next blocks
     (in z, y and x for 3D instances; y and x for 2D)."""
+    outputs, settings, plan, starts = work.outputs, work.settings, work.plan, work.starts
     local = _get(outputs.local, block.region)
     count = int(outputs.counts[block.position])
     sizes = block_sizes(local, count)
@@ -180,10 +194,11 @@ def _agreed_pairs(outputs: Outputs, block: Block, axis: int, nxt: int, planes: t
     return np.concatenate([face_votes(high, seen_by_low, there, here), face_votes(low, seen_by_high, here, there)])
 
 
-def split_task(outputs: Outputs, settings: Settings, plan: BlockPlan, block: Block) -> int:
+def split_task(work: Work, block: Block) -> int:
     """The watershed of one block in its window (the block plus ``watershed_halo``; the mask is where the block
     phase wrote local ids): the core's ids into ``split``, the planes beyond its inner faces into the ghosts, then
     mark it split."""
+    outputs, settings, plan = work.outputs, work.settings, work.plan
     window = watershed_window(block.region, plan.shape, settings.watershed_halo)
     ids = split_block(_get(outputs.local, window) > 0, settings.instances, settings.watershed_sampling)
     core = tuple(slice(r.start - w.start, r.stop - w.start) for r, w in zip(block.region, window, strict=True))
@@ -200,11 +215,13 @@ def split_task(outputs: Outputs, settings: Settings, plan: BlockPlan, block: Blo
     return block.index
 
 
-def relabel_task(outputs: Outputs, lut: zarr.Array, block: Block, start: int) -> int:
+def relabel_task(work: Work, block: Block) -> int:
     """Write one block's final ids (its local ids through the merged lookup table), then mark it final."""
+    outputs = work.outputs
     local = _get(outputs.local, block.region)
     count = int(outputs.counts[block.position])
-    table = np.asarray(lut[start: start + count + 1]).copy()
+    start = int(work.starts[block.index])
+    table = np.asarray(work.lut[start: start + count + 1]).copy()
     table[0] = 0
     _put(outputs.labels, block.region, table[local].astype(outputs.labels.dtype, copy=False))
     outputs.state[block.position] = FINAL
