@@ -11,8 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 import torch
 
-from napari_alnet.engine import registry as model_registry
-from napari_alnet.training.estimate import forget_measurements
+from napari_alnet.engine.registry import session_registry
 
 DATA = Path(os.environ.get("NAPARI_ALNET_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
@@ -29,15 +28,15 @@ def require_data(name: str) -> Path:
 def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    forget_measurements()  # a training step time measured by an earlier test would change this test's estimates
     yield
 
 
 @pytest.fixture
 def forget_registered_models():
     """Models a test registers in the session's registry (fine-tunes, loaded files) are unregistered after it."""
-    before = {e.name for e in model_registry.entries()}
+    registry = session_registry()
+    before = {e.name for e in registry.entries()}
     yield
-    for entry in model_registry.entries():
+    for entry in registry.entries():
         if entry.name not in before:
-            model_registry.unregister(entry.name)
+            registry.unregister(entry.name)

@@ -13,6 +13,14 @@ LAYERS = ("model", "io", "engine", "training", "top")
 TOP_MODULES = ("api", "cli", "launch", "terminal", "widgets", "__init__")
 GUI_PACKAGES = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "vispy")
 MAX_FUNCTION_LINES = 60
+MAX_CLASS_LINES = 250
+#: TEMPORARY (issue 26, for the coordinator to remove): classes above MAX_CLASS_LINES when the limit came in
+#: (SegmentWidget 515, FinetuneWidget 604, CorrectionsPanel 285 lines on 2026-12-03); the docks are being split
+#: into presenters. Delete each name once its class is short; the test fails when a listed class already is.
+CLASS_SIZE_ALLOWED = frozenset({"SegmentWidget", "FinetuneWidget", "CorrectionsPanel"})
+#: TEMPORARY (issue 26, for the coordinator to remove): modules that still hold a ``global`` statement
+#: (widgets/_volume.py's session folder, moving onto the Segment dock). The test fails once the module has none.
+GLOBAL_ALLOWED = frozenset({"widgets/_volume.py"})
 
 
 def _modules() -> list[Path]:
@@ -97,3 +105,32 @@ def test_functions_are_short(path):
             assert length <= MAX_FUNCTION_LINES, (
                 f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}() has {length} lines "
                 f"(at most {MAX_FUNCTION_LINES}: split it)")
+
+
+def _relative(path: Path) -> str:
+    return path.relative_to(PACKAGE).as_posix()
+
+
+@pytest.mark.parametrize("path", _modules(), ids=_relative)
+def test_classes_are_short(path):
+    """Count each class's lines (decorators excluded); a class past the limit holds several jobs: split it."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ClassDef):
+            length = node.end_lineno - node.lineno + 1
+            if node.name in CLASS_SIZE_ALLOWED:
+                assert length > MAX_CLASS_LINES, (
+                    f"{_relative(path)}: {node.name} is {length} lines now: remove it from CLASS_SIZE_ALLOWED")
+                continue
+            assert length <= MAX_CLASS_LINES, (
+                f"{_relative(path)}:{node.lineno} class {node.name} has {length} lines (at most {MAX_CLASS_LINES}: "
+                "split it into classes with one job each)")
+
+
+@pytest.mark.parametrize("path", _modules(), ids=_relative)
+def test_no_global_statement(path):
+    """Session state lives on objects (a registry instance, a dock's own folder), never in rebound module names."""
+    found = [node.lineno for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Global)]
+    if _relative(path) in GLOBAL_ALLOWED:
+        assert found, f"{_relative(path)} has no global statement now: remove it from GLOBAL_ALLOWED"
+        return
+    assert not found, f"{_relative(path)}:{found[0]}: a global statement; keep the state on an object instead"

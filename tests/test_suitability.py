@@ -10,7 +10,7 @@ import pytest
 from PIL import Image as PILImage
 
 from conftest import require_data
-from napari_alnet.engine import registry as model_registry
+from napari_alnet.engine.registry import session_registry
 from napari_alnet.engine.suitability import STATS_KEY, assess, image_statistics, suggest
 from napari_alnet.io.sample_data import em_like_stack
 
@@ -18,7 +18,7 @@ BUILTINS = ("em", "fundus", "dermoscopy")
 
 
 def card(name: str):
-    return model_registry.metadata(name)
+    return session_registry().metadata(name)
 
 
 def builtins():

@@ -374,17 +374,24 @@ def test_focused_crops_centre_on_the_labelled_pixels():
 
 
 def test_progress_in_steps_and_seconds_and_a_measured_estimate(em_pairs, tmp_path):
-    from napari_alnet.training.estimate import estimate
+    from napari_alnet.training.estimate import StepTimes, estimate
+    from napari_alnet.training.loop import training_precision
 
     cfg = TrainConfig(epochs=2, crop=64, steps_per_epoch=3, seed=0, batch_size=2)
     assumed = estimate(cfg, 6)
     assert assumed.source == "assumed" and assumed.steps == 6 and "6 steps" in assumed.describe()
-    messages = []
-    train(em_pairs[:3], [], ModelMetadata(), tmp_path / "m.safetensors", config=cfg,
-          on_progress=lambda report: messages.append(report.message))
+    messages, times = [], StepTimes()
+    result = train(em_pairs[:3], [], ModelMetadata(), tmp_path / "m.safetensors", config=cfg,
+                   on_progress=lambda report: messages.append(report.message))
     assert messages[0].startswith("step 1/6, ") and " s" in messages[0] and "epoch 1/2" in messages[0]
     assert "left" in messages[1] and messages[-1].endswith("epoch 2/2 done")
-    measured = estimate(cfg, 6)
-    assert measured.source == "measured" and measured.step_seconds > 0
+    assert estimate(cfg, 6, times=times).source == "assumed"  # nothing measured by this owner yet
+    times.record(result.step_time)
+    precision = training_precision(cfg, torch.device("cpu"))  # bf16 where the CPU computes it natively
+    measured = estimate(cfg, 6, times=times, precision=precision)
+    assert measured.source == "measured" and measured.step_seconds == result.step_time.seconds > 0
+    assert estimate(replace(cfg, crop=96), 6, times=times, precision=precision).source == "assumed"  # another run
+    times.forget()
+    assert estimate(cfg, 6, times=times, precision=precision).source == "assumed"
     capped = estimate(replace(cfg, max_minutes=0.001), 10_000)
     assert capped.capped and capped.seconds == pytest.approx(0.06)

@@ -1,8 +1,8 @@
 """How long a training run will take, before it starts: steps x seconds per step (measured in this process when a
 run with the same crops, batch, frozen stages, precision and device has run, else assumed), plus validation.
 
-``Trainer`` records its median step time at the end of every epoch (``record_step_seconds``); the Fine-tune dock
-shows ``estimate(...)`` before a run.
+A run's ``TrainResult.step_time`` is its measured ``StepTime``; whoever measures keeps them in its own ``StepTimes``
+(the Fine-tune dock holds one, records each run's and shows ``estimate(..., times=...)`` before the next run).
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ if TYPE_CHECKING:  # the loop imports this module; only its type is needed here
 ASSUMED_STEP_SECONDS_PER_MEGAPIXEL = 3.0
 #: Assumed seconds per megapixel of one validation or preview prediction (fp32, 2 threads, same CPU).
 ASSUMED_EVAL_SECONDS_PER_MEGAPIXEL = 0.8
-
-_measured: dict[tuple, float] = {}
-
 
 @dataclass(frozen=True)
 class Estimate:
@@ -50,21 +47,47 @@ def _key(config: TrainConfig, device: torch.device | str, precision: str) -> tup
     return config.crop, config.batch_size, config.freeze_stages, precision, torch.device(device).type
 
 
-def record_step_seconds(config: TrainConfig, device: torch.device | str, precision: str, seconds: float) -> None:
-    """Remember the measured seconds per step of runs like ``config`` (the latest measurement wins)."""
-    if math.isfinite(seconds) and seconds > 0:
-        _measured[_key(config, device, precision)] = float(seconds)
+@dataclass(frozen=True)
+class StepTime:
+    """One run's measured ``seconds`` per optimizer step and what decides it (``key``: crop, batch, frozen stages,
+    precision, device type)."""
+
+    key: tuple
+    seconds: float
+
+    @classmethod
+    def of(cls, config: TrainConfig, device: torch.device | str, precision: str, seconds: float | None
+           ) -> StepTime | None:
+        """The measurement of a run like ``config`` (None when ``seconds`` is not a usable time)."""
+        if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+            return None
+        return cls(_key(config, device, precision), float(seconds))
 
 
-def forget_measurements() -> None:
-    """Forget every measured step time (estimates are ``assumed`` again until a run measures one)."""
-    _measured.clear()
+class StepTimes:
+    """The step times one owner (a dock, a benchmark) measured; estimates of runs like a measured one use it."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[tuple, float] = {}
+
+    def record(self, measured: StepTime | None) -> None:
+        """Remember a run's step time (the latest for the same kind of run wins; None is ignored)."""
+        if measured is not None:
+            self._seconds[measured.key] = measured.seconds
+
+    def forget(self) -> None:
+        """Forget every measured step time (estimates are ``assumed`` again until a run measures one)."""
+        self._seconds.clear()
+
+    def get(self, config: TrainConfig, device: torch.device | str, precision: str) -> float | None:
+        """The measured seconds per step of runs like ``config`` (None if none ran)."""
+        return self._seconds.get(_key(config, device, precision))
 
 
-def step_seconds(config: TrainConfig, device: torch.device | str = "cpu", precision: str = "fp32"
-                 ) -> tuple[float, str]:
-    """(seconds per step, ``measured`` or ``assumed``) for ``config`` on ``device``."""
-    measured = _measured.get(_key(config, device, precision))
+def step_seconds(config: TrainConfig, device: torch.device | str = "cpu", precision: str = "fp32", *,
+                 times: StepTimes | None = None) -> tuple[float, str]:
+    """(seconds per step, ``measured`` (in ``times``) or ``assumed``) for ``config`` on ``device``."""
+    measured = None if times is None else times.get(config, device, precision)
     if measured is not None:
         return measured, "measured"
     megapixels = config.batch_size * config.crop * config.crop / 1e6
@@ -72,10 +95,11 @@ def step_seconds(config: TrainConfig, device: torch.device | str = "cpu", precis
 
 
 def estimate(config: TrainConfig, steps: int, *, eval_pixels: int = 0, device: torch.device | str = "cpu",
-             precision: str = "fp32") -> Estimate:
-    """The run's duration: ``steps`` steps plus ``eval_pixels`` (validation and preview pixels per epoch) predicted
-    after each of ``config.epochs`` epochs, capped by ``config.max_minutes``."""
-    per_step, source = step_seconds(config, device, precision)
+             precision: str = "fp32", times: StepTimes | None = None) -> Estimate:
+    """The run's duration: ``steps`` steps (measured in ``times`` when a run like it was, else assumed) plus
+    ``eval_pixels`` (validation and preview pixels per epoch) predicted after each of ``config.epochs`` epochs,
+    capped by ``config.max_minutes``."""
+    per_step, source = step_seconds(config, device, precision, times=times)
     seconds = steps * per_step + config.epochs * eval_pixels / 1e6 * ASSUMED_EVAL_SECONDS_PER_MEGAPIXEL
     budget = config.max_minutes * 60
     capped = bool(budget) and seconds > budget

@@ -1,4 +1,7 @@
-"""Model and device pickers shared by the widgets; the list follows ``model_registry``."""
+"""Model and device pickers shared by the widgets; the list follows a ``ModelRegistry`` (the session's by default).
+
+A picker subscribes to its registry and unsubscribes when its Qt widget is destroyed (the registry itself knows no Qt).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ from magicgui.widgets import ComboBox, Label, PushButton
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 
-from ..engine import registry as model_registry
 from ..engine.devices import available_devices
+from ..engine.registry import ModelEntry, ModelRegistry, session_registry
 from ..engine.segmenter import Segmenter
 from ..engine.suitability import ImageStatistics, advice, assess, suggest
 from ..io.weights import WeightsError, read_weights
@@ -44,9 +47,11 @@ class ModelPicker:
     earlier versions stay in the list.
 
     ``on_change(callback)`` calls ``callback(name, metadata)`` when the choice changes to a usable model.
+    ``registry``: whose models it lists (default: the session's, shared by the plugin's docks).
     """
 
-    def __init__(self, label: str = "Model") -> None:
+    def __init__(self, label: str = "Model", *, registry: ModelRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else session_registry()
         self.combo = ComboBox(label=label, choices=self._choices, tooltip="the trained network: built-in models "
                               "(em: electron microscopy membranes; fundus: retinal vessels; dermoscopy: skin "
                               "lesions), weight files you loaded ('Load weights…') and models fine-tuned in this "
@@ -56,10 +61,11 @@ class ModelPicker:
         self.summary.native.setAlignment(Qt.AlignmentFlag.AlignLeft)
         self._listeners: list[Callable[[str, ModelMetadata], None]] = []
         self._previous: str | None = self.combo.value
-        self._seen = {entry.name for entry in model_registry.entries()}
+        self._seen = {entry.name for entry in self.registry.entries()}
         self._refreshing = False
         self.combo.changed.connect(self._on_combo)
-        model_registry.connect(self.refresh)
+        self._unsubscribe = self.registry.connect(self.refresh)
+        self.combo.native.destroyed.connect(self._unsubscribe)
         self._describe(self.combo.value)
 
     @property
@@ -79,7 +85,7 @@ class ModelPicker:
     def load_file(self, path: str | Path) -> str:
         """Check ``path`` is an AL-Net weight file, register it and choose it; returns its name."""
         read_weights(path)  # raises WeightsError with a clear message
-        name = model_registry.register_file(path).name
+        name = self.registry.register_file(path).name
         self.select(name)
         return name
 
@@ -88,17 +94,26 @@ class ModelPicker:
         if self.value is None:
             raise WeightsError("no model chosen: pick one in 'Model' or use 'Load weights…' to open a "
                                ".safetensors weight file")
-        return model_registry.load(self.value, device)
+        return self.registry.load(self.value, device)
 
     def refresh(self) -> None:
         """Re-read the registry (called by it on every change); follow a new version of the chosen model."""
+        try:
+            self._refresh()
+        except RuntimeError as exc:  # the Qt widget went without its destroyed signal: stop listening
+            if "deleted" not in str(exc):
+                raise
+            log.debug("model picker of a deleted widget stops listening", exc_info=True)
+            self._unsubscribe()
+
+    def _refresh(self) -> None:
         self._refreshing = True
         try:
             self.combo.reset_choices()
-            newer = [e.name for e in model_registry.children(self._previous or "") if e.name not in self._seen]
+            newer = [e.name for e in self.registry.children(self._previous or "") if e.name not in self._seen]
             if newer:
                 self.combo.value = newer[-1]
-            self._seen = {entry.name for entry in model_registry.entries()}
+            self._seen = {entry.name for entry in self.registry.entries()}
         finally:
             self._refreshing = False
         if self.combo.value != self._previous:
@@ -107,7 +122,7 @@ class ModelPicker:
             self._describe(self.combo.value)
 
     def _choices(self, _widget=None) -> list[tuple[str, str | None]]:
-        entries = model_registry.entries()
+        entries = self.registry.entries()
         choices: list[tuple[str, str | None]] = [(_label(e), e.name) for e in entries]
         if not entries:
             choices.append(("(no model yet)", None))
@@ -142,7 +157,7 @@ class ModelPicker:
             self.summary.value = "no model: choose 'Load weights…' to open a .safetensors file"
             return None
         try:
-            meta = model_registry.metadata(name)
+            meta = self.registry.metadata(name)
         except (WeightsError, ValueError, KeyError, OSError) as exc:
             self.summary.value = f"unusable: {exc}"
             return None
@@ -154,7 +169,7 @@ class ModelPicker:
         return meta
 
 
-def _label(entry: model_registry.ModelEntry) -> str:
+def _label(entry: ModelEntry) -> str:
     if entry.parent is not None:
         return f"{entry.name} (v{entry.version or '?'}, fine-tuned from {entry.parent})"
     return {"builtin": f"{entry.name} (built-in)", "file": entry.name,
@@ -181,11 +196,12 @@ class FitNote:
     def update(self, stats: ImageStatistics | None, name: str | None) -> list[str]:
         """Judge the image ``stats`` against model ``name``; returns what differs (shown in ``label``)."""
         self.problems, self.suggestion = [], None
-        meta = _metadata(name) if stats is not None and name is not None else None
+        registry = self.picker.registry
+        meta = _metadata(registry, name) if stats is not None and name is not None else None
         if meta is not None:
             self.problems = assess(stats, meta)
         if self.problems:
-            models = {e.name: m for e in model_registry.entries() if (m := _metadata(e.name)) is not None}
+            models = {e.name: m for e in registry.entries() if (m := _metadata(registry, e.name)) is not None}
             self.suggestion = suggest(stats, models, besides=name)
         self._show(advice(name, self.problems, self.suggestion) if self.problems else "")
         return self.problems
@@ -202,8 +218,8 @@ class FitNote:
             self.picker.select(self.suggestion)
 
 
-def _metadata(name: str) -> ModelMetadata | None:
+def _metadata(registry: ModelRegistry, name: str) -> ModelMetadata | None:
     try:
-        return model_registry.metadata(name)
+        return registry.metadata(name)
     except (WeightsError, ValueError, KeyError, OSError):
         return None
