@@ -1,51 +1,26 @@
 """``alnet segment`` of Zarr/N5 volumes (or any input, to an OME-Zarr output): blockwise, resumable
-(``engine.blockwise``; docs/volumes.md)."""
+(``engine.volume``; docs/volumes.md)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..engine import arguments as checks
-from ..engine.blockwise import VolumeSummary, segment_volume_job, volume_routes
-from ..engine.segmenter import Segmenter
+from ..engine.request import SegmentRequest, segment_job
+from ..engine.volume import VolumeSummary
 from .common import drive, interrupted_exit_code, progress_bar
 
 
-def routes(args: argparse.Namespace, volume_options: bool) -> tuple[list[str], list[str]]:
-    """(inputs for the volume engine, inputs for the TIFF batch), with the volume flags checked."""
-    volumes, files = volume_routes(args.inputs, args.out, args.instances, volume_options)
-    if volumes:
-        checks.block(args.block)
-        checks.workers(args.workers)
-        checks.threads(args.threads)
-        if args.workers is not None and args.scheduler is not None:
-            raise checks.UsageError("--workers starts a local cluster and --scheduler uses a running one: give one")
-    return volumes, files
-
-
-def segment_volumes(args: argparse.Namespace, model: Segmenter, sources: list[str]) -> int:
-    """Segment each volume of ``sources`` blockwise into OME-Zarr; 0, or the interrupted exit code."""
-    for source in sources:
-        job = segment_volume_job(model, source, args.out, block=args.block, probabilities=args.probabilities,
-                                 instances=args.instances, threshold=args.threshold, overwrite=args.overwrite,
-                                 tile=args.tile, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
-                                 **_watershed_options(args))
-        try:
-            summary = drive(job, progress_bar(args, "segment", "slices"))
-        except KeyboardInterrupt as exc:
-            print("alnet segment: interrupted; finished blocks are kept: run the same command again to continue",
-                  file=sys.stderr)
-            return interrupted_exit_code(exc)
-        report_volume(summary)
+def segment_volume(args: argparse.Namespace, request: SegmentRequest) -> int:
+    """Segment the one volume of ``request`` (a blockwise part) into OME-Zarr; 0, or the interrupted exit code."""
+    try:
+        summary = drive(segment_job(request), progress_bar(args, "segment", "slices"))
+    except KeyboardInterrupt as exc:
+        print("alnet segment: interrupted; finished blocks are kept: run the same command again to continue",
+              file=sys.stderr)
+        return interrupted_exit_code(exc)
+    report_volume(summary)
     return 0
-
-
-def _watershed_options(args: argparse.Namespace) -> dict:
-    """The engine's watershed options from --watershed / --watershed-halo (none when off: the engine's defaults)."""
-    if not args.watershed:
-        return {}
-    return {"watershed": True} | ({"watershed_halo": args.watershed_halo} if args.watershed_halo is not None else {})
 
 
 def report_volume(summary: VolumeSummary) -> None:

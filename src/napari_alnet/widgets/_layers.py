@@ -11,18 +11,11 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from ..engine.progress import Job, Progress
+from ..engine.request import CURRENT_SLICE, FIELD_OF_VIEW, WHOLE_STACK, Z_RANGE, Region
 from ..io.atomic import move_into_place, staging_directory
 from ..io.stack_reader import PixelSize
 from ..io.stack_writer import TiffStackWriter
 from ..io.volumes import Geometry, create_output
-
-Region = tuple[int | slice, ...]
-
-CURRENT_SLICE = "current slice"
-FIELD_OF_VIEW = "field of view"
-Z_RANGE = "z-range"
-WHOLE_STACK = "whole stack"
-SCOPES = (CURRENT_SLICE, FIELD_OF_VIEW, Z_RANGE, WHOLE_STACK)
 
 
 class InputProblem(ValueError):
@@ -103,21 +96,6 @@ def region_shape(layer: Image, region: Region) -> tuple[int, ...]:
     """The spatial shape ``region`` selects (fixed axes dropped)."""
     shape = spatial_shape(layer)
     return tuple(len(range(*r.indices(n))) for r, n in zip(region, shape, strict=True) if isinstance(r, slice))
-
-
-def read_region(layer: Image, region: Region) -> np.ndarray:
-    """A NumPy copy of ``layer``'s data at ``region`` (safe to hand to a worker thread)."""
-    return np.array(base_data(layer)[region])
-
-
-def check_pixels(image: np.ndarray, name: str) -> None:
-    """Refuse empty or constant images (nothing to segment)."""
-    if image.size == 0:
-        raise InputProblem(f"layer {name!r} has no pixels in the chosen region; choose another slice or layer")
-    lo, hi = np.nanmin(image), np.nanmax(image)
-    if lo == hi:
-        raise InputProblem(f"layer {name!r} is constant (every pixel is {lo}) in the chosen region; there is "
-                           "nothing to segment; check that the right layer and slice are chosen")
 
 
 def upsert(viewer: napari.Viewer, name: str, kind: type[Image] | type[Labels], like: Image, dtype: np.dtype,

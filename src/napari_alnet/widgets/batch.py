@@ -12,13 +12,15 @@ from napari.utils.notifications import show_info, show_warning
 from ..engine import batch
 from ..engine.batch import BatchSummary
 from ..engine.progress import Progress
+from ..engine.request import SegmentRequest, file_request, segment_job
+from ..engine.segmenter import Segmenter
 from ..io.volumes import VolumeError, open_volume
 from ..io.weights import WeightsError
 from ..model.metadata import ModelMetadata
 from ._layout import ScrollDock, Section
 from ._models import ModelPicker, device_picker, tile_picker
+from ._segment_form import precision_picker
 from ._worker import JobRunner, unwrap
-from .segment import precision_picker
 
 
 class BatchWidget(ScrollDock):
@@ -112,10 +114,7 @@ class BatchWidget(ScrollDock):
             if outdir is None:
                 raise ValueError("no output folder: choose where the label images are written")
             model = self.models.load(self.device.value).with_precision(self.precision.value)
-            job = batch.segment_files_job(inputs, outdir, model, tile=self.tile.value or None,
-                                          threshold=self.threshold.value or None,
-                                          probabilities=self.probabilities.value, instances=self.instances.value,
-                                          overwrite=self.overwrite.value)
+            job = segment_job(self.request(inputs, outdir, model))
         except (WeightsError, ValueError) as exc:
             show_warning(f"Batch segment: {exc}")
             return False
@@ -124,6 +123,13 @@ class BatchWidget(ScrollDock):
         self._started = time.time()
         self._expected = _expected_outputs(inputs, outdir, self.instances.value) if self.open_outputs.value else []
         return self.runner.start(job, self._done, on_progress=self._progress, on_cancelled=self._done)
+
+    def request(self, inputs: list[Path], outdir: Path, model: Segmenter) -> SegmentRequest:
+        """The ``SegmentRequest`` of the dock's choices: every input streamed into TIFFs in ``outdir``."""
+        return file_request(inputs, outdir, model, tile=self.tile.value or None,
+                            threshold=self.threshold.value or None, probabilities=self.probabilities.value,
+                            instances="2d" if self.instances.value else None, overwrite=self.overwrite.value,
+                            allow_blockwise=False)
 
     def _progress(self, report: Progress) -> None:
         """Show failures as they happen (the core reports them in ``metrics['failure']``); open outputs once a
