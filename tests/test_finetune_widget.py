@@ -13,6 +13,7 @@ from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.io.weights import ModelMetadata, save_weights
 from napari_alnet.model import ALNet
 from napari_alnet.training.finetune import finetune_recipe
+from napari_alnet.training.live import LiveConfig
 from napari_alnet.widgets import SegmentWidget
 from napari_alnet.widgets.finetune import IOU, LOSS, FinetuneWidget
 
@@ -36,7 +37,7 @@ def stack() -> tuple[np.ndarray, np.ndarray]:
 def notes(monkeypatch) -> list[str]:
     """Messages the dock sends to napari notifications."""
     seen: list[str] = []
-    for module in ("finetune", "_worker", "_models"):
+    for module in ("finetune", "_worker", "_models", "_live"):
         for name in ("show_warning", "show_error", "show_info"):
             monkeypatch.setattr(f"napari_alnet.widgets.{module}.{name}", lambda msg, _s=seen: _s.append(str(msg)),
                                 raising=False)
@@ -422,3 +423,65 @@ def test_each_run_saves_a_new_version_the_segment_dock_follows_and_goes_back(doc
     segment.models.select("mito")  # back to the earlier version
     assert segment.run_blocking()
     assert viewer.layers["em (mito)"].data.shape == (3, 64, 64)
+
+
+def scribble(layer, truth: np.ndarray, z: int, seed: int) -> None:
+    """Brush strokes as a user paints them: dots of label 1 on foreground and 2 on background of slice ``z``."""
+    rng = np.random.default_rng(seed)
+    layer.brush_size = 3
+    for label, where in ((1, truth[z]), (2, ~truth[z])):
+        ys, xs = np.nonzero(where)
+        for i in rng.choice(ys.size, 12, replace=False):
+            layer.paint((z, ys[i], xs[i]), label)
+
+
+def test_live_mode_previews_while_painting_picks_up_new_strokes_and_stop_saves(dock, stack, qtbot, notes):
+    images, truth = stack
+    viewer = dock.viewer
+    viewer.add_image(images, name="em", scale=(2.0, 1.0, 1.0))
+    layer = dock.add_annotations_layer()
+    dock.mode.value = "scribbles"
+    dock.live.config = LiveConfig(preview_seconds=0.2, min_steps=1, idle_seconds=0.02)
+    viewer.dims.set_point(0, 0.0)
+    dock.live.toggle.value = True
+    assert dock.live.running and dock.runner.running and dock.live.toggle.enabled
+    assert not dock.start_button.enabled  # one run at a time
+    scribble(layer, truth, 0, seed=0)
+    qtbot.waitUntil(lambda: dock.live.last is not None, timeout=WAIT_MS)
+    assert "em (live preview)" in viewer.layers and dock.live.last["slices"] == [0]
+    assert viewer.layers["em (live preview)"].data[0].any() and layer.data[1].sum() == 0
+    first = dock.live.last["snapshot"]
+    scribble(layer, truth, 1, seed=1)  # painting goes on while it trains
+    viewer.dims.set_point(0, 2.0)  # the user moves to slice 1 (z scale 2)
+    qtbot.waitUntil(lambda: dock.live.last["snapshot"] > first and dock.live.last["preview_slice"] == 1,
+                    timeout=WAIT_MS)
+    assert dock.live.last["slices"] == [0, 1] and viewer.layers["em (live preview)"].data[1].any()
+    painted = layer.data.copy()
+    dock.live.toggle.value = False  # stop: the newest weights become a new version of the model
+    wait(qtbot, dock)
+    assert not dock.live.running and not dock.live.toggle.value and dock.start_button.enabled
+    out = Path(dock.result.out)
+    assert out == Path(dock.output.value) and out.is_file(), notes
+    assert np.array_equal(layer.data, painted) and set(np.unique(painted)) == {0, 1, 2}  # never overwritten
+    card = load_model(out).metadata.card["finetune"]
+    assert card["live"] and card["slices"] == [0, 1] and card["version"] == 1 and card["steps"] >= 2
+    assert dock.model_name == "mito" and dock.status.value.startswith("live mode off after")
+    assert "mito" in [entry.name for entry in dock.models.registry.entries()]  # the Segment dock lists it
+    assert "'mito' is now in the Segment model list" in dock.report.value
+
+
+def test_live_mode_stopped_before_painting_writes_nothing(dock, stack, qtbot, notes):
+    images, _truth = stack
+    dock.viewer.add_image(images, name="em")
+    dock.add_annotations_layer()
+    dock.live.config = LiveConfig(idle_seconds=0.02)
+    dock.live.toggle.value = True
+    qtbot.waitUntil(lambda: "paint foreground and background" in dock.status.value, timeout=WAIT_MS)
+    dock.stop_button.changed.emit(True)  # Stop ends live mode as well
+    wait(qtbot, dock)
+    assert not dock.live.toggle.value and "nothing was written" in dock.status.value
+    assert not Path(dock.output.value).exists()
+    dock.viewer.layers.clear()
+    dock.live.toggle.value = True  # no image: refused with a message, the toggle goes back off
+    assert not dock.live.toggle.value and not dock.runner.running
+    assert any("Live mode needs an image" in note for note in notes)

@@ -33,12 +33,13 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QMessageBox
 
-from ..engine import registry as model_registry
 from ..engine.devices import resolve_device
 from ..engine.export import ExportReport, export_job
 from ..engine.progress import Progress
+from ..engine.registry import ModelRegistry, next_version
+from ..engine.volume.routing import IN_MEMORY_VOXELS
 from ..io.weights import WeightsError
-from ..training.estimate import Estimate, estimate
+from ..training.estimate import Estimate, StepTimes, estimate
 from ..training.finetune import (
     MODES,
     AnnotationError,
@@ -63,9 +64,9 @@ from ._layers import (
     upsert,
 )
 from ._layout import ScrollDock, Section
+from ._live import LivePresenter, painted_labels
 from ._models import ModelPicker
 from ._slices import SliceList, embed, painted_slices
-from ._volume import IN_MEMORY_VOXELS
 from ._worker import JobRunner, unwrap
 
 NAME = "Fine-tune (AL-Net)"
@@ -86,6 +87,8 @@ class FinetuneWidget(ScrollDock):
         self.viewer = unwrap(viewer)
         self.request: FinetuneRequest | None = None
         self.result: TrainResult | None = None
+        #: The step times this dock's runs measured (its estimates use them).
+        self.step_times = StepTimes()
         self.model_name: str | None = None
         self.export_report: ExportReport | None = None
         #: What the last label-meaning check found (None: not checked, e.g. from scratch).
@@ -96,10 +99,13 @@ class FinetuneWidget(ScrollDock):
         self._recheck: set[int] = set()
         self._suggested: Path | None = None
         inputs, recipe, run = self._build_inputs(), self._build_recipe(), self._build_run()
-        self.extend([*inputs, *recipe, *run])
         controls = [w for w in (*inputs, *recipe) if w not in (self.models.summary, self.estimate)]  # labels
         self.runner = JobRunner(NAME, progress_bar=self.progress, status=self.status, cancel_button=self.stop_button,
                                 controls=[*controls, self.start_button])
+        #: The *Live* toggle and its runs (``widgets._live``).
+        self.live = LivePresenter(self.viewer, self.runner, make_request=self.live_request,
+                                  on_saved=self._live_saved, on_progress=self._live_progress)
+        self.extend([*inputs, *recipe, run[0], self.live.toggle, *run[1:]])
         self._connect()
         self._on_layers()
         self._on_scratch()
@@ -275,6 +281,31 @@ class FinetuneWidget(ScrollDock):
                                train=self._recipe(), holdout=holdout, preview_slice=preview, rgb=bool(image.rgb),
                                image_name=image.name)
 
+    def live_request(self) -> tuple[FinetuneRequest, Image, Labels]:
+        """The request of a live run (``widgets._live``): the whole image and what is painted so far (maybe
+        nothing yet), a new version of the model in 'Save to'; raises with a message to show."""
+        image, labels = self.image.value, self.annotations.value
+        if image is None or labels is None:
+            raise InputProblem("Live mode needs an image and an annotations layer: choose them, or press 'New "
+                               "annotations layer', then turn on Live and paint")
+        if image.multiscale or _is_big(image) or _is_big(labels):
+            raise InputProblem(f"Live mode trains on an image held in memory; {image.name!r} is too big or "
+                               "multiscale: annotate some slices and press Fine-tune instead")
+        data, marks = np.asarray(base_data(image)), painted_labels(labels, self.mode.value)
+        spatial = spatial_shape(image)
+        if tuple(marks.shape) != spatial or len(spatial) not in (2, 3):
+            raise AnnotationError(f"the annotations {labels.name!r} have shape {tuple(marks.shape)} but the image "
+                                  f"{image.name!r} has the spatial shape {spatial}; paint them in a Labels layer "
+                                  "created for this image ('New annotations layer')")
+        base = self._base()
+        request = FinetuneRequest(data, marks, mode=self.mode.value, base=base, out=self._output_path(base),
+                                  train=self._recipe(), rgb=bool(image.rgb), image_name=image.name)
+        self._versioned(request)
+        self.request, self.result = request, None
+        self.curve.clear()
+        self.report.value = ""
+        return request, image, labels
+
     def _compact_request(self, image: Image, labels: Labels) -> FinetuneRequest:
         """A request holding only the ticked, held-out and previewed slices of a big or lazy stack (read one by
         one from level 0; the rest of the volume is never read)."""
@@ -333,7 +364,7 @@ class FinetuneWidget(ScrollDock):
 
     def _versioned(self, request: FinetuneRequest) -> None:
         """A new version of the model in 'Save to' (never over an earlier run's file), its parent and label 1."""
-        request.out, request.version = model_registry.next_version(request.out)
+        request.out, request.version = next_version(request.out)
         request.parent_name = None if self.scratch.value else self.models.value
         request.foreground = self.foreground.value.strip() or None
 
@@ -341,7 +372,7 @@ class FinetuneWidget(ScrollDock):
         """Does the painted foreground mean what the starting model's label 1 means? (None from scratch.)"""
         if request.base is None or self.models.value is None:
             return None
-        model = model_registry.load(self.models.value, "cpu")
+        model = self.models.registry.load(self.models.value, "cpu")
         images = request.image if request.image.ndim - int(request.rgb) == 3 else request.image[None]
         labels = request.labels if request.labels.ndim == 3 else request.labels[None]
         slices = [z for z in (request.slices or []) if z != request.holdout] or list(request.slices or [])
@@ -361,7 +392,7 @@ class FinetuneWidget(ScrollDock):
         plane = int(np.prod(spatial_shape(image)[-2:])) if image is not None else 512 * 512
         device = resolve_device(config.device)
         found = estimate(config, config.epochs * config.steps_per_epoch, eval_pixels=evaluated * plane,
-                         device=device, precision=training_precision(config, device))
+                         device=device, precision=training_precision(config, device), times=self.step_times)
         self.estimate.value = f"Estimate: {found.describe()}" + ("" if ticked else " (tick slices to train on)")
         return found
 
@@ -482,7 +513,7 @@ class FinetuneWidget(ScrollDock):
         out = Path(result.out)
         out.with_name(out.name + ".ckpt").unlink(missing_ok=True)  # resumable state: the dock does not resume
         request = self.request
-        self.model_name = _register(out, None if request is None else request.parent_name,
+        self.model_name = _register(self.models.registry, out, None if request is None else request.parent_name,
                                     None if request is None else request.version)
         per_step = result.wall_seconds / max(result.steps_done, 1)
         version = f" (version {request.version})" if request is not None and request.version else ""
@@ -490,7 +521,30 @@ class FinetuneWidget(ScrollDock):
         self.report.value = (f"{self.status.value}. {result.steps_done} steps in {result.wall_seconds:.0f} s "
                              f"({per_step:.2f} s per step with validation). "
                              f"Saved to {out}{version}; '{self.model_name}' is now in the Segment model list")
+        self.step_times.record(result.step_time)
         self.update_estimate()  # a measured seconds-per-step now
+        self.report.tooltip = str(out)
+        show_info(f"Fine-tune: {self.report.value}")
+
+    def _live_progress(self, report: Progress) -> None:
+        if "loss" in report.metrics:
+            self.curve.add(LOSS, report.step, report.metrics["loss"])
+
+    def _live_saved(self, result: TrainResult | None, request: FinetuneRequest) -> None:
+        """Live mode is off: register the newest weights it saved and say where they are."""
+        self.request, self.result = request, result
+        if result is None or not Path(result.out).is_file():
+            self.status.value = self.report.value = "live mode stopped before any training step; nothing was written"
+            show_info(f"Fine-tune: {self.report.value}")
+            return
+        out = Path(result.out)
+        self.model_name = _register(self.models.registry, out, request.parent_name, request.version)
+        slices = result.history[-1].get("slices", []) if result.history else []
+        version = f" (version {request.version})" if request.version else ""
+        self.status.value = (f"live mode off after {result.steps_done} steps in {result.wall_seconds:.0f} s on "
+                             f"slices {', '.join(map(str, slices))}; kept the newest weights")
+        self.report.value = (f"{self.status.value}. Saved to {out}{version}; '{self.model_name}' is now in the "
+                             "Segment model list")
         self.report.tooltip = str(out)
         show_info(f"Fine-tune: {self.report.value}")
 
@@ -516,8 +570,8 @@ class FinetuneWidget(ScrollDock):
         if name is None:
             raise WeightsError("no starting model: choose one in 'Start from', load a .safetensors file with "
                                "'Load weights…', or tick 'Train from scratch'")
-        model_registry.metadata(name)  # raises WeightsError with a clear message if the file is unusable
-        return model_registry.get(name).source
+        self.models.registry.metadata(name)  # raises WeightsError with a clear message if the file is unusable
+        return self.models.registry.get(name).source
 
     def _output_path(self, base: str | None) -> Path:
         value = self.output.value
@@ -662,10 +716,11 @@ def ask_flip(parent, text: str) -> str:
     return "flip" if clicked is flip else "keep" if clicked is keep else "cancel"
 
 
-def _register(out: Path, parent: str | None = None, version: int | None = None) -> str:
-    """Register ``out`` under a name derived from its file name (re-registering the same file keeps its name)."""
+def _register(registry: ModelRegistry, out: Path, parent: str | None = None, version: int | None = None) -> str:
+    """Register ``out`` in ``registry`` under a name derived from its file name (re-registering the same file keeps
+    its name)."""
     try:
-        return model_registry.register_path(out, kind="session", parent=parent, version=version).name
+        return registry.register_path(out, kind="session", parent=parent, version=version).name
     except ValueError as exc:
         show_error(f"Fine-tune: saved to {out} but could not add it to the model list: {exc}")
         return out.stem
