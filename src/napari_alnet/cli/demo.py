@@ -17,7 +17,7 @@ from ..io.pretrained import shipped_models
 from ..io.sample_data import em_like_stack
 from ..io.stack_reader import PixelSize, open_slices
 from ..io.stack_writer import TiffStackWriter
-from ..model import ALNet
+from ..model import build_network
 from ..training.metrics import segmentation_scores
 from .common import drive, progress_bar
 from .segment import check_device
@@ -71,7 +71,7 @@ def _demo_model(device: str | None) -> tuple[Segmenter, str]:
     """The shipped ``em`` model, or an untrained network where this install ships none, and how to call it."""
     if "em" in shipped_models():
         return load_model("em", device=device), "the shipped 'em' model"
-    return Segmenter.from_network(ALNet()), "an UNTRAINED AL-Net (no 'em' weights are shipped in this install)"
+    return Segmenter.from_network(build_network()), "an UNTRAINED AL-Net (no 'em' weights are shipped in this install)"
 
 
 def _write_overlay(path: Path, plane: np.ndarray, labels: np.ndarray) -> Path:

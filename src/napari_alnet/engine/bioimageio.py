@@ -33,14 +33,17 @@ from skimage import io as skio
 
 from ..io.bioimageio_package import CONFIG_KEY
 from ..io.layout import image_layout
-from ..model import STRIDE, count_parameters
+from ..model import ALNet, count_parameters
 from ..model.metadata import ModelMetadata
 from .normalization import to_channels
-from .portable import at_network_resolution
+from .portable import at_network_resolution, check_exportable
 from .progress import Progress
 from .resolution import resample_image
 from .segmenter import Segmenter
 
+#: A package describes an AL-Net (``portable.check_exportable`` refuses other families): inputs are padded to a
+#: multiple of its stride.
+STRIDE = ALNet.stride
 #: The weight formats of a package, in the order napari-alnet writes and tests them.
 WEIGHT_FORMATS = ("pytorch_state_dict", "torchscript", "onnx")
 INPUT_ID, OUTPUT_ID = "image", "probability"
@@ -117,6 +120,7 @@ def package_sample(segmenter: Segmenter, sample: np.ndarray) -> PackageSample:
     """A centred crop (each side the largest multiple of 32 up to 512) of ``sample`` brought to the network's
     resolution and channels; ``segmenter`` (run at that resolution) gives the expected probabilities."""
     meta = segmenter.metadata
+    check_exportable(meta)
     sample = np.asarray(sample)
     working = meta.network_shape(image_layout(sample.shape).plane)
     image = resample_image(sample, working)

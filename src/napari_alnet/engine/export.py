@@ -26,8 +26,8 @@ from ..io.bioimageio_package import is_package
 from ..io.layout import image_layout
 from ..io.sample_data import em_like_stack
 from ..io.stack_reader import read_image
-from ..model import ALNet
 from ..model.metadata import ModelMetadata
+from ..model.network import SegmentationNetwork
 from .bioimageio import (
     WEIGHT_FORMATS,
     describe,
@@ -47,6 +47,7 @@ from .portable import (
     architecture_kwargs,
     architecture_source,
     at_network_resolution,
+    check_exportable,
     compare,
     example_input,
     export_network,
@@ -90,7 +91,7 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def export_model(model: Segmenter | ALNet | str | Path, out: str | Path, format: str = "bioimageio", *,
+def export_model(model: Segmenter | SegmentationNetwork | str | Path, out: str | Path, format: str = "bioimageio", *,
                  sample: np.ndarray | str | Path | None = None, overwrite: bool = False, name: str | None = None,
                  authors: list[str] | None = None) -> ExportReport:
     """Export ``model`` (a ``Segmenter``, a network, a built-in name, weight file or package) to ``out``.
@@ -101,7 +102,7 @@ def export_model(model: Segmenter | ALNet | str | Path, out: str | Path, format:
     return run_job(export_job(model, out, format, sample=sample, overwrite=overwrite, name=name, authors=authors))
 
 
-def export_job(model: Segmenter | ALNet | str | Path, out: str | Path, format: str = "bioimageio", *,
+def export_job(model: Segmenter | SegmentationNetwork | str | Path, out: str | Path, format: str = "bioimageio", *,
                sample: np.ndarray | str | Path | None = None, overwrite: bool = False, name: str | None = None,
                authors: list[str] | None = None) -> Job[ExportReport | None]:
     """``export_model`` as a ``Job`` (``Progress`` per step; a ``StopRequested`` ends it, writing nothing)."""
@@ -109,6 +110,7 @@ def export_job(model: Segmenter | ALNet | str | Path, out: str | Path, format: s
     out = Path(out).expanduser()
     check_request(out, format, overwrite)
     segmenter = reference_segmenter(model)
+    check_exportable(segmenter.metadata)
     image = prepare_sample(segmenter.metadata, sample, format)
     try:
         with staging_directory(out) as staging:
@@ -151,7 +153,7 @@ def _importable(module: str) -> bool:
     return True
 
 
-def reference_segmenter(model: Segmenter | ALNet | str | Path) -> Segmenter:
+def reference_segmenter(model: Segmenter | SegmentationNetwork | str | Path) -> Segmenter:
     """``model`` on the CPU in fp32: what every exported form is compared with."""
     seg = Segmenter.load(model, device="cpu") if isinstance(model, (str, Path)) else as_segmenter(model, "cpu")
     return Segmenter(seg.network, seg.metadata, seg.source, seg.device, "fp32")

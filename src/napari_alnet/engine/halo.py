@@ -17,17 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..model import STRIDE
 from ..model.metadata import ModelMetadata
+from ..model.network import ReadyModel
 from .inference import Context
 from .normalization import bounds_pixels, to_channels
-from .tiling import CONTEXT_MARGIN, batch_limit, ceil_to, plan_tiles
+from .tiling import CONTEXT_MARGIN, STRIDE, batch_limit, ceil_to, plan_tiles
 
 #: Reads a (rows, columns) region of one slice: ``read(ys, xs)`` -> (h, w) or (h, w, C) raw pixels.
 RegionReader = Callable[[slice, slice], np.ndarray]
 
 
-def make_context(segmenter, tta: bool = False) -> Context:
+def make_context(segmenter: ReadyModel, tta: bool = False) -> Context:
     """The forward passes of ``segmenter``'s network (``inference.Context``) on its device, in its precision."""
     return Context(segmenter.runner, segmenter.device, tta, segmenter.precision)
 

@@ -9,7 +9,8 @@ the three weight formats of a bioimage.io package run the same code.
 
 ``probabilities_with(runner, meta, image)`` is ``Segmenter.predict`` with the network step done by an exported
 form (normalization, resampling and sigmoid as the engine does them); ``compare`` measures the difference.
-ONNX needs the optional ``onnx``/``onnxruntime`` packages (``pip install napari-alnet[export]``).
+ONNX needs the optional ``onnx``/``onnxruntime`` packages (``pip install napari-alnet[export]``). The exported
+source is AL-Net's: a network of another family is refused (``check_exportable``).
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ import numpy as np
 import torch
 
 from ..io.layout import image_layout
-from ..model import STRIDE, ALNet, blocks, config, context, decoders, encoder
+from ..model import ALNet, blocks, config, context, decoders, encoder
 from ..model import alnet as alnet_module
 from ..model.config import ALNetConfig
+from ..model.family import DEFAULT_FAMILY
 from ..model.metadata import ModelMetadata
+from ..model.network import SegmentationNetwork
 from .inference import to_model_input
 from .resolution import resample_image, resample_probabilities
 from .segmenter import Segmenter
@@ -120,7 +123,12 @@ def architecture_kwargs(cfg: ALNetConfig) -> dict:
 
 
 def check_exportable(meta: ModelMetadata) -> None:
-    """``ExportError`` for a network whose output the exported forms cannot express."""
+    """``ExportError`` for a network the exported forms cannot express: another family than AL-Net (the exported
+    architecture is AL-Net's source), or more than two classes."""
+    family = meta.family
+    if family.name != DEFAULT_FAMILY:
+        raise ExportError(f"export (bioimage.io, ONNX, TorchScript) writes AL-Net's architecture; this model is a "
+                          f"{family.title} network (family {family.name!r}), which napari-alnet cannot export")
     if meta.config.num_classes > 2:
         raise ExportError(f"this model has {meta.config.num_classes} output classes; export supports 1 (sigmoid) or "
                           "2 (softmax foreground)")
@@ -138,7 +146,7 @@ def export_network(segmenter: Segmenter, source: str | None = None) -> torch.nn.
     return net.eval()
 
 
-def state_dict(network: ALNet) -> dict[str, torch.Tensor]:
+def state_dict(network: SegmentationNetwork) -> dict[str, torch.Tensor]:
     """The fused network's tensors, float32 on CPU, contiguous (what ``pytorch_state_dict`` weights hold)."""
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in network.state_dict().items()}
 
@@ -255,7 +263,7 @@ def require_passed(checks: list[Check]) -> None:
 
 def example_input(meta: ModelMetadata) -> torch.Tensor:
     """What the tracers run on: the traced graphs keep every shape symbolic, so any size works (checked later)."""
-    return torch.zeros(1, meta.in_channels, 2 * STRIDE, 2 * STRIDE)
+    return torch.zeros(1, meta.in_channels, 2 * ALNet.stride, 2 * ALNet.stride)
 
 
 def state_dict_runner(source: Path, weights: Path, cfg: ALNetConfig) -> Runner:

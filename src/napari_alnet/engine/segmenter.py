@@ -19,12 +19,14 @@ import numpy as np
 import torch
 
 from ..io.weights import load_weights, resolve_weights
-from ..model import ALNet
+from ..model.family import family_of
 from ..model.metadata import ModelMetadata
+from ..model.network import ForwardPasses, SegmentationNetwork, is_network
 from .devices import PRECISION_CHOICES, PRECISIONS, PrecisionChoice, check_precision, choose_precision, resolve_device
 from .inference import probability_job
 from .progress import Job, run_job
 from .quantized import QuantizedNetwork, graph_for, measure_fastest, onnxruntime_available
+from .tiling import STRIDE as GRID
 
 __all__ = ["PRECISIONS", "PRECISION_CHOICES", "Prediction", "Segmenter", "as_segmenter", "load_model", "predict"]
 
@@ -42,7 +44,8 @@ class Prediction:
 
 @dataclass(frozen=True, eq=False)
 class Segmenter:
-    """A fused, eval-mode AL-Net on one device with the metadata of its weight file.
+    """A fused, eval-mode network (AL-Net or another registered family) on one device with the metadata of its
+    weight file.
 
     Build one with ``Segmenter.load(name_or_path)`` or ``Segmenter.from_network(net, metadata)``; the dataclass
     constructor expects ``network`` already fused, in eval mode and on ``device`` (it is taken as is).
@@ -53,7 +56,7 @@ class Segmenter:
     ``int8_graph``: the model's quantized graph where it may run (``quantized.graph_for``), else ``None``.
     """
 
-    network: ALNet
+    network: SegmentationNetwork
     metadata: ModelMetadata
     #: Built-in name or weight file it was loaded from (``"network"`` for an in-memory one).
     source: str
@@ -63,6 +66,7 @@ class Segmenter:
     int8_graph: Path | None = None
 
     def __post_init__(self) -> None:
+        check_network(self.network)
         if not self.network.is_reparameterized:
             raise ValueError("Segmenter needs a re-parameterized network; use Segmenter.from_network(net)")
         check_precision(self.precision, self.device)
@@ -83,8 +87,8 @@ class Segmenter:
                                 int8_graph=graph_for(path, metadata.card))
 
     @classmethod
-    def from_network(cls, network: ALNet, metadata: ModelMetadata | None = None, *, source: str = "network",
-                     device: str | torch.device | None = None, precision: str = "auto",
+    def from_network(cls, network: SegmentationNetwork, metadata: ModelMetadata | None = None, *,
+                     source: str = "network", device: str | torch.device | None = None, precision: str = "auto",
                      int8_graph: Path | None = None) -> Segmenter:
         """A segmenter of a copy of ``network`` (training or fused form; the caller's module is left untouched).
 
@@ -92,8 +96,12 @@ class Segmenter:
         ``precision``: ``auto`` (see ``devices.choose_precision``) or a precision; ``int8_graph``: its quantized
         graph (``quantized.quantize``), needed for int8.
         """
+        check_network(network)
         dev = _device_of(network) if device is None else resolve_device(device)
         meta = metadata if metadata is not None else ModelMetadata(config=network.config)
+        if meta.family != family_of(network):
+            raise ValueError(f"the metadata is of the network family {meta.family.name!r}, but the network given "
+                             f"is of the family {family_of(network).name!r}")
         _choice(precision, dev, meta.card, int8_graph)  # refuses before the copy
         net = copy.deepcopy(network)
         if not net.is_reparameterized:
@@ -132,7 +140,7 @@ class Segmenter:
         return _choice(self.requested, self.device, self.metadata.card, self.int8_graph, self.network)
 
     @property
-    def runner(self) -> ALNet | QuantizedNetwork:
+    def runner(self) -> ForwardPasses:
         """What runs the forward passes: the network, or in int8 its quantized graph (``inference.Context``)."""
         if self.precision == "int8":
             return QuantizedNetwork(self.int8_graph, self.network.config)
@@ -170,11 +178,24 @@ class Segmenter:
                 f"precision={self.precision!r}, requested={self.requested!r})")
 
 
-def _device_of(network: ALNet) -> torch.device:
+def check_network(network: object) -> None:
+    """``TypeError`` for what is not a ``SegmentationNetwork``; ``ValueError`` for one whose stride the engine
+    cannot tile (tiles, halos and the pooled context lie on a ``GRID``-pixel grid) or whose family is not
+    registered (``model.family.UnknownFamily``)."""
+    if not is_network(network):
+        raise TypeError(f"expected a segmentation network (an nn.Module with the members of "
+                        f"model.network.SegmentationNetwork), got {type(network).__name__}")
+    family_of(network)
+    if network.stride != GRID:
+        raise ValueError(f"{type(network).__name__} has a total stride of {network.stride}; the engine tiles and "
+                         f"pools context on a {GRID}-pixel grid and runs networks of stride {GRID} only")
+
+
+def _device_of(network: SegmentationNetwork) -> torch.device:
     return next(network.parameters()).device
 
 
-def _placed(network: ALNet, device: torch.device) -> ALNet:
+def _placed(network: SegmentationNetwork, device: torch.device) -> SegmentationNetwork:
     """``network`` (a private copy) in eval mode on ``device``, channels-last on CPU."""
     network = network.to(device).eval()
     if device.type == "cpu":
@@ -184,13 +205,14 @@ def _placed(network: ALNet, device: torch.device) -> ALNet:
     return network
 
 
-def as_segmenter(model: Segmenter | ALNet, device: str | torch.device | None = None) -> Segmenter:
+def as_segmenter(model: Segmenter | SegmentationNetwork, device: str | torch.device | None = None) -> Segmenter:
     """``model`` as a segmenter on ``device`` (``None``: where it is); a bare network is wrapped (copied)."""
     if isinstance(model, Segmenter):
         return model.to(device)
-    if isinstance(model, ALNet):
+    if is_network(model):
         return Segmenter.from_network(model, device=device)
-    raise TypeError(f"expected a Segmenter (napari_alnet.load_model) or an ALNet, got {type(model).__name__}")
+    raise TypeError(f"expected a Segmenter (napari_alnet.load_model) or a network (an ALNet), got "
+                    f"{type(model).__name__}")
 
 
 def load_model(name_or_path: str | Path, device: str | torch.device | None = None,
@@ -202,7 +224,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
 
 
 def _choice(requested: str | None, device: torch.device, card: dict, graph: Path | None,
-            network: ALNet | None = None) -> PrecisionChoice:
+            network: SegmentationNetwork | None = None) -> PrecisionChoice:
     """``devices.choose_precision`` for a model with quantized ``graph`` (or none); with the placed ``network``,
     ``auto`` measures the validated candidates when int8 is one of them."""
     if not onnxruntime_available():
@@ -218,7 +240,7 @@ def _requested(precision: str | None) -> str | None:
     return "auto" if precision is None or str(precision).lower() == "auto" else None
 
 
-def predict(model: Segmenter | ALNet, image: np.ndarray, *, device: str | torch.device | None = None,
+def predict(model: Segmenter | SegmentationNetwork, image: np.ndarray, *, device: str | torch.device | None = None,
             tile: int | None = None, overlap: int = 64, batch_size: int | None = None, tta: bool = False,
             rgb: bool | None = None) -> np.ndarray:
     """float32 foreground probabilities of ``image`` (see ``inference.probability_job`` for the parameters).

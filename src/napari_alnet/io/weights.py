@@ -1,4 +1,7 @@
-"""The one way to write and read AL-Net weight files: safetensors plus JSON metadata.
+"""The one way to write and read weight files: safetensors plus JSON metadata.
+
+A file names its network family (``architecture``; files without one, the shipped ones included, are AL-Net) and
+loading builds that family's network (``model.family``); an unknown family is refused naming the known ones.
 
 Loading a weight file never unpickles anything, so opening it runs no code. Saving is atomic. Reading also accepts
 the bioimage.io packages napari-alnet exports (``bioimageio_package``: their state dict goes through PyTorch's
@@ -17,9 +20,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..model import ALNet
 from ..model.config import MAX_PARAMETERS
+from ..model.family import DEFAULT_FAMILY, build_network, family_of, known_families
 from ..model.metadata import FORMAT, FORMAT_VERSION, ModelMetadata
+from ..model.network import SegmentationNetwork
 from .atomic import atomic_write
 from .bioimageio_package import PackageError, is_package, read_package
 from .pretrained import BUILTIN_NAMES, builtin_path, shipped_models
@@ -38,8 +42,8 @@ MAX_TENSOR_DIMS = 8
 MAX_ELEMENTS = 2 * MAX_PARAMETERS
 
 
-def save_weights(model: ALNet, metadata: ModelMetadata, path: str | Path, half: bool = False) -> Path:
-    """Write ``model``'s weights and ``metadata`` to ``path`` atomically.
+def save_weights(model: SegmentationNetwork, metadata: ModelMetadata, path: str | Path, half: bool = False) -> Path:
+    """Write ``model``'s weights, its family (``architecture``) and ``metadata`` to ``path`` atomically.
 
     ``half`` stores floating tensors as float16 (half the size; used for the shipped models).
     """
@@ -53,7 +57,8 @@ def save_weights(model: ALNet, metadata: ModelMetadata, path: str | Path, half: 
         tensors[name] = tensor.contiguous()
     # the file describes the network it holds: a caller's metadata may carry another config (e.g. a training run
     # started from a weight file whose network differs from the command line's default)
-    strings = replace(metadata, config=model.config).to_strings() | {"form": form}
+    strings = replace(metadata, config=model.config).to_strings() | {"architecture": family_of(model).name,
+                                                                      "form": form}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=strings))
     return path
 
@@ -146,6 +151,11 @@ def _metadata(path: Path, meta: dict[str, str]) -> ModelMetadata:
     if meta.get("format_version") != FORMAT_VERSION:
         raise WeightsError(f"{path}: weight format version {meta.get('format_version')!r} is not supported "
                            f"(this napari-alnet reads version {FORMAT_VERSION})")
+    family = meta.get("architecture", DEFAULT_FAMILY)
+    if family not in known_families():
+        raise WeightsError(f"{path}: holds a network of the family {family[:80]!r}, which this napari-alnet does not "
+                           f"know (known families: {', '.join(known_families())}); install or register the plugin "
+                           "that provides it")
     try:
         metadata = ModelMetadata.from_strings(meta)
     except (KeyError, ValueError, TypeError) as exc:
@@ -154,9 +164,10 @@ def _metadata(path: Path, meta: dict[str, str]) -> ModelMetadata:
 
 
 def build_model(tensors: dict[str, torch.Tensor], metadata: ModelMetadata, form: str,
-                source: str = "weights") -> ALNet:
-    """An ``ALNet`` (training form unless ``form == 'fused'``) holding ``tensors`` as float32."""
-    model = ALNet(metadata.config)
+                source: str = "weights") -> SegmentationNetwork:
+    """The network of ``metadata.config``'s family (training form unless ``form == 'fused'``) holding ``tensors`` as
+    float32."""
+    model = build_network(metadata.config)
     if form == "fused":
         model.reparameterize()
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
@@ -168,11 +179,12 @@ def build_model(tensors: dict[str, torch.Tensor], metadata: ModelMetadata, form:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1:3]
-        raise WeightsError(f"{source}: tensors do not match the stored AL-Net config: {' '.join(first)}") from exc
+        raise WeightsError(f"{source}: tensors do not match the stored {metadata.family.title} config: "
+                           f"{' '.join(first)}") from exc
     return model
 
 
-def load_weights(path: str | Path) -> tuple[ALNet, ModelMetadata]:
+def load_weights(path: str | Path) -> tuple[SegmentationNetwork, ModelMetadata]:
     """The model stored in ``path`` (training form when stored so, for fine-tuning) and its metadata."""
     tensors, metadata, form = read_weights(path)
     return build_model(tensors, metadata, form, source=str(path)), metadata

@@ -17,7 +17,11 @@ STRIDE = 32
 
 
 class ALNet(nn.Module):
-    """AL-Net; ``forward`` returns logits of shape (N, num_classes, H, W) for any H, W."""
+    """AL-Net; ``forward`` returns logits of shape (N, num_classes, H, W) for any H, W (the ``alnet`` family of
+    ``family``: a ``network.SegmentationNetwork``)."""
+
+    #: Total stride of the encoder: inputs are padded to a multiple of it.
+    stride = STRIDE
 
     def __init__(self, config: ALNetConfig | None = None) -> None:
         super().__init__()
@@ -49,6 +53,14 @@ class ALNet(nn.Module):
     def deepest_features(self, x: torch.Tensor) -> torch.Tensor:
         """The stride-32 encoder features of ``x`` (padded to a multiple of 32) that the context module pools."""
         return self.encoder(pad_to_stride(x))[-1]
+
+    def input_stages(self) -> list[nn.Module]:
+        """The encoder's five stages from the input side (what fine-tuning may freeze)."""
+        return list(self.encoder.stages)
+
+    def output_layer(self) -> nn.Conv2d:
+        """The decoder's classifier: the last convolution before the logits."""
+        return self.decoder.classify
 
     @property
     def is_reparameterized(self) -> bool:

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from .config import ALNetConfig
+from .family import DEFAULT_FAMILY, Family, config_from_json, family_of
+from .network import NetworkConfig
 
 FORMAT = "napari-alnet"
 FORMAT_VERSION = "1"
@@ -140,9 +142,10 @@ def network_shape(shape: tuple[int, int], input_size: tuple[int, int] | None = N
 
 @dataclass
 class ModelMetadata:
-    """Everything a weight file says about its network besides the tensors."""
+    """Everything a weight file says about its network besides the tensors; ``config`` is a registered
+    family's (``family``), AL-Net's by default."""
 
-    config: ALNetConfig = field(default_factory=ALNetConfig)
+    config: NetworkConfig = field(default_factory=ALNetConfig)
     modality: str = "generic"
     normalization: Normalization = field(default_factory=Normalization)
     threshold: float = 0.5
@@ -180,11 +183,20 @@ class ModelMetadata:
         return self.config.in_channels
 
     @property
+    def family(self) -> Family:
+        """The registered network family of ``config``."""
+        return family_of(self.config)
+
+    @property
     def summary(self) -> str:
-        return str(self.card.get("summary", f"AL-Net ({self.modality}, {self.in_channels}-channel input)"))
+        return str(self.card.get("summary", f"{self.family.title} ({self.modality}, {self.in_channels}-channel input)"))
 
     def to_strings(self) -> dict[str, str]:
-        return {
+        """The metadata as strings; ``architecture`` (the family) only for a family other than AL-Net, so that
+        AL-Net's strings — and what is derived from them, e.g. a volume run's model identity — stay as they were."""
+        family = self.family.name
+        architecture = {} if family == DEFAULT_FAMILY else {"architecture": family}
+        return architecture | {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "config": self.config.to_json(),
@@ -202,7 +214,7 @@ class ModelMetadata:
     @classmethod
     def from_strings(cls, meta: dict[str, str]) -> ModelMetadata:
         return cls(
-            config=ALNetConfig.from_json(meta["config"]),
+            config=config_from_json(meta.get("architecture", DEFAULT_FAMILY), meta["config"]),
             modality=meta.get("modality", "generic"),
             normalization=Normalization.from_json(meta["normalization"]),
             threshold=float(meta.get("threshold", "0.5")),

@@ -1,4 +1,5 @@
-"""The AL-Net training loop: the paper's recipe by default, progress/stop via a generator, checkpoints.
+"""The training loop (AL-Net, or a network of another registered family): the paper's recipe by default,
+progress/stop via a generator, checkpoints.
 
 ``train_job`` / ``train`` are the entry points; a ``Trainer`` holds one run (model, optimizer, schedule, weight
 average, crop sampler and its ``TrainState``) and has one method per part of it: a step, an epoch, scoring and
@@ -23,11 +24,12 @@ from ..engine.devices import autocast_dtype, check_precision, cpu_bf16_support, 
 from ..engine.progress import Job, Progress, StopRequested, run_job
 from ..io.atomic import atomic_write
 from ..io.weights import load_weights, resolve_weights, save_weights
-from ..model import ALNet, ALNetConfig
+from ..model.family import build_network
 from ..model.metadata import ModelMetadata
+from ..model.network import NetworkConfig, SegmentationNetwork, is_network
 from .augment import Augmentation
 from .data import CropSampler, Pair
-from .estimate import record_step_seconds
+from .estimate import StepTime
 from .losses import dice_bce_loss
 from .metrics import segmentation_scores
 
@@ -66,7 +68,8 @@ class TrainConfig:
     rotate: bool = False
     zoom: float = 1.0
     intensity_jitter: float = 0.0
-    #: Encoder stages (of 5, from the input side) whose weights and BatchNorm statistics stay as they are.
+    #: Encoder stages (of 5 in AL-Net; ``input_stages()`` of the network, from the input side) whose weights and
+    #: BatchNorm statistics stay as they are.
     freeze_stages: int = 0
     #: Fraction of crops centred on a labelled pixel (``Pair.focus``: the corrected / annotated pixels, or the
     #: pixels not ignored); the rest are placed uniformly.
@@ -103,6 +106,8 @@ class TrainResult:
     steps_done: int = 0
     stopped: str = "finished"  # finished | stopped | budget
     wall_seconds: float = 0.0
+    #: The measured seconds per step (median after the first) for the measurer's ``StepTimes``; None: too few steps.
+    step_time: StepTime | None = None
 
 
 @dataclass
@@ -119,7 +124,7 @@ class TrainState:
 
 
 @torch.no_grad()
-def evaluate_pairs(model: ALNet, pairs: Sequence[Pair], device: torch.device, *, threshold: float = 0.5
+def evaluate_pairs(model: SegmentationNetwork, pairs: Sequence[Pair], device: torch.device, *, threshold: float = 0.5
                    ) -> dict[str, float]:
     """Mean IoU, accuracy, Dice and loss of ``model`` on whole validation images (ignore masks honoured)."""
     was_training = model.training
@@ -143,7 +148,7 @@ def evaluate_pairs(model: ALNet, pairs: Sequence[Pair], device: torch.device, *,
 
 
 @torch.no_grad()
-def tune_threshold(model: ALNet, pairs: Sequence[Pair], *,
+def tune_threshold(model: SegmentationNetwork, pairs: Sequence[Pair], *,
                    candidates: Sequence[float] = tuple(np.arange(0.2, 0.81, 0.05))) -> tuple[float, float]:
     """The threshold (and its mean IoU) that maximizes the mean foreground IoU on ``pairs``."""
     model.eval()
@@ -162,8 +167,8 @@ class Trainer:
     """
 
     def __init__(self, train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: ModelMetadata,
-                 out: str | Path, *, config: TrainConfig | None = None, init: str | Path | ALNet | None = None,
-                 checkpoint: str | Path | None = None) -> None:
+                 out: str | Path, *, config: TrainConfig | None = None,
+                 init: str | Path | SegmentationNetwork | None = None, checkpoint: str | Path | None = None) -> None:
         self.config = config = config or TrainConfig()
         if not any(_has_foreground(p) for p in train_pairs):
             raise ValueError(f"all {len(train_pairs)} training masks are empty (no foreground pixel among the "
@@ -199,7 +204,7 @@ class Trainer:
         self._start = time.perf_counter()
 
     @property
-    def scored_model(self) -> ALNet:
+    def scored_model(self) -> SegmentationNetwork:
         """The network that is validated and saved: the weight average when there is one, else the model."""
         return self.model if self.ema is None else self.ema.module
 
@@ -223,7 +228,8 @@ class Trainer:
         self.state.wall = self.elapsed()
         s = self.state
         return TrainResult(out=self.out, best_epoch=s.best_epoch, best_metrics=s.best_metrics, history=s.history,
-                           epochs_done=s.epoch, steps_done=s.steps, stopped=stopped, wall_seconds=s.wall)
+                           epochs_done=s.epoch, steps_done=s.steps, stopped=stopped, wall_seconds=s.wall,
+                           step_time=StepTime.of(self.config, self.device, self.precision, self.seconds_per_step))
 
     def epoch(self) -> Job[dict[str, Any]]:
         """One epoch: its steps (a ``Progress`` after each), then ``end_epoch``; returns the epoch's history row."""
@@ -296,8 +302,6 @@ class Trainer:
                "wall_seconds": round(self.state.wall, 1)} | {f"val_{k}": v for k, v in metrics.items()}
         self.state.history.append(row)
         self.save_checkpoint()
-        if self.seconds_per_step is not None:
-            record_step_seconds(self.config, self.device, self.precision, self.seconds_per_step)
         return row
 
     def score_and_save(self, train_loss: float) -> dict[str, float]:
@@ -342,9 +346,10 @@ class Trainer:
 
 
 def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: ModelMetadata, out: str | Path, *,
-              config: TrainConfig | None = None, init: str | Path | ALNet | None = None,
+              config: TrainConfig | None = None, init: str | Path | SegmentationNetwork | None = None,
               checkpoint: str | Path | None = None, resume: bool = False) -> Job[TrainResult]:
-    """Train AL-Net, yielding a ``Progress`` after every step and after every epoch; returns a ``TrainResult``.
+    """Train a network of ``metadata.config``'s family (AL-Net by default), yielding a ``Progress`` after every
+    step and after every epoch; returns a ``TrainResult``.
 
     The best weights (by validation IoU; without validation pairs, the latest epoch's: the training loss of random
     crops is too noisy to choose an epoch by) are written to ``out``
@@ -360,7 +365,7 @@ def train_job(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: 
 
 
 def train(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], metadata: ModelMetadata, out: str | Path, *,
-          config: TrainConfig | None = None, init: str | Path | ALNet | None = None,
+          config: TrainConfig | None = None, init: str | Path | SegmentationNetwork | None = None,
           checkpoint: str | Path | None = None, resume: bool = False,
           on_progress: Callable[[Progress], bool | None] | None = None) -> TrainResult:
     """``train_job`` run to completion (``on_progress`` may return True to stop early)."""
@@ -394,9 +399,13 @@ def training_precision(config: TrainConfig, device: torch.device) -> str:
     return "fp32"
 
 
-def _freeze(model: ALNet, stages: int) -> list[torch.nn.Module]:
-    """Freeze the first ``stages`` encoder stages (no gradients); returns them (kept in eval mode by the Trainer)."""
-    frozen = list(model.encoder.stages[:stages])
+def _freeze(model: SegmentationNetwork, stages: int) -> list[torch.nn.Module]:
+    """Freeze the first ``stages`` of the network's ``input_stages()`` (no gradients); returns them (kept in eval
+    mode by the Trainer)."""
+    available = list(model.input_stages())
+    if stages > len(available):
+        raise ValueError(f"freeze_stages is {stages}, but this network has {len(available)} stage(s) to freeze")
+    frozen = available[:stages]
     for module in frozen:
         module.requires_grad_(False)
     return frozen
@@ -407,10 +416,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _initial_model(init: str | Path | ALNet | None, config: ALNetConfig) -> tuple[ALNet, str]:
+def _initial_model(init: str | Path | SegmentationNetwork | None, config: NetworkConfig
+                   ) -> tuple[SegmentationNetwork, str]:
     if init is None:
-        return ALNet(config), "scratch"
-    if isinstance(init, ALNet):
+        return build_network(config), "scratch"
+    if is_network(init):
         if init.is_reparameterized:
             raise ValueError("cannot fine-tune a re-parameterized model; start from its weight file")
         return init, "model"
@@ -432,7 +442,7 @@ class _BudgetReached(Exception):
     pass
 
 
-def _weight_average(model: ALNet, decay: float) -> AveragedModel | None:
+def _weight_average(model: SegmentationNetwork, decay: float) -> AveragedModel | None:
     """An exponential moving average of ``model``'s weights and BN statistics, or None when ``decay`` is 0."""
     if not decay:
         return None

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..io.weights import load_weights, resolve_weights
-from ..model import ALNet, ALNetConfig
+from ..model.family import build_network
+from ..model.network import NetworkConfig, SegmentationNetwork
 
 #: The window of each annotated slice the check predicts (centred on the painted pixels): enough context for the
 #: model, little enough to run in the GUI thread (a few 0.1 s).
@@ -106,9 +107,10 @@ def _window(painted: np.ndarray) -> tuple[slice, slice]:
     return edges[0], edges[1]
 
 
-def invert_output(model: ALNet) -> ALNet:
-    """Negate the classifier (logits -> -logits, probabilities p -> 1 - p) in place: label 1 becomes label 0."""
-    head = model.decoder.classify
+def invert_output(model: SegmentationNetwork) -> SegmentationNetwork:
+    """Negate the network's ``output_layer()`` (logits -> -logits, probabilities p -> 1 - p) in place: label 1
+    becomes label 0."""
+    head = model.output_layer()
     with torch.no_grad():
         head.weight.neg_()
         if head.bias is not None:
@@ -116,10 +118,10 @@ def invert_output(model: ALNet) -> ALNet:
     return model
 
 
-def flipped_model(base: str | Path | None, config: ALNetConfig) -> ALNet:
+def flipped_model(base: str | Path | None, config: NetworkConfig) -> SegmentationNetwork:
     """The starting model (weight file or built-in name; a fresh network for ``None``) with its output inverted."""
     if base is None:
-        return invert_output(ALNet(config))
+        return invert_output(build_network(config))
     model, _ = load_weights(resolve_weights(base))
     if model.is_reparameterized:
         raise ValueError(f"{base}: holds fused (inference-only) weights; fine-tuning needs training-form weights")
