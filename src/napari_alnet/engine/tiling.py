@@ -1,12 +1,13 @@
-"""Overlapping tiles on AL-Net's stride-32 grid: positions, blending windows, pooled-context cores (numpy only).
+"""Overlapping tiles on AL-Net's stride-32 grid: positions and cores (no torch).
 
 Every tile starts on a multiple of 32 inside the image padded to a multiple of 32 (as whole-image inference pads
 it), so its stride-32 features line up with the whole image's. AL-Net's receptive field is wide: outputs and
 features within ``CONTEXT_MARGIN`` pixels of a tile edge inside the image differ from whole-image inference
 (zero padding instead of image), so that margin is discarded. The remaining *valid* regions of neighbouring tiles
-overlap by ``overlap`` pixels, blended with a sin² ramp (weights sum to one). Each tile also owns a *core* inside
-its valid region (the cores partition the padded image on the 32-pixel grid): the image's pooled context vector
-is the mean of the tiles' core features.
+overlap by ``overlap`` pixels. Each tile owns a *core* inside its valid region, at least ``CONTEXT_MARGIN +
+overlap / 2`` from its inner edges (the cores partition the padded image on the 32-pixel grid): a tiled prediction
+takes each pixel from the tile whose core holds it, and the image's pooled context vector is the mean of the
+tiles' core features.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import pairwise
 
-import numpy as np
-
 from ..model import STRIDE
 
-#: ``tile=None``: images up to this many (padded) pixels run whole (about 1.2 GB on CPU), larger ones in tiles of
-#: ``DEFAULT_TILE``; also the most pixels per forward batch.
+#: ``tile=None``: images up to this many (padded) pixels run whole (about 1 GB peak RSS on CPU), larger ones in
+#: tiles of ``DEFAULT_TILE``; also the most pixels per forward batch.
 WHOLE_IMAGE_PIXELS = 2048 * 2048
 DEFAULT_TILE = 1536
 #: Pixels discarded at each tile edge inside the image (measured: beyond 224 px the error is < 1e-4).
@@ -117,23 +116,3 @@ def plan_tiles(shape: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
             edges = (iy > 0, iy < len(ys) - 1, ix > 0, ix < len(xs) - 1)
             tiles.append(Tile(y, x, (h, w), (cy0, cy1, cx0, cx1), edges))
     return tiles
-
-
-def _ramp(n: int, width: int, lead: bool, trail: bool) -> np.ndarray:
-    """1D weights: 0 over the margin, a sin² ramp over ``width``, then 1 (mirrored at the trailing edge)."""
-    up = np.ones(n, np.float32)
-    ramp = np.sin(np.pi / 2 * (np.arange(width) + 0.5) / width).astype(np.float32) ** 2 if width else up[:0]
-    profile = np.concatenate([np.zeros(CONTEXT_MARGIN, np.float32), ramp])
-    if lead:
-        up[: len(profile)] = profile
-    if trail:
-        up[n - len(profile):] = np.minimum(up[n - len(profile):], profile[::-1])
-    return up
-
-
-def blend_window(t: Tile, overlap: int) -> np.ndarray:
-    """(h, w) float32 weights of a tile: zero over the context margin and a sin² ramp over ``overlap`` on its
-    edges inside the image, 1 elsewhere."""
-    top, bottom, left, right = t.edges
-    width = ceil_to(overlap)
-    return np.outer(_ramp(t.size[0], width, top, bottom), _ramp(t.size[1], width, left, right))

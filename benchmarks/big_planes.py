@@ -1,0 +1,105 @@
+"""Planes larger than the whole-plane limit: ms per megapixel against a 2048² whole plane, and peak RSS.
+
+    python benchmarks/big_planes.py [--sizes 2048 4096 8192 12000] [--precisions fp32 auto] [--model em]
+                                    [--out float32|float16|uint8|memmap] [--threads 2]
+
+Each (size, precision) runs in a fresh subprocess (so ``ru_maxrss`` is that run's own peak): the engine's OpenMP
+wait policy (``threads.prepare_for("segment")``) is set before torch loads, the model is loaded, a 512² warm-up
+runs, then one ``probability_job`` of a synthetic EM-like uint8 plane (a 512² ``em_like_stack`` slice mirrored
+out to the size, so cells and membranes look alike everywhere) is timed. 2048² runs whole, larger sizes in tiles.
+``--out``: the probabilities' destination — float32 as ``predict`` returns (default), or a caller-provided
+float16/uint8 array or float16 ``numpy.memmap`` (``probability_job(out=...)``). The table gives ms/MP, the
+ratio to the 2048² whole plane of the same precision in the same run (the machine may be shared: compare ratios
+from one run), and peak RSS of the subprocess (image, output, model and torch included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, sys, time
+from napari_alnet.engine.threads import prepare_for
+prepare_for("segment")
+import numpy as np
+import torch
+from napari_alnet import load_model
+from napari_alnet.engine.inference import probability_job
+from napari_alnet.engine.progress import run_job
+from napari_alnet.io.sample_data import em_like_stack
+
+size, precision, model, out_kind, threads, tmp = sys.argv[1:7]
+size = int(size)
+torch.set_num_threads(int(threads))
+seg = load_model(model, precision=precision)
+base = em_like_stack(depth=1, size=512, cells=60, seed=3)[0][0]
+reps = -(-size // 512)
+row = np.concatenate([base if i % 2 == 0 else base[:, ::-1] for i in range(reps)], axis=1)
+plane = np.concatenate([row if i % 2 == 0 else row[::-1] for i in range(reps)], axis=0)
+image = np.ascontiguousarray(plane[:size, :size])
+del base, row, plane
+run_job(probability_job(seg, image[:512, :512]))
+out = None
+if out_kind in ("float16", "uint8"):
+    out = np.empty(image.shape, out_kind)
+elif out_kind == "memmap":
+    out = np.lib.format.open_memmap(tmp + "/out.npy", mode="w+", dtype=np.float16, shape=image.shape)
+kw = {} if out is None else {"out": out}
+start = time.perf_counter()
+probs = run_job(probability_job(seg, image, **kw))
+seconds = time.perf_counter() - start
+mean = float(probs[::7, ::7].astype(np.float32).mean())
+print(json.dumps({"size": size, "precision": seg.precision, "requested": precision, "seconds": seconds,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "mean": mean}))
+"""
+
+
+def run_one(size: int, precision: str, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="alnet-big-") as tmp:
+        done = subprocess.run([sys.executable, "-c", CHILD, str(size), precision, args.model, args.out,
+                               str(args.threads), tmp], capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"size {size}, {precision} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192, 12000])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"])
+    parser.add_argument("--model", default="em")
+    parser.add_argument("--out", choices=["float32", "float16", "uint8", "memmap"], default="float32")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    print(f"CPU: {cpu_name()} (this project's: AMD EPYC, AVX2 only, 2 cores; shared: compare ratios of one run); "
+          f"{args.threads} threads, output {args.out}")
+    print("| plane | precision | path | s | ms / MP | vs 2048² whole | peak RSS |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    for precision in args.precisions:
+        base = None
+        for size in args.sizes:
+            r = run_one(size, precision, args)
+            per_mp = r["seconds"] * 1000 / (size * size / 1e6)
+            base = per_mp if size == 2048 else base
+            ratio = f"{per_mp / base:.2f}x" if base else "—"
+            label = f"{r['precision']}" + (" (auto)" if precision == "auto" else "")
+            path = "whole" if size * size <= 2048 * 2048 else "tiled"
+            print(f"| {size}² | {label} | {path} | {r['seconds']:.1f} | {per_mp:,.0f} | {ratio} | "
+                  f"{r['rss_mb'] / 1024:.2f} GB |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
