@@ -149,7 +149,7 @@ def test_a_tiff_request_never_loads_the_volume_engine(tmp_path):
 def test_in_memory_job_predicts_the_region(model):
     stack = np.stack([_image(seed=s) for s in range(4)])
     request = SegmentRequest(model, image=stack, scope=Scope("z-range", (slice(1, 3), slice(None), slice(None))))
-    prediction = run_job(segment_job(request))
+    prediction = run_job(request.job())
     assert isinstance(prediction, Prediction)
     np.testing.assert_allclose(prediction.probabilities, model.predict(stack[1:3]), atol=1e-6)
     with pytest.raises(ValueError, match="layer 'flat' is constant"):

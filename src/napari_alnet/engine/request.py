@@ -255,6 +255,10 @@ class SegmentRequest:
 
     # --- running -------------------------------------------------------------------------------------------------
 
+    def job(self) -> Job[Any]:
+        """``segment_job(self)``: the ``Job`` of this request's route."""
+        return segment_job(self)
+
     def loaded(self) -> SegmentRequest:
         """This request with its model loaded (on ``device``, in ``precision``); itself when it is loaded."""
         if isinstance(self.model, Segmenter):
