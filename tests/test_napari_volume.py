@@ -20,9 +20,9 @@ from napari_alnet.engine.postprocess import semantic_labels
 from napari_alnet.engine.volume import plan as volume_plan
 from napari_alnet.engine.volume import segment_volume
 from napari_alnet.widgets import FinetuneWidget, SegmentWidget
-from napari_alnet.widgets import finetune as finetune_widget
+from napari_alnet.widgets import _finetune_slices as finetune_widget
 from napari_alnet.widgets._layers import WHOLE_STACK, Z_RANGE
-from napari_alnet.widgets._volume import StoreView
+from napari_alnet.widgets._volume import StoreView, VolumeSession
 
 pytestmark = pytest.mark.gui
 WAIT_MS = 120_000
@@ -238,6 +238,7 @@ def test_threshold_slider_on_a_lazy_result_reads_only_the_displayed_slice(widget
     assert record["complete"] and record["run"]["settings"]["threshold"] == 0.7
     assert np.array_equal(zarr.open_array(str(tmp_path / "kept_prob.zarr" / "0"), mode="r")[...], prob)
     assert not widget.save_result(kept) and "exists" in notes[-1]  # never written over
+    assert Path(widget.volume_summary.labels).parent == widget.volume.session.folder()  # the dock's own folder
 
 
 def test_3d_instances_come_from_the_engine(widget, qtbot, monkeypatch, tmp_path, notes):
@@ -354,3 +355,34 @@ def test_a_big_rgb_image_goes_through_the_engine_as_one_colour_plane(make_napari
     assert isinstance(labels.data, StoreView) and labels.data.shape == (96, 80)
     expected = semantic_labels(widget.models.load("cpu").predict(image, rgb=True), 0.5)
     assert np.array_equal(labels.data[...], expected) and 0 < expected.mean() < 1
+
+
+def test_each_dock_session_owns_its_speeds_and_temporary_stores(qtbot):
+    """No module state: a session's measured speed and temporary folder are its own; the folder goes when its dock
+    is destroyed unless a layer still shows one of its stores (then at exit)."""
+    from qtpy.QtWidgets import QWidget
+
+    first, second = VolumeSession(), VolumeSession()
+    store = first.temporary_store("em (mito)")
+    assert store.parent == first.folder() and store.name == "em--mito-1.zarr"
+    assert first.folder() != second.folder()
+    first.record_rate("cpu", 2.0, 1_000_000)  # 2 slices/s of a megapixel: 0.5 s per megapixel
+    assert first.speeds.rate("cpu") == (0.5, "measured in this session")
+    assert second.speeds.rate("cpu")[1] != "measured in this session"
+    kept, gone = first.folder(), second.folder()
+    for session, in_use in ((first, True), (second, False)):
+        dock = QWidget()
+        session.close_with(dock, lambda _folder, _in_use=in_use: _in_use)
+        dock.deleteLater()
+        qtbot.waitUntil(lambda _d=dock: _destroyed(_d), timeout=5000)
+    assert kept.is_dir() and not gone.exists()
+    first.cleanup()
+    assert not kept.exists()
+
+
+def _destroyed(widget) -> bool:
+    try:
+        widget.objectName()
+    except RuntimeError:  # its C++ object was deleted
+        return True
+    return False

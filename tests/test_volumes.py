@@ -22,11 +22,15 @@ from napari_alnet.engine.postprocess import instance_labels
 from napari_alnet.engine.volume import (
     FP32_TOLERANCE,
     BlockPlan,
+    Settings,
     choose_workers,
     executors,
     plan_blocks,
+    runs_blockwise,
     segment_volume,
     segment_volume_job,
+    tasks,
+    volume_routes,
 )
 from napari_alnet.io.volumes import VolumeError, open_volume
 
@@ -388,3 +392,55 @@ def test_an_rgb_zarr_volume_goes_to_an_rgb_model(tmp_path):
     labels = zarr.open_array(tmp_path / "out" / "rgb_labels.zarr" / "0", mode="r")
     assert summary.complete and labels.shape == (2, 96, 80) and labels.chunks == (1, 48, 40)
     np.testing.assert_array_equal(labels[:], rgb_model.predict(data) > rgb_model.threshold)
+
+
+def test_settings_travel_as_one_object_from_the_caller_to_every_task(tmp_path, model, monkeypatch):
+    """Keyword options are ``Settings.of``; a ``Settings`` given as is reaches each block task resolved for the model
+    and volume (its threshold, objects, dimensions), and both ways write the same bytes."""
+    assert Settings.of(probabilities=True, prob_dtype="float16", instances="3d") == Settings(
+        probabilities="float16", instances="3d")
+    with pytest.raises(TypeError, match="unknown volume option"):
+        Settings.of(instance="3d")
+    with pytest.raises(ValueError, match="instances must be"):
+        Settings(instances="4d")
+    data = volume((2, 96, 80))
+    with pytest.raises(TypeError, match="not both"):
+        segment_volume_job(model, data, tmp_path / "x.zarr", Settings(), tile=256)
+    seen = []
+    block_task = tasks.block_task
+
+    def spy(work, block):
+        seen.append(work.settings)
+        return block_task(work, block)
+
+    monkeypatch.setattr("napari_alnet.engine.volume.phases.block_task", spy)
+    settings = Settings(probabilities="float16", instances="2d", min_size=4)
+    segment_volume(model, data, tmp_path / "a.zarr", settings, block=(1, 96, 80))
+    segment_volume(model, data, tmp_path / "b.zarr", block=(1, 96, 80), probabilities=True, prob_dtype="float16",
+                   instances="2d", min_size=4)
+    assert len(seen) == 4 and seen[0] == seen[2] and seen[1] is seen[0]  # one object shared by a run's tasks
+    assert seen[0].threshold == model.threshold and seen[0].objects == model.metadata.objects and seen[0].ndim == 3
+    assert seen[0].probabilities == "float16" and seen[0].min_size == 4
+    for name in ("a_prob.zarr", "b_prob.zarr"):
+        assert (tmp_path / name).is_dir()
+    assert np.array_equal(zarr.open_group(tmp_path / "a.zarr")["0"][:], zarr.open_group(tmp_path / "b.zarr")["0"][:])
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({}, False), ({"voxels": 4 * 2048 * 2048}, False), ({"voxels": 4 * 2048 * 2048 + 1}, True),
+    ({"instances": "2d"}, False), ({"instances": "3d"}, True), ({"instances": "2d", "watershed": True}, True),
+    ({"watershed": True}, False), ({"zarr_output": True}, True), ({"volume_source": True}, True),
+])
+def test_one_rule_says_in_memory_or_blockwise(kwargs, expected):
+    assert runs_blockwise(**kwargs) is expected
+
+
+def test_the_command_line_routes_by_the_same_rule(tmp_path):
+    folder = tmp_path / "vol.zarr"
+    zarr.open_group(folder, mode="w")
+    assert volume_routes([str(folder), "a.tif"], tmp_path / "out", None) == ([str(folder)], ["a.tif"])
+    assert volume_routes(["a.tif"], tmp_path / "out", "3d") == (["a.tif"], [])
+    assert volume_routes(["a.tif"], tmp_path / "out.zarr", None) == (["a.tif"], [])
+    assert volume_routes(["a.tif", "b.tif"], tmp_path / "out", "2d") == ([], ["a.tif", "b.tif"])
+    with pytest.raises(ValueError, match="--block, --workers"):
+        volume_routes(["a.tif"], tmp_path / "out", None, volume_options=True)

@@ -1,4 +1,4 @@
-"""Big layers in the Segment dock: lazy sources, Zarr-backed result views, estimates, temporary stores, saving.
+"""Big layers in the Segment dock: lazy sources, Zarr-backed result views, the dock's session of temporary stores.
 
 A layer too big for the in-memory path is segmented by the blockwise engine (``engine.volume``) in the
 worker: ``lazy_source`` gives the engine the chosen region of the layer's level-0 data without reading it (a NumPy
@@ -6,15 +6,17 @@ view, or a dask array over dask / Zarr / other array-like data), the engine writ
 OME-Zarr stores, and the output layers show them through ``StoreView``: an array-like that reads only what napari
 asks for (the displayed slice), so a result of any size fills in as blocks finish and re-thresholding reads one
 plane. (Not a dask array: napari's opportunistic dask cache would keep serving chunks read before the store was
-written.)
+written.) Estimates, saving and re-thresholding are the engine's (``engine.volume.results``); ``VolumeSession``
+holds what a dock measured and its temporary stores.
 """
 
 from __future__ import annotations
 
-import atexit
 import shutil
 import tempfile
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,23 +27,9 @@ import zarr
 from napari.layers import Image
 
 from ..engine.corrections import Corrections
-from ..engine.progress import Job, Progress
-from ..engine.tiling import WHOLE_IMAGE_PIXELS
-from ..engine.volume import BlockPlan, plan_blocks
-from ..io.atomic import move_into_place, staging_directory
-from ..io.volumes import RECORD_KEY, VolumeError, record_of
+from ..engine.volume.results import Drawn, Estimate, Speeds, estimate
 from ..model.metadata import ModelMetadata
 from ._layers import Region, base_data, spatial_shape
-
-#: Seconds per megapixel before this session has measured its own rate (fused AL-Net, fp32: 89 ms per 512 x 512
-#: on two free CPU cores, docs/architecture.md; CUDA: a rough figure for a mid-range GPU).
-DEFAULT_SECONDS_PER_MPX = {"cpu": 0.34, "cuda": 0.01, "mps": 0.05}
-#: Runs estimated above this many minutes are announced (blocks, minutes, how to stop and resume) when started.
-LONG_RUN_MINUTES = 5.0
-
-_measured: dict[str, float] = {}
-_session_folder: Path | None = None
-
 
 # --- the engine's source ------------------------------------------------------------------------------------------
 
@@ -217,47 +205,67 @@ def _expand(key, ndim: int) -> tuple:
     return tuple(out)
 
 
-# --- estimates ----------------------------------------------------------------------------------------------------
+# --- estimates and temporary stores ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Estimate:
-    """Blocks and minutes a run will take (``rate_source``: where the speed comes from)."""
+class VolumeSession:
+    """What one Segment dock keeps across its blockwise runs (no module state): the speeds it measured (for its
+    estimates) and a folder of temporary result stores, removed by ``cleanup``: when the dock is destroyed and no
+    layer shows a store in it (``close_with``), else when Python exits (napari quits)."""
 
-    plan: BlockPlan
-    minutes: float
-    device: str
-    rate_source: str
+    def __init__(self) -> None:
+        self.speeds = Speeds()
+        self._folder: Path | None = None
+        self._remove: weakref.finalize | None = None
 
-    def describe(self) -> str:
-        block = " x ".join(map(str, self.plan.block))
-        voxels = int(np.prod(self.plan.shape, dtype=np.int64))
-        minutes = f"{self.minutes:.0f} min" if self.minutes >= 1 else f"{max(self.minutes * 60, 1):.0f} s"
-        return (f"{len(self.plan):,} block{'s' * (len(self.plan) != 1)} of {block} ({voxels / 1e6:,.0f} M voxels): "
-                f"about {minutes} on {self.device} ({self.rate_source})")
+    def folder(self) -> Path:
+        """The folder of temporary result stores (made on first use)."""
+        if self._folder is None or not self._folder.is_dir():
+            self._folder = Path(tempfile.mkdtemp(prefix="napari-alnet-"))
+            self._remove = weakref.finalize(self, shutil.rmtree, self._folder, True)  # at exit at the latest
+        return self._folder
+
+    def temporary_store(self, name: str) -> Path:
+        """A new path ``<folder>/<name>-N.zarr`` for a temporary labels store."""
+        stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-") or "result"
+        folder = self.folder()
+        n = 1
+        while (folder / f"{stem}-{n}.zarr").exists() or (folder / f"{stem}-{n}_prob.zarr").exists():
+            n += 1
+        return folder / f"{stem}-{n}.zarr"
+
+    def estimate(self, shape: tuple[int, ...], chunks: tuple[int, ...] | None, meta: ModelMetadata,
+                 device: str) -> Estimate:
+        """``engine.volume.results.estimate`` at the speed this dock measured."""
+        return estimate(shape, chunks, meta, device, speeds=self.speeds)
+
+    def record_rate(self, device: str, slices_per_s: float, plane_pixels: int) -> None:
+        """Remember a run's speed on ``device`` (from its progress) for later estimates."""
+        self.speeds.record(device, slices_per_s, plane_pixels)
+
+    def cleanup(self) -> None:
+        """Remove the temporary stores now (once)."""
+        if self._remove is not None:
+            self._remove()
+
+    def close_with(self, widget: Any, in_use: Callable[[Path], bool]) -> None:
+        """Clean up when the Qt ``widget`` (the dock's) is destroyed, unless ``in_use(folder)`` then (a layer still
+        shows one of its stores: they stay until Python exits)."""
+        widget.destroyed.connect(lambda *_: self._folder is None or in_use(self._folder) or self.cleanup())
 
 
-def estimate(shape: tuple[int, ...], chunks: tuple[int, ...] | None, meta: ModelMetadata, device: str,
-             whole_pixels: int = WHOLE_IMAGE_PIXELS) -> Estimate:
-    """The block plan and the expected minutes of segmenting a (Y, X) or (Z, Y, X) region on ``device``."""
-    zyx = tuple(int(s) for s in ((1, *shape) if len(shape) == 2 else shape))
-    ch = tuple(int(c) for c in ((1, *chunks) if chunks is not None and len(chunks) == 2 else chunks or zyx))
-    can_cut = meta.network_shape(zyx[1:]) == zyx[1:]
-    plan = plan_blocks(zyx, chunks=ch, whole_pixels=whole_pixels, can_cut=can_cut)
-    kind = str(device).split(":")[0]
-    if kind in _measured:
-        rate, source = _measured[kind], "measured in this session"
-    else:
-        rate = DEFAULT_SECONDS_PER_MPX.get(kind, DEFAULT_SECONDS_PER_MPX["cpu"])
-        source = "typical speed of two free cores; measured after the first run" if kind == "cpu" else "typical speed"
-    context = 1.4 if plan.cuts_planes else 1.0  # the per-slice context pass and the halos
-    minutes = int(np.prod(zyx, dtype=np.int64)) / 1e6 * rate * context / 60
-    return Estimate(plan, minutes, str(device), source)
+def shows_store_in(layers: Any, folder: Path) -> bool:
+    """Whether one of ``layers`` shows a result store inside ``folder``."""
+    try:
+        return any(isinstance(layer.data, StoreView) and folder in layer.data.path.parents for layer in layers)
+    except RuntimeError:  # the layer list's Qt side is gone (napari closing): nothing shows them any more
+        return False
 
 
-def record_rate(device: str, slices_per_s: float, plane_pixels: int) -> None:
-    """Remember this session's speed on ``device`` (from a run's progress) for later estimates."""
-    if slices_per_s > 0 and plane_pixels > 0:
-        _measured[str(device).split(":")[0]] = 1e6 / (slices_per_s * plane_pixels)
+def drawn_corrections(view: CorrectedView | None) -> Drawn | None:
+    """What the engine draws into a saved copy of the store ``view`` shows (``engine.volume.results.save_job``)."""
+    if view is None:
+        return None
+    return Drawn(view.corrections, view.placement.singletons, len(view.lead))
 
 
 def source_chunks(source: Any) -> tuple[int, ...] | None:
@@ -270,32 +278,6 @@ def source_chunks(source: Any) -> tuple[int, ...] | None:
 
 # --- where results go ---------------------------------------------------------------------------------------------
 
-def session_folder() -> Path:
-    """This session's folder for temporary result stores (removed when napari quits)."""
-    global _session_folder
-    if _session_folder is None or not _session_folder.is_dir():
-        _session_folder = Path(tempfile.mkdtemp(prefix="napari-alnet-"))
-        atexit.register(shutil.rmtree, _session_folder, True)
-    return _session_folder
-
-
-def temporary_store(name: str) -> Path:
-    """A new path ``<session folder>/<name>-N.zarr`` for a temporary labels store."""
-    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-") or "result"
-    folder = session_folder()
-    n = 1
-    while (folder / f"{stem}-{n}.zarr").exists() or (folder / f"{stem}-{n}_prob.zarr").exists():
-        n += 1
-    return folder / f"{stem}-{n}.zarr"
-
-
-def prob_path(labels: Path) -> Path:
-    """The probability store the engine writes beside a labels store ``X.zarr`` (``X_prob.zarr``)."""
-    stem = labels.name[: -len(".zarr")]
-    stem = stem[: -len("_labels")] if stem.endswith("_labels") else stem
-    return labels.with_name(f"{stem}_prob.zarr")
-
-
 def output_store(value: Any) -> Path | None:
     """The labels store chosen in 'Output' (``None``: a temporary one); ``.zarr`` is added when missing."""
     if value is None or str(value) in ("", "."):
@@ -306,11 +288,6 @@ def output_store(value: Any) -> Path | None:
     return path
 
 
-#: The attribute of a labels store that names the layer and region it was made from (so a later session can
-#: continue an unfinished run into the same 'Output').
-LAYER_KEY = "napari_alnet_layer"
-
-
 def layer_marker(layer: Image, region: Region) -> dict[str, Any]:
     """What identifies a run's input across sessions: the layer's name, file (when napari read it from one),
     spatial shape, and the region."""
@@ -319,24 +296,6 @@ def layer_marker(layer: Image, region: Region) -> dict[str, Any]:
     where = [int(r) if not isinstance(r, slice) else list(r.indices(n)[:2]) for r, n in zip(region, shape,
                                                                                              strict=True)]
     return {"layer": layer.name, "file": str(path) if path else None, "shape": list(shape), "region": where}
-
-
-def unfinished_run(labels: Path, marker: dict[str, Any]) -> dict[str, Any] | None:
-    """The record of an unfinished run of the same layer and region in the labels store ``labels`` (one we
-    made), else ``None``."""
-    try:
-        group = zarr.open_group(zarr.storage.LocalStore(labels, read_only=True), mode="r")
-    except Exception:  # not a Zarr group: the caller refuses to touch it
-        return None
-    record = record_of(group)
-    if record is None or record.get("complete") or group.attrs.get(LAYER_KEY) != marker:
-        return None
-    return record
-
-
-def mark_store(labels: Path, marker: dict[str, Any]) -> None:
-    """Record in the labels store which layer and region it is made from (see ``unfinished_run``)."""
-    zarr.open_group(zarr.storage.LocalStore(labels), mode="r+").attrs[LAYER_KEY] = marker
 
 
 @dataclass
@@ -352,77 +311,3 @@ class Pending:
 
     def matches(self, layer: Image, region: Region, key: tuple) -> bool:
         return self.layer is layer and self.region == region and self.key == key and self.labels.exists()
-
-
-# --- saving -------------------------------------------------------------------------------------------------------
-
-def save_job(labels: Path, dest: Path, threshold: float, *, semantic: bool,
-             corrected: CorrectedView | None = None) -> Job[Path]:
-    """Copy a finished result (labels store and its probability store) to ``dest`` / its ``_prob`` sibling, each
-    published only once complete; a semantic result at another threshold than its run's is re-thresholded from the
-    probabilities, chunk by chunk, on the way, and the corrections of ``corrected`` (the layer showing the labels
-    store) are drawn into the copy. The checks happen at once (``VolumeError``: an existing target, an
-    unfinished result); the copying when the job runs. Refuses to write over anything."""
-    targets = [(labels, dest), (prob_path(labels), prob_path(dest))]
-    for _, target in targets:
-        if target.exists():
-            raise VolumeError(f"{target} exists; choose another name to save the result (nothing was written)")
-    record = record_of(zarr.open_group(zarr.storage.LocalStore(labels), mode="r")) or {}
-    if not record.get("complete"):
-        raise VolumeError(f"{labels}: the result is not complete; press Segment to finish it, then save")
-    run = record.get("run", {}).get("settings", {})
-    redo = semantic and abs(float(run.get("threshold", threshold)) - threshold) > 1e-9
-    return _save(targets, dest, threshold, record, redo, corrected)
-
-
-def _save(targets: list[tuple[Path, Path]], dest: Path, threshold: float, record: dict, redo: bool,
-          corrected: CorrectedView | None) -> Job[Path]:
-    total = 2 + int(redo)
-    with staging_directory(dest) as staging:
-        copies = []
-        for step, (source, target) in enumerate(targets, 1):
-            copy = staging / target.name
-            shutil.copytree(source, copy)
-            copies.append((copy, target))
-            yield Progress(step, total, f"copied {source.name}")
-        if redo:
-            yield from _rethreshold_store(copies[0][0], copies[1][0], threshold, record)
-        if corrected is not None and corrected.corrections:
-            write_corrections(copies[0][0], corrected)
-        for copy, target in copies:
-            move_into_place(copy, target)
-    yield Progress(total, total, f"saved {dest}")
-    return dest
-
-
-def write_corrections(labels: Path, view: CorrectedView) -> None:
-    """Draw the corrections of ``view`` (a layer's view of a result) into the labels store ``labels`` (a copy of
-    the store it shows), tile by tile; the store records how many voxels were corrected."""
-    group = zarr.open_group(zarr.storage.LocalStore(labels), mode="r+")
-    out, record = group["0"], view.corrections
-    for key in record.tiles():
-        box = tuple(slice(k * t, min((k + 1) * t, n)) for k, t, n in zip(key, record.tile, record.shape, strict=True))
-        inner = tuple(b for i, b in enumerate(box) if i not in view.placement.singletons)
-        region = (*(slice(0, 1) for _ in view.lead), *inner)
-        values = np.asarray(out[region])
-        shaped = values.reshape([b.stop - b.start for b in box])
-        record.draw(shaped, box)
-        out[region] = shaped.reshape(values.shape)
-    group.attrs["corrected_in_napari"] = {"voxels": record.voxels, "slices": record.slices()}
-
-
-def _rethreshold_store(labels: Path, prob: Path, threshold: float, record: dict) -> Job[None]:
-    group = zarr.open_group(zarr.storage.LocalStore(labels), mode="r+")
-    out = group["0"]
-    probs = zarr.open_array(zarr.storage.LocalStore(prob / "0"), mode="r")
-    scale = 255.0 if probs.dtype == np.uint8 else 1.0
-    grid = [range(0, n, c) for n, c in zip(out.shape, out.chunks, strict=True)]
-    starts = list(np.ndindex(*[len(g) for g in grid]))
-    for i, pos in enumerate(starts):
-        region = tuple(slice(g[p], g[p] + c) for g, p, c in zip(grid, pos, out.chunks, strict=True))
-        out[region] = (np.asarray(probs[region]) > threshold * scale).astype(np.uint8)
-        if i % 16 == 0:
-            yield Progress(2, 3, f"re-thresholding at {threshold:.2f}: chunk {i + 1}/{len(starts)}")
-    run = dict(record.get("run", {}))
-    run["settings"] = dict(run.get("settings", {})) | {"threshold": float(threshold)}
-    group.attrs[RECORD_KEY] = record | {"run": run, "threshold_changed_in_napari": True}

@@ -72,13 +72,17 @@ def output_targets(volume: Volume, dest: str | Path | zarr.Group, probabilities:
             raise ValueError("with a Zarr group as dest, give prob_dest (a path or group) for the probabilities")
         return Targets(dest, prob_dest if probabilities else None)
     dest = Path(dest)
-    if dest.name.lower().endswith(".zarr"):
-        stem = dest.name[: -len(".zarr")]
-        stem = stem[: -len("_labels")] if stem.endswith("_labels") else stem
-        prob = Path(prob_dest) if prob_dest is not None else dest.with_name(f"{stem}_prob.zarr")
-        return Targets(dest, prob if probabilities else None)
-    prob = Path(prob_dest) if prob_dest is not None else dest / f"{volume.name}_prob.zarr"
-    return Targets(dest / f"{volume.name}_labels.zarr", prob if probabilities else None)
+    labels = dest if dest.name.lower().endswith(".zarr") else dest / f"{volume.name}_labels.zarr"
+    prob = Path(prob_dest) if prob_dest is not None else prob_path(labels)
+    return Targets(labels, prob if probabilities else None)
+
+
+def prob_path(labels: Path) -> Path:
+    """The probability store beside a labels store ``X.zarr`` or ``X_labels.zarr``: ``X_prob.zarr``."""
+    labels = Path(labels)
+    stem = labels.name[: -len(".zarr")]
+    stem = stem[: -len("_labels")] if stem.endswith("_labels") else stem
+    return labels.with_name(f"{stem}_prob.zarr")
 
 
 #: Names that make a folder part of a Zarr or N5 container.
