@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_alnet.model import ALNet, ALNetConfig, RepVGGBlock, count_parameters
+from napari_alnet.model import ALNet, ALNetConfig, RepVGGBlock, count_parameters, family_of, is_network
 
 
 def randomize_bn(model: nn.Module) -> None:
@@ -127,3 +127,14 @@ def test_baseline_without_context_is_local():
     x = torch.randn(1, 1, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), model(x, pooled=torch.full((1, 320, 1, 1), 5.0)))
+
+
+def test_alnet_is_a_segmentation_network_of_the_alnet_family():
+    net = ALNet(ALNetConfig(stage_depths=(1, 1, 1, 1, 1)))
+    assert is_network(net) and net.stride == 32 and family_of(net).name == "alnet"
+    stages = net.input_stages()
+    assert len(stages) == 5 and stages[0] is net.encoder.stages[0]
+    assert net.output_layer() is net.decoder.classify and net.output_layer().out_channels == 1
+    x = torch.randn(1, 1, 64, 64)
+    assert net.deepest_features(x).shape[-2:] == (64 // net.stride, 64 // net.stride)
+    assert not is_network(nn.Conv2d(1, 1, 1))
