@@ -12,6 +12,7 @@ import tifffile
 from napari_alnet.engine import batch, inference, segmenter
 from napari_alnet.engine.postprocess import semantic_labels
 from napari_alnet.engine.progress import Progress, StopRequested
+from napari_alnet.engine.request import BLOCKWISE, IN_MEMORY, STREAMING
 from napari_alnet.engine.volume import tasks as volume_tasks
 from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.io.weights import ModelMetadata, save_weights
@@ -361,6 +362,35 @@ def test_batch_cancel_keeps_finished_files_and_says_so(make_napari_viewer, model
     assert widget.runner.last.status == "cancelled"
     assert widget.summary.stopped and 1 <= len(widget.summary.written) < 4
     assert widget.report.value.startswith("cancelled")
+
+
+def test_the_segment_dock_describes_its_run_as_one_request(segment, tmp_path):
+    """The dock's choices are a ``SegmentRequest`` (the one the CLI would make): the route follows the choices."""
+    layer = segment.viewer.add_image(em(depth=4), name="stack")
+    segment.scope.value = "z-range"
+    segment.z_from.value, segment.z_to.value = 1, 2
+    request = segment.request(layer, "em", segment.region(layer))
+    assert request.route == IN_MEMORY and request.scope.region[0] == slice(1, 3) and request.name == "layer 'stack'"
+    assert request.threshold == pytest.approx(segment.threshold.value) and request.outputs.instances is None
+    segment.instances.value = True
+    assert segment.request(layer, "em").outputs.instances == "2d" and not segment.runs_blockwise(layer)
+    segment.instances_3d.value = True
+    assert segment.request(layer, "em").outputs.instances == "3d" and segment.runs_blockwise(layer)
+    assert not segment.big_volume.native.isHidden()  # the output-store options show for a blockwise run
+    segment.instances.value = False
+    segment.output.value = tmp_path / "chosen"
+    request = segment.request(layer, "em")
+    assert request.outputs.out == tmp_path / "chosen.zarr" and request.route == BLOCKWISE
+
+
+def test_the_batch_dock_streams_every_input_as_its_request(make_napari_viewer, model_file, tmp_path):
+    widget = BatchWidget(make_napari_viewer())
+    widget.models.load_file(model_file)
+    model = widget.models.load("cpu")
+    (tmp_path / "vol.zarr").mkdir()
+    widget.instances.value = True
+    request = widget.request([tmp_path / "a.tif", tmp_path / "vol.zarr"], tmp_path / "out", model)
+    assert request.route == STREAMING and request.outputs.instances == "2d" and request.threshold is None
 
 
 def test_batch_widget_refuses_missing_choices(make_napari_viewer, model_file, notes):

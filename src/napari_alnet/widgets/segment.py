@@ -66,11 +66,9 @@ class SegmentWidget(SegmentForm):
         self.threshold.changed.connect(self._rethreshold)
         self.instances.changed.connect(self._rethreshold)
         self.probabilities.changed.connect(self._rethreshold)
-        self.image.changed.connect(self._on_image)
-        self.scope.changed.connect(self._on_image)
-        self.instances.changed.connect(self._on_image)
-        self.stack_axis.changed.connect(self._update_estimate)
-        for widget in (self.z_from, self.z_to, self.device, self.instances_3d, self.watershed, self.output):
+        for widget in (self.image, self.scope, self.instances, self.instances_3d, self.watershed):
+            widget.changed.connect(self._on_image)  # they may change the route: the options shown follow
+        for widget in (self.stack_axis, self.z_from, self.z_to, self.device, self.output):
             widget.changed.connect(self._update_estimate)
         self.models.on_change(self._on_model)
         for event in ("inserted", "removed", "reordered"):
