@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 import torch
 
+from napari_alnet.engine import quantized
 from napari_alnet.engine.registry import session_registry
 
 DATA = Path(os.environ.get("NAPARI_ALNET_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -29,6 +30,13 @@ def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _no_background_speed_checks(monkeypatch):
+    """A model loaded with ``auto`` whose int8 speed is not measured here yet starts a detached measurement; the
+    suite starts none (tests/test_int8.py runs one in-process)."""
+    monkeypatch.setattr(quantized, "start_background", lambda command: None)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import torch
 
 from model_factory import texture
 from napari_alnet import load_model
-from napari_alnet.engine import devices, quantized
+from napari_alnet.engine import devices, quantized, speed_check
 from napari_alnet.engine.devices import BF16Support, Fastest, choose_precision
 from napari_alnet.engine.normalization import model_input
 from napari_alnet.engine.segmenter import Segmenter
@@ -95,6 +95,14 @@ def test_auto_picks_int8_only_where_validated_and_measured_fastest(monkeypatch):
     fp32_wins = lambda c: Fastest("fp32", {p: 10.0 if p == "fp32" else 30.0 for p in c})  # noqa: E731
     assert choose_precision("auto", CPU, validated, int8_unavailable=None, fastest=fp32_wins).precision == "fp32"
     assert choose_precision("auto", CPU, validated, int8_unavailable=None).precision == "fp32"  # never unmeasured
+    not_yet = choose_precision("auto", CPU, validated, int8_unavailable=None, fastest=lambda c: None)
+    assert not_yet.precision == "fp32" and "not measured yet" in not_yet.reason
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda: BF16Support(True, "mocked: native bf16"))
+    both = {"int8": {"validated": True}, "bf16": {"validated": True}}
+    not_yet = choose_precision("auto", CPU, both, int8_unavailable=None, fastest=lambda c: None)
+    assert not_yet.precision == "bf16" and "not measured yet" in not_yet.reason
+    assert choose_precision("auto", CPU, both, int8_unavailable=None, fastest=int8_wins).precision == "int8"
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda: BF16Support(False, "mocked: no bf16"))
     assert choose_precision("auto", CPU, validated).precision == "fp32"  # no graph
     with pytest.raises(ValueError, match="int8 runs on the CPU only"):
         choose_precision("int8", torch.device("meta"), validated, int8_unavailable=None)
@@ -102,19 +110,47 @@ def test_auto_picks_int8_only_where_validated_and_measured_fastest(monkeypatch):
         choose_precision("int8", CPU, validated)
 
 
-def test_a_segmenter_measures_before_auto_picks_int8_and_keeps_the_figures(tiny, monkeypatch, tmp_path):
+def test_auto_measures_int8_in_the_background_and_later_loads_choose_by_the_figures(tiny, monkeypatch, tmp_path):
+    """No load waits for the speed check: the first runs without int8 and starts one background measurement; once
+    its figures are kept, auto picks by them (and nothing is timed again)."""
     monkeypatch.setattr(devices, "cpu_bf16_support", lambda: BF16Support(False, "mocked: no bf16"))
     monkeypatch.setenv("NAPARI_ALNET_CACHE", str(tmp_path))
+    quantized.clear_sessions()
+    started: list[list[str]] = []
+    monkeypatch.setattr(quantized, "start_background", started.append)
+    monkeypatch.setattr(quantized, "_measured", lambda *a: pytest.fail("a load timed the candidates itself"))
     path, _ = tiny
-    model = load_model(path, device="cpu")
-    assert model.precision in ("fp32", "int8") and "measured on this CPU" in model.precision_choice.reason
-    assert quantized.speed_cache().is_file()
+    first = load_model(path, device="cpu")
+    assert first.precision == "fp32" and "not measured yet" in first.precision_choice.reason
+    assert load_model(path, device="cpu").precision == "fp32" and len(started) == 1  # one measurement per process
+    command = started[0]
+    assert command[1:3] == ["-m", speed_check.__name__] and command[3] == str(path)
+    assert not quantized.speed_cache().exists()
+    monkeypatch.undo()  # the background process: real timing, the same cache
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda: BF16Support(False, "mocked: no bf16"))
+    monkeypatch.setenv("NAPARI_ALNET_CACHE", str(tmp_path))
+    assert speed_check.main(command[3:]) == 0 and quantized.speed_cache().is_file()
     quantized.clear_sessions()  # a new process: the figures come from the cache, nothing is timed
     monkeypatch.setattr(quantized, "_measured", lambda *a: pytest.fail("measured again despite the cache"))
-    assert load_model(path, device="cpu").precision == model.precision
+    monkeypatch.setattr(quantized, "start_background", lambda c: pytest.fail("measured again despite the cache"))
+    model = load_model(path, device="cpu")
+    assert model.precision in ("fp32", "int8") and "measured on this CPU" in model.precision_choice.reason
     unvalidated = Segmenter.from_network(_tiny_network(), ModelMetadata(config=TINY), device="cpu",
                                          int8_graph=quantized.graph_path(path))
     assert unvalidated.precision == "fp32" and unvalidated.with_precision("int8").precision == "int8"
+
+
+def test_a_graph_without_its_weight_file_is_timed_where_it_is_needed(tiny, monkeypatch, tmp_path):
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda: BF16Support(False, "mocked: no bf16"))
+    monkeypatch.setenv("NAPARI_ALNET_CACHE", str(tmp_path))
+    quantized.clear_sessions()
+    monkeypatch.setattr(quantized, "start_background", lambda c: pytest.fail("nothing to measure in the background"))
+    path, net = tiny
+    graph = tmp_path / "alone.int8.onnx"
+    graph.write_bytes(quantized.graph_path(path).read_bytes())
+    card = {"int8": {"validated": True, "onnx_sha256": quantized.sha256_file(graph)}}
+    model = Segmenter.from_network(net, ModelMetadata(config=TINY, card=card), device="cpu", int8_graph=graph)
+    assert "measured on this CPU" in model.precision_choice.reason and quantized.speed_cache().is_file()
 
 
 def test_a_graph_that_does_not_match_its_card_is_not_used(tiny, tmp_path):

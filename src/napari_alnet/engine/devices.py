@@ -6,8 +6,9 @@ autocast, CUDA only); ``int8`` (CPU only: the model's statically quantized ONNX 
 ``quantized``). ``auto`` picks fp16 on CUDA; on a CPU it considers fp32, bf16 where it is native *and* the model card
 records that bf16 was validated against fp32 on the model's test split (``card["bf16"]["validated"]``), and int8
 where the card records int8 as validated (``card["int8"]["validated"]``) and its graph can run here; of those it
-takes the fastest, measured on this CPU once per process (``fastest``) when int8 is among them, else bf16 where it
-is a candidate (native bf16 beats fp32), else fp32.
+takes the fastest as measured on this CPU (``fastest``: figures kept across processes) when int8 is among them,
+else — and while int8's speed here is not measured yet (a background process measures it once) — bf16 where it is
+a candidate (native bf16 beats fp32), else fp32.
 """
 
 from __future__ import annotations
@@ -167,8 +168,9 @@ class Fastest:
         return ", ".join(f"{p} {ms:.0f} ms" for p, ms in sorted(self.ms.items(), key=lambda kv: kv[1]))
 
 
-#: Measures candidate precisions on this CPU (``quantized.measure_fastest`` bound to a model).
-Measure = Callable[[tuple[str, ...]], Fastest]
+#: The measured speeds of candidate precisions on this CPU (``quantized.measure_fastest`` bound to a model); None
+#: while they are not measured yet.
+Measure = Callable[[tuple[str, ...]], Fastest | None]
 
 
 def choose_precision(requested: str | None, device: torch.device, card: dict[str, Any], *,
@@ -209,12 +211,17 @@ def _auto_cpu(card: dict[str, Any], int8_unavailable: str | None, fastest: Measu
             candidates = (*candidates, "int8")
         else:
             notes.append(f"int8 validated but not usable here: {int8_unavailable or 'not measured'}")
-    if "int8" in candidates:
-        found = fastest(candidates)
+    found = fastest(candidates) if "int8" in candidates else None
+    if found is not None:
         return PrecisionChoice(found.precision, f"auto: {found.precision}, the fastest validated precision "
                                                 f"measured on this CPU ({found})")
+    if "int8" in candidates:
+        notes.append("int8 validated, its speed on this CPU not measured yet (measuring in the background; later "
+                     "runs choose the fastest)")
+        candidates = candidates[:-1]
     if "bf16" in candidates:
-        return PrecisionChoice("bf16", f"auto: bf16 ({support.reason}; validated in the model card)")
+        note = "".join(f"; {n}" for n in notes)
+        return PrecisionChoice("bf16", f"auto: bf16 ({support.reason}; validated in the model card{note})")
     return PrecisionChoice("fp32", f"auto: fp32 ({'; '.join(notes) or 'no other validated precision'})")
 
 

@@ -17,7 +17,9 @@ uint8 x int8 kernels on AVX2 without VNNI multiply with ``vpmaddubsw``, whose in
 here: a tiny network's features off by 7.2 against 0.74 for the same graph unfused; the fundus model's label
 agreement 99.38 %); uint8 x uint8 does not saturate, so the graph computes the same on every x86 CPU and its
 validation holds wherever it runs. ``QuantizedNetwork(path)`` runs it with the
-interface ``inference.Context`` uses of an ``ALNet`` (``__call__(x, pooled)``, ``deepest_features(x)``, ``config``).
+interface ``inference.Context`` uses of a network (``model.network.ForwardPasses``: ``__call__(x, pooled)``,
+``deepest_features(x)``, ``config``). Quantized graphs are AL-Net's (their inputs name its stages); ``quantize``
+refuses a network of another family.
 Whether a graph may be used is the model card's ``card["int8"]`` (``validated``, and ``onnx_sha256`` of the file):
 ``graph_for`` returns it only where the file is there, matches the card and onnxruntime is installed.
 """
@@ -32,7 +34,8 @@ import importlib.util
 import json
 import os
 import platform
-import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -45,10 +48,12 @@ import torch
 from torch import nn
 
 from ..io.atomic import atomic_write
-from ..model import STRIDE, ALNet
+from ..model import ALNet
 from ..model.alnet import pad_to_stride
 from ..model.config import ALNetConfig
+from ..model.family import DEFAULT_FAMILY, family_of
 from ..model.metadata import ModelMetadata
+from ..model.network import SegmentationNetwork
 from .devices import Fastest, autocast_dtype
 from .normalization import model_input
 from .resolution import resample_image
@@ -57,8 +62,13 @@ from .tiling import ceil_to
 #: What a quantized graph beside ``<name>.safetensors`` is called.
 SUFFIX = ".int8.onnx"
 ONNX_OPSET = 17
-#: Side of the random image ``measure_fastest`` times each candidate on, and the timed calls per candidate.
-MEASURE_SIZE, MEASURE_CALLS = 256, 3
+#: Side of the random image ``measure_fastest`` times each candidate on, and the timed calls per candidate (the
+#: fastest call counts: other work on the CPU only ever adds time).
+MEASURE_SIZE, MEASURE_CALLS = 256, 5
+#: The module a background process runs to measure the candidates of a weight file (``engine.speed_check``).
+SPEED_CHECK = "napari_alnet.engine.speed_check"
+#: The environment variable that turns the background measurement off (``0``).
+SPEED_CHECK_SWITCH = "NAPARI_ALNET_SPEED_CHECK"
 #: Largest calibration image side (bigger training images are centre-cropped: MinMax ranges need no more).
 CALIBRATION_SIZE = 512
 
@@ -122,13 +132,24 @@ class _Graph(nn.Module):
         return logits, deepest
 
 
-def export_fp32(network: ALNet, path: Path) -> None:
-    """The fused fp32 network as an ONNX graph (see the module docstring) at ``path``."""
+def require_alnet(network: SegmentationNetwork) -> ALNet:
+    """``network`` when it is an AL-Net, else ``ValueError``: the quantized graph is built from AL-Net's stages."""
+    family = family_of(network)
+    if family.name != DEFAULT_FAMILY or not isinstance(network, ALNet):
+        raise ValueError(f"int8 quantization builds AL-Net graphs only; this network is of the family "
+                         f"{family.name!r} ({family.title}): run it in fp32, bf16 or fp16")
+    return network
+
+
+def export_fp32(network: SegmentationNetwork, path: Path) -> None:
+    """The fused fp32 AL-Net as an ONNX graph (see the module docstring) at ``path``."""
+    network = require_alnet(network)
     if network.config.num_classes > 2:
         raise ValueError(f"int8 supports networks of 1 or 2 classes, not {network.config.num_classes}")
     net = _Graph(network).to(memory_format=torch.contiguous_format).float().cpu().eval()
     width = network.config.stage_widths[-1]
-    example = (torch.zeros(1, network.config.in_channels, 2 * STRIDE, 2 * STRIDE), torch.zeros(1, width, 1, 1),
+    side = 2 * network.stride
+    example = (torch.zeros(1, network.config.in_channels, side, side), torch.zeros(1, width, 1, 1),
                torch.ones(()))
     axes = {0: "batch", 2: "y", 3: "x"}
     with warnings.catch_warnings(), torch.no_grad():
@@ -154,11 +175,13 @@ def calibration_inputs(images: Iterable[np.ndarray], meta: ModelMetadata) -> Ite
         yield {"image": x[None], "pooled": np.zeros((1, width, 1, 1), np.float32), "own": np.ones((), np.float32)}
 
 
-def quantize(network: ALNet, meta: ModelMetadata, images: Iterable[np.ndarray], out: str | Path) -> Path:
-    """A statically quantized graph of the fused ``network`` at ``out``, calibrated on ``images`` (raw 2D images
-    at the network's resolution, like its training data)."""
+def quantize(network: SegmentationNetwork, meta: ModelMetadata, images: Iterable[np.ndarray], out: str | Path
+             ) -> Path:
+    """A statically quantized graph of the fused AL-Net ``network`` at ``out``, calibrated on ``images`` (raw 2D
+    images at the network's resolution, like its training data); ``ValueError`` for another family."""
     from onnxruntime import quantization as q  # optional at import time: int8 is only built where it is installed
 
+    require_alnet(network)
     out = Path(out)
     feeds = list(calibration_inputs(images, meta))
     if not feeds:
@@ -228,7 +251,8 @@ def _encoder(path: str, threads: int) -> Any:
 
 
 class QuantizedNetwork:
-    """A quantized graph with the interface ``inference.Context`` uses of an ``ALNet`` (CPU tensors in, out)."""
+    """A quantized AL-Net graph with the interface ``inference.Context`` uses of a network (``ForwardPasses``; CPU
+    tensors in, out)."""
 
     def __init__(self, path: str | Path, config: ALNetConfig, threads: int | None = None) -> None:
         self.path, self.config = Path(path), config
@@ -255,25 +279,64 @@ def _array(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
 
 
-def measure_fastest(network: ALNet, graph: Path, candidates: tuple[str, ...]) -> Fastest:
-    """The fastest of ``candidates`` (fp32, bf16: ``network`` in torch; int8: ``graph``) on this CPU: the median of
-    ``MEASURE_CALLS`` calls each on a ``MEASURE_SIZE``² image after one warm-up, round-robin. Measured once per
-    process, and kept across processes in ``speed_cache()`` for this CPU model, library versions, graph (SHA-256),
-    candidates and thread count, so only the first process pays (docs/performance.md)."""
+def measure_fastest(network: SegmentationNetwork, graph: Path, candidates: tuple[str, ...]) -> Fastest | None:
+    """The fastest of ``candidates`` (fp32, bf16: ``network`` in torch; int8: ``graph``) on this CPU, as kept in
+    ``speed_cache()`` for this CPU model, library versions, graph (SHA-256), candidates and thread count.
+
+    Not measured yet: ``None``, and a background process (``engine.speed_check``, lowest priority) measures the
+    weight file beside ``graph`` once and keeps the figures, so no run waits for the measurement and later ones
+    choose by it (docs/performance.md). A graph without its weight file is measured here and now."""
     threads = torch.get_num_threads()
-    key = "|".join([_cpu_name(), platform.machine(), f"torch {torch.__version__}", _ort_version(),
-                    _cached_sha(str(graph), Path(graph).stat().st_mtime_ns), ",".join(candidates),
-                    f"{threads} threads"])
+    key = speed_key(graph, candidates, threads)
     known = _read_speeds().get(key)
     if isinstance(known, dict) and known.get("precision") in candidates:
         return Fastest(known["precision"], {str(k): float(v) for k, v in dict(known.get("ms", {})).items()})
-    found = _measured(network, str(graph), tuple(candidates), threads)
+    weights = weights_of(graph)
+    if weights.is_file():
+        _measure_later(str(weights), tuple(candidates), threads)
+        return None
+    return keep_speeds(key, _measured(network, str(graph), tuple(candidates), threads))
+
+
+def speed_key(graph: Path, candidates: tuple[str, ...], threads: int) -> str:
+    """What a speed measurement holds for: this CPU model, the library versions, the graph, candidates, threads."""
+    return "|".join([_cpu_name(), platform.machine(), f"torch {torch.__version__}", _ort_version(),
+                     _cached_sha(str(graph), Path(graph).stat().st_mtime_ns), ",".join(candidates),
+                     f"{threads} threads"])
+
+
+def keep_speeds(key: str, found: Fastest) -> Fastest:
+    """Add ``found`` to ``speed_cache()`` under ``key`` (atomically; a cache that cannot be written is skipped)."""
     with contextlib.suppress(Exception):  # a cache that cannot be written must never stop inference
         speeds = _read_speeds() | {key: {"precision": found.precision, "ms": found.ms}}
         cache = speed_cache()
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(cache, lambda tmp: Path(tmp).write_text(json.dumps(speeds, indent=1)))
     return found
+
+
+def weights_of(graph: str | Path) -> Path:
+    """The weight file a quantized graph belongs to: ``em.int8.onnx`` -> ``em.safetensors``."""
+    graph = Path(graph)
+    return graph.with_name(graph.name.removesuffix(SUFFIX) + ".safetensors")
+
+
+@functools.lru_cache(maxsize=16)
+def _measure_later(weights: str, candidates: tuple[str, ...], threads: int) -> None:
+    """Start the background measurement of ``weights`` (once per process and weight file; never where
+    ``NAPARI_ALNET_SPEED_CHECK=0``, e.g. a cluster job: int8 is then used where asked for)."""
+    if os.environ.get(SPEED_CHECK_SWITCH, "1").strip() == "0":
+        return
+    command = [sys.executable, "-m", SPEED_CHECK, weights, "--candidates", ",".join(candidates),
+               "--threads", str(threads)]
+    with contextlib.suppress(OSError):  # no measurement: auto keeps to torch's precisions
+        start_background(command)
+
+
+def start_background(command: list[str]) -> None:
+    """Run ``command`` detached (its own session, no terminal output); the caller does not wait for it."""
+    subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, close_fds=True)
 
 
 def speed_cache() -> Path:
@@ -308,7 +371,7 @@ def _ort_version() -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _measured(network: ALNet, graph: str, candidates: tuple[str, ...], threads: int) -> Fastest:
+def _measured(network: SegmentationNetwork, graph: str, candidates: tuple[str, ...], threads: int) -> Fastest:
     x = torch.randn(1, network.config.in_channels, MEASURE_SIZE, MEASURE_SIZE)
     quantized = QuantizedNetwork(graph, network.config, threads)
     calls = {p: _torch_call(network, x, p) for p in candidates if p != "int8"}
@@ -321,11 +384,11 @@ def _measured(network: ALNet, graph: str, candidates: tuple[str, ...], threads: 
             call()
             if round_:  # the first round warms up
                 times[precision].append(time.perf_counter() - start)
-    ms = {p: statistics.median(t) * 1000 for p, t in times.items()}
+    ms = {p: min(t) * 1000 for p, t in times.items()}
     return Fastest(min(ms, key=ms.__getitem__), ms)
 
 
-def _torch_call(network: ALNet, x: torch.Tensor, precision: str):
+def _torch_call(network: SegmentationNetwork, x: torch.Tensor, precision: str):
     x = x.contiguous(memory_format=torch.channels_last)
     dtype = autocast_dtype(precision)
 
@@ -340,6 +403,7 @@ def clear_sessions() -> None:
     _whole.cache_clear()
     _encoder.cache_clear()
     _measured.cache_clear()
+    _measure_later.cache_clear()
     _cached_sha.cache_clear()
 
 
