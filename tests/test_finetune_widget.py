@@ -37,7 +37,7 @@ def stack() -> tuple[np.ndarray, np.ndarray]:
 def notes(monkeypatch) -> list[str]:
     """Messages the dock sends to napari notifications."""
     seen: list[str] = []
-    for module in ("finetune", "_worker", "_models", "_live"):
+    for module in ("finetune", "_finetune_run", "_finetune_request", "_worker", "_models", "_live"):
         for name in ("show_warning", "show_error", "show_info"):
             monkeypatch.setattr(f"napari_alnet.widgets.{module}.{name}", lambda msg, _s=seen: _s.append(str(msg)),
                                 raising=False)
@@ -267,7 +267,7 @@ def test_export_button_writes_a_checked_package_with_the_fine_tune_provenance(do
 
     import yaml
 
-    from napari_alnet.widgets.finetune import _export_path
+    from napari_alnet.widgets._finetune_run import _export_path
 
     assert not dock.export() and "nothing to export yet" in notes[-1]
     annotate(dock, stack, (0, 1))
@@ -376,7 +376,7 @@ def test_painted_cells_on_a_membrane_model_offer_to_flip(make_napari_viewer, tmp
     assert dock.models.value == "cells"  # the new model is chosen; its label 1 is what was painted
     assert dock.models.summary.value.endswith("label 1 = cell interior")
     dock.models.select("em")
-    monkeypatch.setattr("napari_alnet.widgets.finetune.ask_flip", lambda *_: "cancel")
+    monkeypatch.setattr("napari_alnet.widgets._finetune_run.ask_flip", lambda *_: "cancel")
     assert not dock.start() and not dock.runner.running  # cancelled: nothing starts
 
 
@@ -386,7 +386,8 @@ def test_painted_membranes_on_a_membrane_model_are_not_questioned(make_napari_vi
     layer.data[0] = em_stack[1][0]
     dock.refresh_slices()
     asked: list[str] = []
-    monkeypatch.setattr("napari_alnet.widgets.finetune.ask_flip", lambda _parent, text: asked.append(text) or "flip")
+    monkeypatch.setattr("napari_alnet.widgets._finetune_run.ask_flip",
+                        lambda _parent, text: asked.append(text) or "flip")
     dock.foreground.value = "plasma membrane"
     assert dock.run_blocking() and dock.runner.last.status == "done", notes
     assert not asked and not dock.meaning.flipped and not dock.request.flip

@@ -46,20 +46,19 @@ def painted_labels(layer: Labels, mode: str) -> np.ndarray:
 
 
 class LivePresenter:
-    """The *Live* toggle and one live run at a time: ``toggle`` starts and stops it; ``mailbox`` is the running
-    job's (None when off); ``previews`` counts the previews shown.
+    """One live run at a time, started and stopped by ``toggle`` (the form's *Live* check box); ``mailbox`` is the
+    running job's (None when off); ``previews`` counts the previews shown.
 
     ``make_request()`` gives the request, image layer and annotations layer (or raises a ``ValueError`` with a
     message to show); ``on_saved(result, request)`` gets the saved model (registration and the dock's report).
     """
 
-    def __init__(self, viewer: napari.Viewer, runner: JobRunner, *,
+    def __init__(self, viewer: napari.Viewer, runner: JobRunner, toggle: CheckBox, *,
                  make_request: Callable[[], tuple[FinetuneRequest, Image, Labels]],
                  on_saved: Callable[[TrainResult | None, FinetuneRequest], None],
                  on_progress: Callable[[Progress], None] | None = None) -> None:
-        self.viewer, self.runner = viewer, runner
+        self.viewer, self.runner, self.toggle = viewer, runner, toggle
         self.make_request, self.on_saved, self.on_progress = make_request, on_saved, on_progress
-        self.toggle = CheckBox(text="Live: train while I paint", value=False, tooltip=LIVE_TOOLTIP)
         self.config = LiveConfig()
         self.mailbox: Mailbox | None = None
         self.request: FinetuneRequest | None = None
