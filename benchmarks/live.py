@@ -8,7 +8,8 @@ centred on the painted pixels) runs in a worker thread from ``--base``; this thr
 posts them through the same ``Mailbox`` the dock posts to. A stroke's figure is the time from its paint to the
 first preview of the displayed slice predicted with weights trained on it (``LiveConfig.min_steps`` steps at
 least), plus the dock's wait after the last paint event before it posts (``POST_DELAY_S``). The first stroke also
-builds the trainer (loads the base) and is shown apart.
+builds the trainer (loads the base) and is shown apart. On a loaded machine set ``OMP_WAIT_POLICY=PASSIVE``
+before it starts to see how much spinning OpenMP threads cost there.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def report(args, config: LiveConfig, figures: list[float], result) -> None:
     print(f"Live mode, stroke -> updated prediction of the displayed {args.size}x{args.size} slice, base "
           f"{args.base}, Quick recipe, {args.threads} threads, torch {torch.__version__}")
     print(f"  CPU: {cpu_name()} ({os.cpu_count()} cores; this project's reference: AMD EPYC, AVX2 only, 2 cores), "
-          f"load average {os.getloadavg()[0]:.1f} (a shared machine: other jobs may run beside this one)")
+          f"load average {os.getloadavg()[0]:.1f} (a shared machine: other jobs may run beside this one), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: libgomp default)')}")
     print(f"  preview every >= {config.preview_seconds:.1f} s after >= {config.min_steps} steps on the newest "
           f"strokes; the dock posts {POST_DELAY_S:.1f} s after the last paint event (included)")
     print(f"  first stroke (builds the trainer, loads {args.base}): {first:.1f} s")
