@@ -12,10 +12,10 @@ holds what a dock measured and its temporary stores.
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,13 +215,13 @@ class VolumeSession:
     def __init__(self) -> None:
         self.speeds = Speeds()
         self._folder: Path | None = None
-        self._remove: weakref.finalize | None = None
 
     def folder(self) -> Path:
         """The folder of temporary result stores (made on first use)."""
         if self._folder is None or not self._folder.is_dir():
             self._folder = Path(tempfile.mkdtemp(prefix="napari-alnet-"))
-            self._remove = weakref.finalize(self, shutil.rmtree, self._folder, True)  # at exit at the latest
+            # when Python exits at the latest (not when this object goes: layers may still show the stores)
+            atexit.register(shutil.rmtree, self._folder, True)
         return self._folder
 
     def temporary_store(self, name: str) -> Path:
@@ -243,9 +243,9 @@ class VolumeSession:
         self.speeds.record(device, slices_per_s, plane_pixels)
 
     def cleanup(self) -> None:
-        """Remove the temporary stores now (once)."""
-        if self._remove is not None:
-            self._remove()
+        """Remove the temporary stores now."""
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     def close_with(self, widget: Any, in_use: Callable[[Path], bool]) -> None:
         """Clean up when the Qt ``widget`` (the dock's) is destroyed, unless ``in_use(folder)`` then (a layer still

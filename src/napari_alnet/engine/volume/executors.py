@@ -15,8 +15,6 @@ import torch
 RETRIES = 3
 
 
-# --- executors ----------------------------------------------------------------------------------------------------
-
 class InProcess:
     """Runs tasks one after another in the calling thread (torch uses the cores)."""
 

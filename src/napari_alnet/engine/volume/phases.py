@@ -8,14 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...io.volumes import (
-    record_of,
-)
-from ..instances3d import (
-    label_dtype,
-    merge,
-    offsets,
-)
+from ...io.volumes import record_of
+from ..instances3d import label_dtype, merge, offsets
 from ..progress import Job, Progress
 from .plan import Block, BlockPlan
 from .prepare import VolumeRun

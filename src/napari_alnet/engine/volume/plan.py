@@ -9,14 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ...io.volumes import (
-    Volume,
-    open_volume,
-)
-from ...model import STRIDE
+from ...io.volumes import Volume, open_volume
 from ...model.metadata import ModelMetadata
 from ..segmenter import Segmenter
-from ..tiling import WHOLE_IMAGE_PIXELS, ceil_to
+from ..tiling import STRIDE, WHOLE_IMAGE_PIXELS, ceil_to
 
 #: Automatic blocks of whole planes hold about this many voxels (bz = this / plane, at least 1).
 BLOCK_VOXELS = 4 * 2048 * 2048
@@ -24,8 +20,6 @@ BLOCK_VOXELS = 4 * 2048 * 2048
 #: when the whole-image limit is lowered: 3/4 of its side).
 CUT_BLOCK = 1536
 
-
-# --- planning -----------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Block:

@@ -9,10 +9,7 @@ from typing import Any
 import zarr
 
 from ...io.atomic import release_writer
-from ...io.volumes import (
-    Volume,
-    VolumeError,
-)
+from ...io.volumes import Volume, VolumeError
 from ..halo import context_width, make_context
 from ..segmenter import Segmenter, as_segmenter
 from ..tiling import WHOLE_IMAGE_PIXELS
@@ -62,8 +59,6 @@ class VolumeSummary:
     def slices_per_second(self) -> float:
         return self.slices / self.seconds if self.seconds else 0.0
 
-
-# --- preparing a run ----------------------------------------------------------------------------------------------
 
 @dataclass
 class VolumeRun:
@@ -128,5 +123,5 @@ def _open_outputs(segmenter: Segmenter, volume: Volume, plan: BlockPlan, setting
         labels = created(targets.labels, lambda: new_labels(targets.labels, volume, plan, settings, record, width))
     if targets.probabilities is not None and prob is None:
         prob = created(targets.probabilities,
-                        lambda: new_probabilities(targets.probabilities, volume, plan, settings, record))
+                       lambda: new_probabilities(targets.probabilities, volume, plan, settings, record))
     return labels, prob

@@ -13,12 +13,7 @@ import torch
 import zarr
 
 from ...io.fingerprint import fingerprint
-from ...io.volumes import (
-    Volume,
-    VolumeError,
-    open_output,
-    record_of,
-)
+from ...io.volumes import Volume, VolumeError, open_output, record_of
 from ..devices import cpu_bf16_support, onednn_isa_cap
 from ..segmenter import Segmenter
 from .plan import BlockPlan

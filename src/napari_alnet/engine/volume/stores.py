@@ -24,9 +24,7 @@ from ...io.volumes import (
     record_of,
     remove_output,
 )
-from ..instances3d import (
-    FACE_AXES,
-)
+from ..instances3d import FACE_AXES
 from .plan import BlockPlan
 from .records import RECORD_VERSION, differences
 from .settings import Settings

@@ -10,10 +10,7 @@ import numpy as np
 import torch
 import zarr
 
-from ...io.volumes import (
-    get_region,
-    put_region,
-)
+from ...io.volumes import get_region, put_region
 from ..halo import PlaneContext, block_probabilities, halo_window, make_context, plane_context
 from ..inference import probability_job
 from ..instances3d import (
