@@ -14,7 +14,7 @@ from napari_alnet import predict
 from napari_alnet.engine import tiling
 from napari_alnet.engine.inference import Context, probability_job
 from napari_alnet.engine.progress import run_job
-from napari_alnet.engine.single_pass import encode, finish, splittable
+from napari_alnet.engine.single_pass import DECODER_HALO, encode, finish, splittable
 from napari_alnet.model import ALNet, ALNetConfig
 
 
@@ -88,11 +88,19 @@ def test_finish_of_encode_is_the_network(classes, grid):
     x = torch.from_numpy(texture((2, 1, 128, 192), 6))
     pooled = torch.randn(2, 320, 1, 1)
     with torch.inference_mode():
-        e = encode(net, x)
-        assert e.low.shape == (2, classes, 128 // grid, 192 // grid) and e.features.shape == (2, 128, 4, 6)
-        torch.testing.assert_close(finish(net, e.low, e.features, pooled, (128, 192)), net(x, pooled=pooled),
+        full = net(x, pooled=pooled)
+        for i, e in enumerate(encode(net, x)):
+            assert e.low.shape == (1, classes, 128 // grid, 192 // grid) and e.features.shape == (1, 128, 4, 6)
+            torch.testing.assert_close(finish(net, e.low, e.features, pooled[i:i + 1], (128, 192)), full[i:i + 1],
+                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(e.deepest, net.deepest_features(x[i:i + 1]))
+        # the decoder on a crop: equal to the whole image's beyond DECODER_HALO from the crop's inner edges
+        crop = encode(net, x, [(0, 128, 64, 192), None])[0]
+        assert crop.low.shape == (1, classes, 128 // grid, 128 // grid)
+        cropped = finish(net, crop.low, crop.features[..., 2:], pooled[:1], (128, 128))
+        torch.testing.assert_close(cropped[..., DECODER_HALO:], full[:1, ..., 64 + DECODER_HALO:],
                                    atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(e.deepest, net.deepest_features(x))
+        assert (cropped[..., :8] - full[:1, ..., 64:72]).abs().max() > 1e-4  # the crop's own edge differs
 
 
 def test_only_the_papers_network_in_eval_mode_is_split():

@@ -29,7 +29,7 @@ from .dihedral import dihedral, undo_dihedral
 from .normalization import bounds_pixels, model_input, to_channels
 from .progress import Job, Progress, StopRequested, relay
 from .resolution import resample_image, resample_probabilities
-from .single_pass import encode, finish, grid_stride, splittable
+from .single_pass import DECODER_HALO, encode, finish, grid_stride, splittable
 from .tiling import STRIDE, Tile, batch_limit, ceil_to, check_overlap, choose_tile, plan_tiles
 
 #: Slices (or tiles) per forward pass by precision: in fp32 one 512² slice at a time costs 24 % less CPU per slice
@@ -257,9 +257,21 @@ class TiledPlane:
 def _write_cores(out: np.ndarray, tiles: list[Tile], probs: np.ndarray) -> None:
     """Each tile's core of its (h, w) probabilities into the (Y, X) ``out`` (cropped to the image)."""
     for t, p in zip(tiles, probs, strict=True):
-        y0, y1, x0, x1 = t.core
-        y1, x1 = min(y1, out.shape[0]), min(x1, out.shape[1])
-        _store(out[y0:y1, x0:x1], p[y0 - t.y:y1 - t.y, x0 - t.x:x1 - t.x])
+        _write_core(out, t, p, (t.y, t.x))
+
+
+def _write_core(out: np.ndarray, t: Tile, probs: np.ndarray, origin: tuple[int, int]) -> None:
+    """The core of ``t`` from ``probs`` (whose top-left pixel is ``origin`` of the padded plane) into ``out``."""
+    y0, y1, x0, x1 = t.core
+    y1, x1 = min(y1, out.shape[0]), min(x1, out.shape[1])
+    _store(out[y0:y1, x0:x1], probs[y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]])
+
+
+def _around_core(t: Tile) -> tuple[int, int, int, int]:
+    """The core of ``t`` plus ``DECODER_HALO``, within the tile (absolute padded-plane pixels)."""
+    y0, y1, x0, x1 = t.core
+    return (max(t.y, y0 - DECODER_HALO), min(t.y + t.size[0], y1 + DECODER_HALO),
+            max(t.x, x0 - DECODER_HALO), min(t.x + t.size[1], x1 + DECODER_HALO))
 
 
 def _context_first(ctx: Context, plane: TiledPlane, batches: list[list[Tile]], out: np.ndarray) -> Iterator[str]:
@@ -276,20 +288,22 @@ def _context_first(ctx: Context, plane: TiledPlane, batches: list[list[Tile]], o
 
 
 def _encoder_once(ctx: Context, plane: TiledPlane, batches: list[list[Tile]], out: np.ndarray) -> Iterator[str]:
-    """The paper's network (``single_pass``): pass 1 runs each tile's encoder once, keeping the pooled-independent
-    maps of its core on the decoder's grid and the stride-32 grid (``num_classes`` + 128 channels, < 0.4 values
-    per pixel); pass 2 adds the context branch with the whole plane's pooled vector (no encoder)."""
+    """The paper's network (``single_pass``): pass 1 runs each tile's encoder once (its decoder only around the
+    core), keeping the pooled-independent maps of its core on the decoder's grid and the stride-32 grid
+    (``num_classes`` + 128 channels, < 0.4 values per pixel); pass 2 adds the context branch with the whole
+    plane's pooled vector around each core (no encoder)."""
     g, maps, sums = grid_stride(ctx.net), None, None
     for batch in batches:
-        low, features, deepest = ctx.encode(plane.inputs(batch))
-        if maps is None:
-            padded = ceil_to(plane.image.shape[0]), ceil_to(plane.image.shape[1])
-            maps = (np.empty((low.shape[1], padded[0] // g, padded[1] // g), np.float32),
-                    np.empty((features.shape[1], padded[0] // STRIDE, padded[1] // STRIDE), np.float32))
-        for t, lo, fe, de in zip(batch, low, features, deepest, strict=True):
+        around = [_around_core(t) for t in batch]
+        crops = [(y0 - t.y, y1 - t.y, x0 - t.x, x1 - t.x) for t, (y0, y1, x0, x1) in zip(batch, around, strict=True)]
+        for t, (ay, _, ax, _), (lo, fe, de) in zip(batch, around, ctx.encode(plane.inputs(batch), crops), strict=True):
+            if maps is None:
+                padded = ceil_to(plane.image.shape[0]), ceil_to(plane.image.shape[1])
+                maps = (np.empty((lo.shape[0], padded[0] // g, padded[1] // g), np.float32),
+                        np.empty((fe.shape[0], padded[0] // STRIDE, padded[1] // STRIDE), np.float32))
             y0, y1, x0, x1 = t.core
-            maps[0][:, y0 // g:y1 // g, x0 // g:x1 // g] = lo[:, (y0 - t.y) // g:(y1 - t.y) // g,
-                                                             (x0 - t.x) // g:(x1 - t.x) // g]
+            maps[0][:, y0 // g:y1 // g, x0 // g:x1 // g] = lo[:, (y0 - ay) // g:(y1 - ay) // g,
+                                                             (x0 - ax) // g:(x1 - ax) // g]
             cells = (slice(None), *t.core_cells())
             maps[1][:, y0 // STRIDE:y1 // STRIDE, x0 // STRIDE:x1 // STRIDE] = fe[cells]
             part = de[cells].sum((-1, -2), dtype=np.float64)
@@ -297,14 +311,12 @@ def _encoder_once(ctx: Context, plane: TiledPlane, batches: list[list[Tile]], ou
         yield "encoder"
     pooled = torch.from_numpy((sums / plane.cells).astype(np.float32))[None, :, None, None]
     for batch in batches:
-        low = np.stack([maps[0][:, t.y // g:(t.y + t.size[0]) // g, t.x // g:(t.x + t.size[1]) // g] for t in batch])
-        features = np.stack([maps[1][(slice(None), *_cells(t.window))] for t in batch])
-        _write_cores(out, batch, ctx.finish(low, features, pooled, batch[0].size))
+        for t in batch:
+            y0, y1, x0, x1 = _around_core(t)
+            low = maps[0][None, :, y0 // g:y1 // g, x0 // g:x1 // g]
+            features = maps[1][None, :, y0 // STRIDE:y1 // STRIDE, x0 // STRIDE:x1 // STRIDE]
+            _write_core(out, t, ctx.finish(low, features, pooled, (y1 - y0, x1 - x0))[0], (y0, x0))
         yield "context"
-
-
-def _cells(window: tuple[slice, slice]) -> tuple[slice, slice]:
-    return tuple(slice(s.start // STRIDE, s.stop // STRIDE) for s in window)
 
 
 def _predict_resampled(run: Run, stack: np.ndarray, working: tuple[int, int], out: np.ndarray) -> Job[np.ndarray]:
@@ -363,18 +375,20 @@ class Context:
         return len(self.transforms) == 1 and splittable(self.net)
 
     @torch.inference_mode()
-    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """float32 ``single_pass.encode`` maps (low, features, deepest) of a (N, C, Y, X) batch."""
+    def encode(self, x: np.ndarray, crops: list[tuple[int, int, int, int]]
+               ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """float32 ``single_pass.encode`` maps (low over its crop, features, deepest) of each image of a (N, C, Y, X)
+        batch."""
         with self.autocast():
-            e = encode(self.net, self.tensor(x))
-            return tuple(m.float().cpu().numpy() for m in (e.low, e.features, e.deepest))
+            return [tuple(m[0].float().cpu().numpy() for m in (e.low, e.features, e.deepest))
+                    for e in encode(self.net, self.tensor(x), crops)]
 
     @torch.inference_mode()
     def finish(self, low: np.ndarray, features: np.ndarray, pooled: torch.Tensor,
                size: tuple[int, int]) -> np.ndarray:
         """(N, Y, X) float32 probabilities from ``encode``'s maps and the plane's (1, C5, 1, 1) ``pooled`` vector."""
         with self.autocast():
-            low_t, features_t = (torch.from_numpy(m).to(self.dev) for m in (low, features))
+            low_t, features_t = (torch.from_numpy(np.ascontiguousarray(m)).to(self.dev) for m in (low, features))
             logits = finish(self.net, low_t, features_t, pooled.to(self.dev).expand(len(low), -1, -1, -1), size)
             return _foreground(logits).cpu().numpy()
 

@@ -7,10 +7,15 @@ the context branch on the stride-32 grid. ``encode`` runs everything that does n
 is the pooled vector); ``finish`` adds the context branch once the whole plane's pooled vector is known. Both parts
 are ``ADecoder.forward``'s eval order (decoders.py), so ``finish(encode(x), pooled)`` is ``net(x, pooled)`` up to
 float rounding. Other networks (ASPP, U-Decoder, int8 graphs, other families) are not ``splittable``.
+
+Only the encoder needs a tile's whole context margin (stride-16 and -32 features see ~224 px); the decoder's
+stride-2 work (projections, upsampling, two 3x3 convolutions) reaches a few pixels, so ``encode`` runs it only on
+a ``crop`` of each tile — its core plus ``DECODER_HALO`` — and ``finish`` likewise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +23,13 @@ import torch.nn.functional as F
 
 from ..model import ADecoder, ALNet, LiteRASPP
 from ..model.context import resize
+
+#: Pixels around a tile's core over which the decoder runs (a multiple of 32). Bilinear upsampling from the
+#: stride-16/32 maps and the stride-2 3x3 convolutions reach < 32 px: beyond that the crop equals the whole tile.
+DECODER_HALO = 64
+
+#: (y0, y1, x0, x1) of a tile in its own pixels, each a multiple of 32.
+Crop = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -42,14 +54,27 @@ def grid_stride(net: ALNet) -> int:
     return net.decoder.grid_stride
 
 
-def encode(net: ALNet, x: torch.Tensor) -> Encoded:
-    """The pooled-independent part of ``net(x)`` for a (N, C, Y, X) batch padded to a multiple of 32."""
+def encode(net: ALNet, x: torch.Tensor, crops: Sequence[Crop | None] | None = None) -> list[Encoded]:
+    """The pooled-independent part of ``net(x)`` for each image of a (N, C, Y, X) batch padded to a multiple of
+    32: ``low`` over its crop (``None``: the whole image), ``features`` and ``deepest`` over the whole image."""
     *skips, deepest = net.encoder(x)
-    dec = net.decoder
-    size = x.shape[-2:]
+    features = net.context.features(deepest)
+    out = []
+    for i, crop in enumerate(crops or [None] * len(x)):
+        y0, y1, x0, x1 = crop or (0, x.shape[-2], 0, x.shape[-1])
+        parts = []
+        for f in skips:
+            s = x.shape[-1] // f.shape[-1]
+            parts.append(f[i:i + 1, :, y0 // s:y1 // s, x0 // s:x1 // s])
+        out.append(Encoded(_low(net.decoder, parts, (y1 - y0, x1 - x0)), features[i:i + 1], deepest[i:i + 1]))
+    return out
+
+
+def _low(dec: ADecoder, skips: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """classify(F_low) of ``skips`` (strides 2..16) for an input of padded ``size``, on the decoder's grid."""
     grid = (size[0] // dec.grid_stride, size[1] // dec.grid_stride)
     fused = sum(resize(proj(f), grid) for proj, f in zip(dec.project, skips, strict=True))
-    return Encoded(dec.classify(dec.refine(fused)), net.context.features(deepest), deepest)
+    return dec.classify(dec.refine(fused))
 
 
 def finish(net: ALNet, low: torch.Tensor, features: torch.Tensor, pooled: torch.Tensor,
