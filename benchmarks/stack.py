@@ -3,7 +3,7 @@ for 10 and 100 slices, per precision and pipeline mode.
 
     python benchmarks/stack.py [--size 512] [--depths 10 100] [--threads 2] [--model em|FILE] [--labels-only]
                                [--precisions auto fp32 bf16] [--modes auto serial pipelined] [--repeats 1]
-                               [--wait-policies inherit passive active]
+                               [--wait-policies inherit passive active] [--end-to-end]
 
 Each run is ``segment_files_job`` (labels + float32 probabilities) in a fresh subprocess, so its peak RSS is its
 own. Streaming means the peak RSS of the deepest stack stays within 1.3x of the shallowest for every precision and
@@ -14,6 +14,9 @@ Default precisions: ``auto`` (what ``alnet segment`` picks here) and ``bf16`` wh
 ``--wait-policies``: the worker's ``OMP_WAIT_POLICY`` (``inherit``: as this process has it), one column each: with
 libgomp's default (active: idle OpenMP threads spin), a core shared with any other work — the pipeline's threads,
 another program — stalls every parallel region (docs/performance.md).
+``--end-to-end``: instead, the ``alnet segment`` command itself on each stack (a fresh process: imports, model
+load, the run, exit), wall time, beside the run's own seconds as the command reports them: end-to-end slices/s and
+the share of the wall time outside the run (start-up and exit).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -104,6 +108,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=("auto", "serial", "pipelined"), default=["auto"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--wait-policies", nargs="+", choices=("inherit", "passive", "active"), default=["inherit"])
+    parser.add_argument("--end-to-end", action="store_true", help="time the alnet segment command itself")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
@@ -112,7 +117,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    sys.exit(run_all(args))
+    sys.exit(end_to_end(args) if args.end_to_end else run_all(args))
 
 
 def default_precisions() -> list[str]:
@@ -163,6 +168,40 @@ def run_all(args: argparse.Namespace) -> int:
         print(f"|  |  | peak RSS {rows[-1][0]} vs {rows[0][0]} slices: {ratio:.2f}x (limit {RSS_LIMIT}x) "
               f"{'OK' if ok else 'FAIL'} |  |  |  |")
     return verdict
+
+
+def end_to_end(args: argparse.Namespace) -> int:
+    """``alnet segment`` of each stack depth, ``repeats`` times interleaved: wall time against the run's own."""
+    precisions = args.precisions or ["auto"]
+    cases = list(itertools.product(precisions, args.depths))
+    walls: dict[tuple, list[tuple[float, float, str]]] = {case: [] for case in cases}
+    with tempfile.TemporaryDirectory(prefix="alnet-bench-") as tmp:
+        for depth in args.depths:
+            make_stack(Path(tmp) / f"stack{depth}.tif", depth, em_slices(args.size))
+        for _, (precision, depth) in itertools.product(range(args.repeats), cases):
+            cmd = [sys.executable, "-m", "napari_alnet.cli", "segment", str(Path(tmp) / f"stack{depth}.tif"),
+                   "-o", str(Path(tmp) / "out"), "--model", args.model, "--device", "cpu", "--precision",
+                   precision, "--overwrite", "--progress", "none",
+                   *([] if args.labels_only else ["--probabilities"])]
+            start = time.perf_counter()  # torch's own thread count: --threads is the OME-Zarr path's option
+            done = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                  env=os.environ | {"OMP_NUM_THREADS": str(args.threads)})
+            wall = time.perf_counter() - start
+            said = re.search(r"in ([0-9.]+) s .*on (\S+) \((\w+)\)", done.stdout + done.stderr)
+            if said is None:
+                raise SystemExit(f"no summary line in: {done.stdout + done.stderr}")
+            walls[(precision, depth)].append((wall, float(said[1]), said[3]))
+    print(f"alnet segment, {args.size} x {args.size} uint8 TIFF stacks, {args.model}, cpu, {args.threads} threads, "
+          f"labels{'' if args.labels_only else ' + float32 probabilities'}; {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}; median of {args.repeats} interleaved run(s)")
+    print("| precision asked | ran in | slices | wall s | end-to-end slices/s | run slices/s | outside the run |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for precision, depth in cases:
+        runs = walls[(precision, depth)]
+        wall, run, ran = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[0][2]
+        print(f"| {precision} | {ran} | {depth} | {wall:.1f} | {depth / wall:.2f} | {depth / run:.2f} | "
+              f"{(wall - run) / wall:.0%} ({wall - run:.1f} s) |")
+    return 0
 
 
 if __name__ == "__main__":

@@ -62,9 +62,10 @@ from .tiling import ceil_to
 #: What a quantized graph beside ``<name>.safetensors`` is called.
 SUFFIX = ".int8.onnx"
 ONNX_OPSET = 17
-#: Side of the random image ``measure_fastest`` times each candidate on, and the timed calls per candidate (the
-#: fastest call counts: other work on the CPU only ever adds time).
-MEASURE_SIZE, MEASURE_CALLS = 256, 5
+#: Side of the random image the speed check times each candidate on (a typical slice: the ranking of int8 and bf16
+#: was seen to differ between 256² and 512²), and the timed calls per candidate (the fastest call counts: other work
+#: on the CPU only ever adds time).
+MEASURE_SIZE, MEASURE_CALLS = 512, 5
 #: The module a background process runs to measure the candidates of a weight file (``engine.speed_check``).
 SPEED_CHECK = "napari_alnet.engine.speed_check"
 #: The environment variable that turns the background measurement off (``0``).
@@ -302,7 +303,7 @@ def speed_key(graph: Path, candidates: tuple[str, ...], threads: int) -> str:
     """What a speed measurement holds for: this CPU model, the library versions, the graph, candidates, threads."""
     return "|".join([_cpu_name(), platform.machine(), f"torch {torch.__version__}", _ort_version(),
                      _cached_sha(str(graph), Path(graph).stat().st_mtime_ns), ",".join(candidates),
-                     f"{threads} threads"])
+                     f"{threads} threads", f"{MEASURE_SIZE} px"])
 
 
 def keep_speeds(key: str, found: Fastest) -> Fastest:
