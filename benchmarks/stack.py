@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="em", help="em (if shipped, else an untrained AL-Net) or a weight file")
     parser.add_argument("--labels-only", action="store_true", help="do not write probabilities")
-    parser.add_argument("--precisions", nargs="+", choices=("auto", "fp32", "bf16"), default=None)
+    parser.add_argument("--precisions", nargs="+", choices=("auto", "fp32", "bf16", "int8"), default=None)
     parser.add_argument("--modes", nargs="+", choices=("auto", "serial", "pipelined"), default=["auto"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--wait-policies", nargs="+", choices=("inherit", "passive", "active"), default=["inherit"])
