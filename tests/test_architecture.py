@@ -128,3 +128,11 @@ def test_no_global_statement(path):
     """Session state lives on objects (a registry instance, a dock's own folder), never in rebound module names."""
     found = [node.lineno for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Global)]
     assert not found, f"{_relative(path)}:{found[0]}: a global statement; keep the state on an object instead"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_every_module_is_described_in_the_architecture_page(path):
+    page = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    name = path.relative_to(PACKAGE).as_posix()
+    assert f"| `{name}` |" in page, (
+        f"{name} is not in docs/architecture.md's module table: add a row '| `{name}` | what it holds |'")
