@@ -14,10 +14,6 @@ TOP_MODULES = ("api", "cli", "launch", "terminal", "widgets", "__init__")
 GUI_PACKAGES = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "vispy")
 MAX_FUNCTION_LINES = 60
 MAX_CLASS_LINES = 250
-#: TEMPORARY (issue 26, for the coordinator to remove): classes above MAX_CLASS_LINES when the limit came in
-#: (SegmentWidget 515, FinetuneWidget 604, CorrectionsPanel 285 lines on 2026-12-03); the docks are being split
-#: into presenters. Delete each name once its class is short; the test fails when a listed class already is.
-CLASS_SIZE_ALLOWED = frozenset({"CorrectionsPanel"})
 
 
 def _modules() -> list[Path]:
@@ -114,10 +110,6 @@ def test_classes_are_short(path):
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ClassDef):
             length = node.end_lineno - node.lineno + 1
-            if node.name in CLASS_SIZE_ALLOWED:
-                assert length > MAX_CLASS_LINES, (
-                    f"{_relative(path)}: {node.name} is {length} lines now: remove it from CLASS_SIZE_ALLOWED")
-                continue
             assert length <= MAX_CLASS_LINES, (
                 f"{_relative(path)}:{node.lineno} class {node.name} has {length} lines (at most {MAX_CLASS_LINES}: "
                 "split it into classes with one job each)")
