@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+
+from machine import cpu_name
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -144,13 +144,6 @@ def run_one(size: int, precision: str, args: argparse.Namespace) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192, 12000])
@@ -163,7 +156,7 @@ def main() -> None:
                         help="round-robin in one process: 2048² whole, SIZE² tiled, SIZE² in two passes")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    print(f"CPU: {cpu_name()} (this project's: AMD EPYC, AVX2 only, 2 cores; shared: compare ratios of one run); "
+    print(f"CPU: {cpu_name()} (on a shared machine compare ratios of one run); "
           f"{args.threads} threads, output {args.out}, tiles {args.tile or 'default'}")
     if args.interleaved:
         interleaved(args)

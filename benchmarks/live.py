@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine import cpu_name
 from napari_alnet.engine.progress import stop_job
 from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.training.finetune import FinetuneRequest, finetune_recipe
@@ -95,20 +96,12 @@ def measure(box: Mailbox, labels: np.ndarray, truth: np.ndarray, rng: np.random.
     return seconds
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or the machine type."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return os.uname().machine
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
-
 
 def report(args, config: LiveConfig, figures: list[float], result) -> None:
     first, rest = figures[0], figures[1:]
     print(f"Live mode, stroke -> updated prediction of the displayed {args.size}x{args.size} slice, base "
           f"{args.base}, Quick recipe, {args.threads} threads, torch {torch.__version__}")
-    print(f"  CPU: {cpu_name()} ({os.cpu_count()} cores; this project's reference: AMD EPYC, AVX2 only, 2 cores), "
+    print(f"  CPU: {cpu_name()}, "
           f"load average {os.getloadavg()[0]:.1f} (a shared machine: other jobs may run beside this one), "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: libgomp default)')}")
     print(f"  preview every >= {config.preview_seconds:.1f} s after >= {config.min_steps} steps on the newest "

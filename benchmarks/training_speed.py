@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from machine import cpu_name
+
 POLICIES = ("engine", "passive", "active", "unset", "spin10k")
 
 
@@ -77,14 +79,6 @@ def run_column(policy: str, kind: str, args: argparse.Namespace) -> dict[str, fl
         raise SystemExit(f"{policy}/{kind} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    except OSError:
-        name = "?"
-    return f"{name}, {os.cpu_count()} cores"
 
 
 def main() -> None:

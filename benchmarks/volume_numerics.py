@@ -11,7 +11,6 @@ how many voxels differ at all. docs/volumes.md ("Identical on every CPU") quotes
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from machine import cpu_name
 from model_factory import calibrated_model, texture
 from napari_alnet.engine.volume import segment_volume
 
@@ -31,13 +31,6 @@ def probabilities(model, data: np.ndarray, dest: Path, threads: int, planes: int
                    prob_dtype="float32")
     return zarr.open_array(dest.with_name(dest.stem + "_prob.zarr") / "0")[:]
 
-
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:
