@@ -1,12 +1,11 @@
-"""Big layers in the Segment dock: lazy sources, Zarr-backed result views, the dock's session of temporary stores.
+"""Big layers in the Segment dock: Zarr-backed result views, the dock's session of temporary stores.
 
-A layer too big for the in-memory path is segmented by the blockwise engine (``engine.volume``) in the
-worker: ``lazy_source`` gives the engine the chosen region of the layer's level-0 data without reading it (a NumPy
-view, or a dask array over dask / Zarr / other array-like data), the engine writes labels and probabilities into
-OME-Zarr stores, and the output layers show them through ``StoreView``: an array-like that reads only what napari
-asks for (the displayed slice), so a result of any size fills in as blocks finish and re-thresholding reads one
-plane. (Not a dask array: napari's opportunistic dask cache would keep serving chunks read before the store was
-written.) Estimates, saving and re-thresholding are the engine's (``engine.volume.results``); ``VolumeSession``
+A layer too big for the in-memory path is segmented by the blockwise engine (``engine.volume``) in the worker
+(``engine.request.SegmentRequest.region_source`` gives it the chosen region unread), the engine writes labels and
+probabilities into OME-Zarr stores, and the output layers show them through ``StoreView``: an array-like that reads
+only what napari asks for (the displayed slice), so a result of any size fills in as blocks finish and re-thresholding
+reads one plane. (Not a dask array: napari's opportunistic dask cache would keep serving chunks read before the store
+was written.) Estimates, saving and re-thresholding are the engine's (``engine.volume.results``); ``VolumeSession``
 holds what a dock measured and its temporary stores.
 """
 
@@ -29,21 +28,7 @@ from napari.layers import Image
 from ..engine.corrections import Corrections
 from ..engine.volume.results import Drawn, Estimate, Speeds, estimate
 from ..model.metadata import ModelMetadata
-from ._layers import Region, base_data, spatial_shape
-
-# --- the engine's source ------------------------------------------------------------------------------------------
-
-def lazy_source(layer: Image, region: Region) -> Any:
-    """The part ``region`` of ``layer``'s level-0 data, unread: a NumPy view, or a dask array (dask data as is;
-    Zarr and other array-likes wrapped chunk by chunk)."""
-    data = base_data(layer)
-    if not isinstance(data, (np.ndarray, da.Array)):
-        chunks = getattr(data, "chunks", None)
-        chunks = tuple(int(c) for c in chunks) if isinstance(chunks, tuple) and len(chunks) == data.ndim else "auto"
-        data = da.from_array(data, chunks=chunks, asarray=True, fancy=False)
-    part = data[region]
-    # always (Z, Y, X[, C]) for the engine: a single plane gets a Z of one (so a colour axis is never read as X)
-    return part[None] if Placement.of(layer, region).extra_z else part
+from ._layers import Region, spatial_shape
 
 
 @dataclass(frozen=True)
