@@ -8,7 +8,13 @@ import sys
 
 import pytest
 
-from napari_alnet.engine.threads import MARKER, command_kind, prepare_for
+from napari_alnet.engine.threads import MARKER, REASON, command_kind, machine_busy, other_running_tasks, prepare_for
+
+
+def _loadavg(tmp_path, running: int):
+    path = tmp_path / f"loadavg-{running}"
+    path.write_text(f"0.52 0.58 0.59 {running}/467 12345\n")
+    return path
 
 
 def _run(code: str, **env_extra: str) -> str:
@@ -23,13 +29,40 @@ def test_a_command_line_names_its_kind_of_work(argv, kind):
     assert command_kind(argv) == kind
 
 
-def test_training_busy_waits_segmenting_sleeps_and_the_viewer_spins_briefly():
+def test_training_busy_waits_segmenting_follows_the_machine_and_the_viewer_spins_briefly(tmp_path):
     env: dict[str, str] = {}
     assert prepare_for("train", env) == "ACTIVE" and env["OMP_WAIT_POLICY"] == "ACTIVE"
     env = {}
-    assert prepare_for("segment", env) == "PASSIVE" and env["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert env[MARKER] == "segment"  # dask workers started from here inherit the choice
+    assert prepare_for("segment", env, loadavg=_loadavg(tmp_path, 3)) == "PASSIVE"
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env[MARKER] == "segment"  # dask workers inherit the choice
+    assert "2 other task(s) running" in env[REASON] and "sleep" in env[REASON]
+    assert prepare_for("segment", env, loadavg=_loadavg(tmp_path, 1)) is None  # ours, so it may be replaced
+    assert "OMP_WAIT_POLICY" not in env and "0 other task(s)" in env[REASON] and "spin" in env[REASON]
     assert prepare_for("viewer", env) is None and "OMP_WAIT_POLICY" not in env
+
+
+def test_the_run_queue_counts_the_fewest_other_tasks_over_its_samples(tmp_path):
+    path = tmp_path / "loadavg"
+    path.write_text("0.1 0.2 0.3 4/100 7\n")
+    assert other_running_tasks(path, samples=2, interval=0) == 3
+    assert other_running_tasks(tmp_path / "missing") is None
+    path.write_text("garbage")
+    assert other_running_tasks(path, samples=1) is None
+    assert machine_busy(_loadavg(tmp_path, 1)) == (False, "0 other task(s) running when the command started")
+
+
+def test_without_a_run_queue_the_load_average_decides(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    assert machine_busy(tmp_path / "missing") == (True, "load average 1.5 when the command started")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 1.0, 1.0))
+    assert machine_busy(tmp_path / "missing")[0] is False
+
+
+def test_a_busy_machine_makes_the_segment_command_sleep_before_torch_loads(tmp_path):
+    code = ("import os, sys; from napari_alnet.engine.threads import prepare_for; "
+            f"prepare_for('segment', loadavg={str(_loadavg(tmp_path, 5))!r}); import torch; "
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    assert _run(code) == "PASSIVE True"
 
 
 def test_a_value_the_user_set_wins_but_ours_can_be_replaced():

@@ -7,29 +7,41 @@ other project module):
 - ``train`` (``alnet train``, fine-tuning benchmarks): ``ACTIVE``. A training step has thousands of small parallel
   regions (backward, optimizer); a thread that sleeps between them pays a futex wake-up at each, which halved
   training speed (issue 27: 0.50 steps/s passive against 1.13 active).
-- ``segment`` (``alnet segment`` and other batch commands): ``PASSIVE``. Inference has ~100 large parallel regions
-  per slice, so sleeping costs nothing measurable (512² predict 85 ms passive, 92 default, 178 active on an idle
-  AMD EPYC, where ``auto`` runs int8 in ONNX Runtime's own threads beside torch's), and under load a spinning
-  thread stalls a descheduled one at every region (stacks 5.77 slices/s passive against 1.96 active).
-- ``viewer`` (napari with the plugin's docks): the same bounded spin, so fine-tuning in the dock trains at nearly
+- ``segment`` (``alnet segment`` and other batch commands): decided by what else the machine runs when the
+  command starts (``machine_busy``). On an idle machine libgomp's default, a bounded spin (~0.1 ms, then sleep):
+  the network's parallel regions follow each other within microseconds, and a thread woken by a futex at each
+  doubled the time of a 512² bf16 forward (30 ms spinning, 55-75 ms sleeping on an idle AMD EPYC Zen 5). When
+  other tasks are running, ``PASSIVE``: a spinning thread then holds a core that the descheduled worker thread
+  needs (100-slice stack with two busy programs beside it: 10.9 slices/s passive, 6.2 spinning).
+- ``viewer`` (napari with the plugin's docks): the bounded spin, so fine-tuning in the dock trains at nearly
   full speed and an idle viewer's threads go to sleep within a millisecond instead of spinning for seconds.
 - ``library`` (``import napari_alnet`` in a script): nothing is changed.
 
-A value the user set in the environment always wins. Figures: ``python benchmarks/training_speed.py``.
+A value the user set in the environment always wins. Figures: ``python benchmarks/training_speed.py``,
+``python benchmarks/stack.py --end-to-end``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+from pathlib import Path
 
-#: ``OMP_WAIT_POLICY`` per kind of work; ``None`` = libgomp's default (spin ``GOMP_SPINCOUNT`` times, then sleep).
-POLICIES: dict[str, str | None] = {"train": "ACTIVE", "segment": "PASSIVE", "viewer": None, "library": None}
+#: ``OMP_WAIT_POLICY`` per kind of work; ``None`` = libgomp's default (spin ``GOMP_SPINCOUNT`` times, then sleep);
+#: ``ADAPTIVE`` = libgomp's default on an idle machine, ``PASSIVE`` on a busy one (``machine_busy``).
+ADAPTIVE = "adaptive"
+POLICIES: dict[str, str | None] = {"train": "ACTIVE", "segment": ADAPTIVE, "viewer": None, "library": None}
 #: ``alnet`` sub-commands that are training work; every other sub-command is ``segment`` work.
 TRAINING_COMMANDS = frozenset({"train", "finetune"})
 #: Set in the environment once a kind is chosen, so that child processes (dask workers) inherit the choice and a
 #: value we set is not mistaken for the user's.
 MARKER = "NAPARI_ALNET_OMP_KIND"
+#: Why the policy in effect was chosen (one line, set beside ``MARKER``; the CLI's ``--verbose`` log prints it).
+REASON = "NAPARI_ALNET_OMP_REASON"
+#: Samples of the run queue ``machine_busy`` takes, and the seconds between them (a short-lived process seen in
+#: one sample is not load: the fewest other running tasks of all samples count).
+LOAD_SAMPLES, LOAD_INTERVAL = 3, 0.004
 
 
 def openmp_loaded() -> bool:
@@ -37,7 +49,37 @@ def openmp_loaded() -> bool:
     return "torch" in sys.modules
 
 
-def prepare_for(kind: str, environ: dict[str, str] | None = None) -> str | None:
+def other_running_tasks(loadavg: str | Path = "/proc/loadavg", *, samples: int = LOAD_SAMPLES,
+                        interval: float = LOAD_INTERVAL) -> int | None:
+    """The fewest tasks running beside this one over ``samples`` reads of the kernel's run queue (the 4th field of
+    ``/proc/loadavg``, ``running/total``, counts the reader itself); ``None`` where there is no such file."""
+    counts = []
+    for i in range(max(1, samples)):
+        try:
+            running = Path(loadavg).read_text().split()[3].partition("/")[0]
+            counts.append(max(0, int(running) - 1))
+        except (OSError, IndexError, ValueError):
+            return None
+        if i + 1 < samples:
+            time.sleep(interval)
+    return min(counts)
+
+
+def machine_busy(loadavg: str | Path = "/proc/loadavg") -> tuple[bool, str]:
+    """Whether other work is running on this machine now, and why it is thought so (one line). Without
+    ``/proc/loadavg``: the 1-minute load average against half a core (``os.getloadavg``), else idle."""
+    others = other_running_tasks(loadavg)
+    if others is not None:
+        return others > 0, f"{others} other task(s) running when the command started"
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return False, "no load figures on this system: assumed idle"
+    return load >= 0.5, f"load average {load:.1f} when the command started"
+
+
+def prepare_for(kind: str, environ: dict[str, str] | None = None, *,
+                loadavg: str | Path = "/proc/loadavg") -> str | None:
     """Set ``OMP_WAIT_POLICY`` for ``kind`` unless the user set it or torch is loaded; returns the policy in effect
     (``None`` = libgomp's default)."""
     if kind not in POLICIES:
@@ -46,12 +88,17 @@ def prepare_for(kind: str, environ: dict[str, str] | None = None) -> str | None:
     user_set = "OMP_WAIT_POLICY" in env and MARKER not in env
     if user_set or (environ is None and openmp_loaded()):
         return env.get("OMP_WAIT_POLICY")
-    policy = POLICIES[kind]
+    policy, reason = POLICIES[kind], f"{kind} work"
+    if policy == ADAPTIVE:
+        busy, why = machine_busy(loadavg)
+        policy = "PASSIVE" if busy else None
+        reason = f"{kind} work, {why}: " + ("threads sleep between parallel regions" if busy
+                                             else "threads spin briefly between parallel regions")
     if policy is None:
         env.pop("OMP_WAIT_POLICY", None)
     else:
         env["OMP_WAIT_POLICY"] = policy
-    env[MARKER] = kind
+    env[MARKER], env[REASON] = kind, reason
     return policy
 
 
