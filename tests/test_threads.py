@@ -29,7 +29,8 @@ def test_a_command_line_names_its_kind_of_work(argv, kind):
     assert command_kind(argv) == kind
 
 
-def test_training_busy_waits_segmenting_follows_the_machine_and_the_viewer_spins_briefly(tmp_path):
+def test_training_busy_waits_segmenting_follows_the_machine_and_the_viewer_spins_briefly(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
     env: dict[str, str] = {}
     assert prepare_for("train", env) == "ACTIVE" and env["OMP_WAIT_POLICY"] == "ACTIVE"
     env = {}
@@ -41,21 +42,29 @@ def test_training_busy_waits_segmenting_follows_the_machine_and_the_viewer_spins
     assert prepare_for("viewer", env) is None and "OMP_WAIT_POLICY" not in env
 
 
-def test_the_run_queue_counts_the_fewest_other_tasks_over_its_samples(tmp_path):
+def test_the_run_queue_counts_the_most_other_tasks_over_its_samples(tmp_path, monkeypatch):
     path = tmp_path / "loadavg"
     path.write_text("0.1 0.2 0.3 4/100 7\n")
     assert other_running_tasks(path, samples=2, interval=0) == 3
     assert other_running_tasks(tmp_path / "missing") is None
     path.write_text("garbage")
     assert other_running_tasks(path, samples=1) is None
-    assert machine_busy(_loadavg(tmp_path, 1)) == (False, "0 other task(s) running when the command started")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.25, 1.0, 1.0))
+    assert machine_busy(_loadavg(tmp_path, 1)) == (
+        False, "0 other task(s) running and load average 0.25 when the command started")
 
 
-def test_without_a_run_queue_the_load_average_decides(tmp_path, monkeypatch):
+def test_recent_load_counts_as_busy_and_no_figures_as_idle(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 1.0))
-    assert machine_busy(tmp_path / "missing") == (True, "load average 1.5 when the command started")
+    assert machine_busy(_loadavg(tmp_path, 1))[0] is True
+    assert machine_busy(tmp_path / "missing") == (True, "load average 1.50 when the command started")
     monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 1.0, 1.0))
     assert machine_busy(tmp_path / "missing")[0] is False
+
+    def no_load():
+        raise OSError("no load average")
+    monkeypatch.setattr(os, "getloadavg", no_load)
+    assert machine_busy(tmp_path / "missing") == (False, "no load figures on this system: assumed idle")
 
 
 def test_a_busy_machine_makes_the_segment_command_sleep_before_torch_loads(tmp_path):
