@@ -2,13 +2,15 @@
 
     python benchmarks/precision_accuracy.py [--precision bf16|int8] [--data ../shared/data]
                                             [--models em fundus dermoscopy] [--json out.json] [--build-int8]
+    python benchmarks/precision_accuracy.py --finetune-check [--repeats 3]
 
 Splits as in ``paper_reproduction.py accuracy``: em on ISBI 2012 slices 21-29 (cell interior = mask 0 inverted),
 fundus on the STARE test split (whole image and inside the FOV), dermoscopy on ISIC 2018 val (400). For each
 model: pixel label agreement between the two precisions (at the model's threshold), the largest probability
 difference, and every metric (accuracy, IoU, Dice, precision, recall of both classes; mean over images) in fp32,
-in bf16 and the change. A model whose largest metric change exceeds ``LIMIT`` (0.002) is not validated for bf16, so
-``precision="auto"`` keeps it in fp32; int8 must also keep label agreement >= ``MIN_AGREEMENT`` (99.5 %).
+in bf16 and the change. The guard is ``napari_alnet.training.precision_check`` (what a fine-tune also runs when it
+saves a model): a model whose largest metric change exceeds ``LIMIT`` (0.002), or whose label agreement is below
+``MIN_AGREEMENT`` (99.5 %), is not validated for that precision, so ``precision="auto"`` keeps it in fp32.
 ``--json`` writes the model-card entries (``benchmarks/model_cards.py --bf16-json/--int8-json`` stores them in the
 shipped weight files).
 
@@ -19,6 +21,11 @@ records the graph's SHA-256, which is what lets ``Segmenter.load`` use it.
 
 bf16 runs wherever asked (torch autocast); on a CPU without native bf16 it is emulated (slower), with the same
 rounding of inputs and weights to bf16 and fp32 accumulation as native AMX/AVX-512-BF16 kernels.
+
+``--finetune-check``: the seconds ``precision_check.check_finetuned`` adds to the end of a fine-tune (what a fine-tune
+runs when it saves a model: bf16 against fp32 on its held-out slice), for the shipped em weights on one 512 x 512
+ISBI slice (21); the first call in the process (bf16 kernels not created yet, as at the end of a fine-tune), then
+``--repeats`` more.
 """
 
 from __future__ import annotations
@@ -27,9 +34,9 @@ import argparse
 import json
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from napari_alnet import load_model
@@ -39,10 +46,10 @@ from napari_alnet.engine.segmenter import Segmenter
 from napari_alnet.io.images import list_images, mask_plane, pair_files, select_split
 from napari_alnet.io.pretrained import builtin_path
 from napari_alnet.io.stack_reader import read_image
-from napari_alnet.training.metrics import segmentation_scores
+from napari_alnet.io.weights import load_weights
+from napari_alnet.training import precision_check
+from napari_alnet.training.precision_check import LIMIT, MIN_AGREEMENT, GuardImage, GuardSet
 
-LIMIT = 0.002
-MIN_AGREEMENT = 0.995
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STARE_TEST = ["im0239", "im0240", "im0255", "im0291", "im0319", "im0324"]
 #: The fundus model's STARE training images (its card's stage-1 command; DRIVE's 20 training images too).
@@ -73,12 +80,6 @@ def splits(data: Path) -> dict[str, dict]:
     }
 
 
-def scores(pred: np.ndarray, truth: np.ndarray, region: np.ndarray | None) -> dict[str, float]:
-    fg = segmentation_scores(pred, truth, region).as_dict()
-    bg = segmentation_scores(~pred, ~truth, region).as_dict()
-    return {f"fg {k}": v for k, v in fg.items()} | {f"bg {k}": v for k, v in bg.items()}
-
-
 def build_int8(name: str, data: Path) -> tuple[Path, float]:
     """Quantize a shipped model calibrated on its training data; the graph goes beside its weights."""
     fp32 = load_model(name, device="cpu", precision="fp32")
@@ -97,73 +98,56 @@ def models_for(name: str, precision: str) -> tuple[Segmenter, Segmenter]:
     return fp32, Segmenter(fp32.network, fp32.metadata, fp32.source, fp32.device, "int8", None, graph)
 
 
-def compare(name: str, split: dict, precision: str = "bf16") -> dict:
-    """fp32 vs ``precision`` for one model on its split."""
-    fp32, other = models_for(name, precision)
-    threshold = fp32.threshold
+def guard_images(split: dict) -> Iterator[GuardImage]:
+    """A split's images with their truth (and FOV: a second scope), read one at a time."""
     fovs = {f.stem: f for f in list_images(split["fov"])} if split["fov"] else {}
-    per = {"whole": {"fp32": [], precision: []}, **({"fov": {"fp32": [], precision: []}} if fovs else {})}
-    agree, max_dp, pixels = 0, 0.0, 0
-    seconds = {"fp32": 0.0, precision: 0.0}
     for image_file, mask_file in split["pairs"]:
-        image = read_image(image_file)
         truth = (mask_plane(read_image(mask_file)) > 0) != split["invert"]
-        probs = {}
-        for label, model in (("fp32", fp32), (precision, other)):
-            start = time.perf_counter()
-            probs[label] = model.predict(image)
-            seconds[label] += time.perf_counter() - start
-        labels = {k: p > threshold for k, p in probs.items()}
-        agree += int((labels["fp32"] == labels[precision]).sum())
-        pixels += labels["fp32"].size
-        max_dp = max(max_dp, float(np.abs(probs["fp32"] - probs[precision]).max()))
-        region = mask_plane(read_image(fovs[image_file.stem])) > 0 if fovs else None
-        for label in ("fp32", precision):
-            per["whole"][label].append(scores(labels[label], truth, None))
-            if fovs:
-                per["fov"][label].append(scores(labels[label], truth, region))
-    return summarize(split, per, precision, agree / pixels, max_dp, seconds)
+        regions = {"whole": None}
+        if fovs:
+            regions["fov"] = mask_plane(read_image(fovs[image_file.stem])) > 0
+        yield GuardImage(read_image(image_file), truth, regions)
 
 
-def summarize(split: dict, per: dict, precision: str, agreement: float, max_dp: float, seconds: dict) -> dict:
-    metrics = {}
-    for scope, by in per.items():
-        for key in by["fp32"][0]:
-            a = float(np.mean([r[key] for r in by["fp32"]]))
-            b = float(np.mean([r[key] for r in by[precision]]))
-            metrics[f"{scope} {key}"] = {"fp32": round(a, 5), precision: round(b, 5), "change": round(b - a, 5)}
-    worst = max(abs(m["change"]) for m in metrics.values())
-    validated = worst <= LIMIT and (precision != "int8" or agreement >= MIN_AGREEMENT)
-    result = {"split": split["split"], "images": len(split["pairs"]), "label_agreement": round(agreement, 6),
-              "max_probability_difference": round(max_dp, 4), "max_metric_change": round(worst, 5),
-              "limit": LIMIT, "validated": validated, "metrics": metrics,
-              "seconds": {k: round(v, 1) for k, v in seconds.items()}}
-    if precision == "int8":
-        result["min_label_agreement"] = MIN_AGREEMENT
-    return result
+def compare(name: str, split: dict, precision: str = "bf16") -> dict:
+    """fp32 vs ``precision`` for one model on its split (``training.precision_check.compare``)."""
+    fp32, other = models_for(name, precision)
+    return precision_check.compare(fp32, other, guard_images(split), split=split["split"])
 
 
 def card_entry(result: dict, precision: str = "bf16", name: str | None = None) -> dict:
     """What the model card keeps (``card["bf16"]`` / ``card["int8"]``): the verdict and the figures behind it."""
-    keep = ("validated", "split", "images", "label_agreement", "max_probability_difference", "max_metric_change",
-            "limit", "min_label_agreement")
-    entry = {k: result[k] for k in keep if k in result}
-    entry["metric_changes"] = {k: m["change"] for k, m in result["metrics"].items()}
     if precision == "bf16":
-        entry["measured"] = (f"benchmarks/precision_accuracy.py, torch {torch.__version__}, {platform.machine()} "
-                             f"CPU ({'native' if cpu_bf16_support().native else 'emulated'} bf16)")
-        return entry
+        return precision_check.card_entry(result, measured=precision_check.bf16_measured(
+            "benchmarks/precision_accuracy.py"))
     import onnxruntime
 
     graph = quantized.graph_path(builtin_path(name))
+    entry = precision_check.card_entry(result, measured=(
+        f"benchmarks/precision_accuracy.py --precision int8, onnxruntime {onnxruntime.__version__}, "
+        f"torch {torch.__version__}, {platform.machine()} CPU"))
     entry["onnx"] = graph.name
     entry["onnx_sha256"] = quantized.sha256_file(graph)
     entry["calibration"] = (f"{len(CALIBRATION[name](DATA))} training images ({name}: see CALIBRATION in "
                             "benchmarks/precision_accuracy.py); static QDQ, MinMax, per-channel uint8 weights, uint8 "
                             "activations; context convolutions fp32")
-    entry["measured"] = (f"benchmarks/precision_accuracy.py --precision int8, onnxruntime {onnxruntime.__version__}, "
-                         f"torch {torch.__version__}, {platform.machine()} CPU")
     return entry
+
+
+def time_finetune_check(data: Path, repeats: int) -> None:
+    """Seconds of ``check_finetuned`` (the em weights, one held-out 512² ISBI slice): the first call, then more."""
+    network, metadata = load_weights(builtin_path("em"))
+    image_file, mask_file = splits(data)["em"]["pairs"][0]
+    guard = GuardSet(list(guard_images({"pairs": [(image_file, mask_file)], "invert": True, "fov": None})),
+                     f"held-out slice {image_file.stem}", {"held_out": [int(image_file.stem)]}, False)
+    for call in range(1 + repeats):
+        start = time.perf_counter()
+        entry = precision_check.check_finetuned(network, metadata, guard)["bf16"]
+        seconds = time.perf_counter() - start
+        print(f"check_finetuned call {call + 1} ({'first in the process' if not call else 'warm'}): {seconds:.3f} s; "
+              f"validated {entry['validated']}, agreement {entry.get('label_agreement')}, largest metric change "
+              f"{entry.get('max_metric_change')}{'; ' + entry['skipped'] if 'skipped' in entry else ''}; load "
+              f"{Path('/proc/loadavg').read_text().split()[0]}")
 
 
 def main() -> None:
@@ -174,10 +158,15 @@ def main() -> None:
     parser.add_argument("--precision", choices=("bf16", "int8"), default="bf16")
     parser.add_argument("--build-int8", action="store_true", help="quantize each model on its training data first")
     parser.add_argument("--json", type=Path, help="write the model-card entries here")
+    parser.add_argument("--finetune-check", action="store_true", help="time the check a fine-tune runs at its end")
+    parser.add_argument("--repeats", type=int, default=3, help="--finetune-check: calls after the first")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     p = args.precision
     print(f"bf16 on this CPU: {cpu_bf16_support().reason}")
+    if args.finetune_check:
+        time_finetune_check(args.data, args.repeats)
+        return
     results = {}
     for name in args.models:
         if p == "int8" and args.build_int8:
@@ -186,8 +175,8 @@ def main() -> None:
         results[name] = r = compare(name, splits(args.data)[name], p)
         print(f"\n### {name}: {r['split']}, label agreement {r['label_agreement'] * 100:.3f} %, max |Δp| "
               f"{r['max_probability_difference']:.4f}, largest metric change {r['max_metric_change']:.4f} → "
-              f"{'validated' if r['validated'] else 'NOT validated'} for {p} (limit {LIMIT}"
-              f"{', agreement >= 99.5 %' if p == 'int8' else ''}); "
+              f"{'validated' if r['validated'] else 'NOT validated'} for {p} (limit {LIMIT}, agreement >= "
+              f"{MIN_AGREEMENT:.1%}); "
               f"{r['seconds']['fp32']:.0f} s fp32, {r['seconds'][p]:.0f} s {p}\n")
         print(f"| metric | fp32 | {p} | change |\n| --- | ---: | ---: | ---: |")
         for key, m in r["metrics"].items():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_alnet import load_model
+from napari_alnet.engine import devices
 from napari_alnet.engine.progress import Progress, stop_job
 from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.io.weights import ModelMetadata, save_weights
@@ -83,6 +84,18 @@ def test_previews_follow_the_newest_painting_and_stop_saves_it(stack, base, tmp_
     card = load_model(result.out).metadata.card
     assert card["finetune"]["live"] and card["finetune"]["slices"] == [0, 1]
     assert card["finetune"]["steps"] == result.steps_done and card["finetune"]["version"] == 1
+    check_bf16_entry(card["bf16"])
+
+
+def check_bf16_entry(entry: dict) -> None:
+    """Live mode holds no slice out: bf16 is checked on the painted slices (and says so) and the unpainted one."""
+    if not devices.cpu_bf16_support().native:
+        assert entry["validated"] is False and "not measured" in entry["skipped"]
+        return
+    assert entry["on_training_slices"] and entry["slices"] == {"trained": [0, 1], "unannotated": [2]}
+    assert entry["images"] == 3 and all(k.startswith("painted ") for k in entry["metric_changes"])
+    passes = entry["max_metric_change"] <= entry["limit"] and entry["label_agreement"] >= entry["min_label_agreement"]
+    assert entry["validated"] is passes
 
 
 def test_strokes_that_cannot_be_trained_on_keep_the_earlier_snapshot(stack, base, tmp_path):

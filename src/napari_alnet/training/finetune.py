@@ -25,6 +25,7 @@ from ..model.metadata import ModelMetadata, Normalization
 from .data import Pair, make_pair
 from .loop import TrainConfig, TrainResult, train_job
 from .meaning import flipped_model, label_meaning
+from .precision_check import GuardSet, annotated_guard, check_finetuned
 
 MODES = ("dense", "scribbles")
 
@@ -193,7 +194,11 @@ def finetune_job(request: FinetuneRequest) -> Job[TrainResult]:
     job = train_job(train_pairs, val, meta, request.out, config=request.train, init=init)
     result = yield from relay(job, with_preview)
     if result.best_epoch >= 1 and request.out.is_file():
-        record_iou(request.out, result)
+        held_out = request.holdout if val else None
+        guard = annotated_guard(as_stack(request.image, request.rgb), as_stack(request.labels, False),
+                                mode=request.mode, trained=[z for z in chosen if z != held_out], held_out=held_out,
+                                prefer=request.preview_slice, numbers=request.slice_numbers, rgb=request.rgb)
+        record_run(request.out, result, guard)
         if result.stopped == "budget" and request.preview_slice is not None:  # the partial epoch may be the best
             yield Progress(result.steps_done, result.steps_done, "time budget reached: best weights saved",
                            {"preview": _preview(request.out, preview_stack[request.preview_slice])})
@@ -231,14 +236,17 @@ def _preset_name(config: TrainConfig) -> str:
     return "custom"
 
 
-def record_iou(weights: Path, result: TrainResult) -> None:
-    """Write the run's measured held-out IoU into the saved model's card (``card["finetune"]["iou"]``: the best
-    epoch's validation IoU, or None without a held-out slice) — the weights are rewritten as they are."""
+def record_run(weights: Path, result: TrainResult, guard: GuardSet | None = None) -> None:
+    """Write what the run measured into the saved model's card — the weights are rewritten as they are:
+    ``card["finetune"]``: ``iou`` (the best epoch's validation IoU, or None without a held-out slice), ``steps``,
+    ``seconds``; with ``guard``, ``card["bf16"]`` and ``card["int8"]`` (``precision_check.check_finetuned``: bf16
+    validated against fp32 on the guard's slices, which ``precision="auto"`` reads)."""
     model, meta = load_weights(weights)
     tune = dict(meta.card.get("finetune") or {})
     tune["iou"] = result.best_metrics.get("iou")
     tune["steps"], tune["seconds"] = result.steps_done, round(result.wall_seconds, 1)
-    meta.card = dict(meta.card) | {"finetune": tune}
+    checks = check_finetuned(model, meta, guard) if guard is not None else {}
+    meta.card = dict(meta.card) | {"finetune": tune} | checks
     save_weights(model, meta, weights)
 
 

@@ -29,9 +29,10 @@ from .finetune import (
     base_metadata,
     check_annotations,
     model_card,
-    record_iou,
+    record_run,
 )
 from .loop import Trainer, TrainResult
+from .precision_check import annotated_guard
 
 #: Seconds the dock waits after the last paint event before it posts the labels (strokes in quick succession are
 #: handed over once).
@@ -108,6 +109,7 @@ class LiveSession:
         self.version = 0  # the snapshot last looked at
         self.trained_version = 0  # the snapshot the trainer trains on
         self.slices: list[int] = []
+        self.labels: np.ndarray | None = None
         self.steps_on_snapshot = 0
         self.posted = math.nan
         self.waiting = "live: paint foreground and background; training starts with your first strokes"
@@ -132,6 +134,7 @@ class LiveSession:
             self.note = f" (your newest strokes are not used yet: {exc})"
             return
         self.slices, self.trained_version, self.posted = slices, snapshot.version, snapshot.posted
+        self.labels = snapshot.labels  # what the saved model is checked against (bf16 guard) when it is saved
         self.note = ""
         self.steps_on_snapshot = 0
 
@@ -177,8 +180,10 @@ class LiveSession:
                         f"{trainer.state.steps} steps", metrics)
 
     def finish(self) -> TrainResult | None:
-        """Save the newest weights to ``request.out`` (with the fine-tune card); None when nothing was trained.
-        The result's one history row says which slices (as the user numbers them) it trained on last."""
+        """Save the newest weights to ``request.out`` (with the fine-tune card, and bf16 checked against fp32 on
+        the slices it trained on last and one unpainted slice: live mode holds none out, ``record_run``); None when
+        nothing was trained. The result's one history row says which slices (as the user numbers them) it trained
+        on last."""
         trainer = self.trainer
         if trainer is None or not trainer.state.steps:
             return None
@@ -189,7 +194,11 @@ class LiveSession:
         row = {"slices": self._numbers(), "train_loss": metrics["loss"], "steps": trainer.state.steps}
         result = TrainResult(out=self.request.out, best_epoch=1, best_metrics=metrics, history=[row],
                              steps_done=trainer.state.steps, stopped="stopped", wall_seconds=trainer.elapsed())
-        record_iou(self.request.out, result)
+        request = self.request
+        guard = annotated_guard(self.stack, as_stack(self.labels, False), mode=request.mode, trained=self.slices,
+                                held_out=None, prefer=self.previewed_slice, numbers=request.slice_numbers,
+                                rgb=request.rgb)
+        record_run(request.out, result, guard)
         return result
 
     def _numbers(self) -> list[int]:
