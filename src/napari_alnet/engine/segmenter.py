@@ -151,13 +151,14 @@ class Segmenter:
         return self.metadata.threshold
 
     def predict_job(self, image: np.ndarray, *, tile: int | None = None, overlap: int = 64,
-                    batch_size: int | None = None, tta: bool = False,
-                    rgb: bool | None = None) -> Job[Prediction | None]:
+                    batch_size: int | None = None, tta: bool = False, rgb: bool | None = None,
+                    out: np.ndarray | None = None) -> Job[Prediction | None]:
         """``inference.probability_job`` as a ``Job`` returning a ``Prediction`` (``None`` when stopped).
 
-        The image is checked at once (a ``ValueError`` here, not at the first step).
+        The image is checked at once (a ``ValueError`` here, not at the first step). ``out``: see ``predict``.
         """
-        job = probability_job(self, image, tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, rgb=rgb)
+        job = probability_job(self, image, tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, rgb=rgb,
+                              out=out)
         return self._timed(job)
 
     def _timed(self, job: Job[np.ndarray | None]) -> Job[Prediction | None]:
@@ -168,9 +169,15 @@ class Segmenter:
         return Prediction(probs, str(self.device), self.precision, time.perf_counter() - start)
 
     def predict(self, image: np.ndarray, *, tile: int | None = None, overlap: int = 64,
-                batch_size: int | None = None, tta: bool = False, rgb: bool | None = None) -> np.ndarray:
-        """float32 foreground probabilities with the image's spatial shape (see ``inference.probability_job``)."""
-        job = self.predict_job(image, tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, rgb=rgb)
+                batch_size: int | None = None, tta: bool = False, rgb: bool | None = None,
+                out: np.ndarray | None = None) -> np.ndarray:
+        """float32 foreground probabilities with the image's spatial shape (see ``inference.probability_job``).
+
+        ``out``: an array of the image's spatial shape (float32, float64, float16 or uint8 = round(255 p); a
+        ``numpy.memmap`` works) written as tiles finish and returned instead of a new float32 array, so a plane
+        over the whole-plane limit never holds its probabilities twice (e.g. float16: half the memory).
+        """
+        job = self.predict_job(image, tile=tile, overlap=overlap, batch_size=batch_size, tta=tta, rgb=rgb, out=out)
         return run_job(job).probabilities
 
     def __repr__(self) -> str:
@@ -242,10 +249,11 @@ def _requested(precision: str | None) -> str | None:
 
 def predict(model: Segmenter | SegmentationNetwork, image: np.ndarray, *, device: str | torch.device | None = None,
             tile: int | None = None, overlap: int = 64, batch_size: int | None = None, tta: bool = False,
-            rgb: bool | None = None) -> np.ndarray:
+            rgb: bool | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """float32 foreground probabilities of ``image`` (see ``inference.probability_job`` for the parameters).
 
     ``device``: ``None`` runs where the model is; another device runs a copy there (``model`` is not moved).
+    ``out``: the caller's array to write into and return (see ``Segmenter.predict``).
     """
     return as_segmenter(model, device).predict(image, tile=tile, overlap=overlap, batch_size=batch_size, tta=tta,
-                                               rgb=rgb)
+                                               rgb=rgb, out=out)

@@ -91,10 +91,21 @@ def check_overlap(tile: int, overlap: int) -> int:
     return ceil_to(overlap)
 
 
+def balanced(length: int, tile: int, overlap: int) -> int:
+    """The smallest tile (a multiple of 32, at most ``tile``) that covers a padded axis of ``length`` in as few
+    tiles as ``tile`` does: each tile's ``2 * CONTEXT_MARGIN + overlap`` of shared context is paid once per tile,
+    so evening the tiles out saves the encoder work a last, mostly overlapping tile would repeat."""
+    shared = 2 * CONTEXT_MARGIN + overlap
+    count = -(-(length - tile) // (tile - shared)) + 1
+    return min(tile, ceil_to(-(-(length + (count - 1) * shared) // count)))
+
+
 def _axis(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """(origin, size, core start, core end) along one padded axis of ``length`` (a multiple of 32)."""
+    """(origin, size, core start, core end) along one padded axis of ``length`` (a multiple of 32), in tiles of at
+    most ``tile`` (``balanced``)."""
     if length <= tile:
         return [(0, length, 0, length)]
+    tile = balanced(length, tile, overlap)
     step = tile - 2 * CONTEXT_MARGIN - overlap
     origins = [*range(0, length - tile, step), length - tile]
     bounds = [0]
