@@ -1,7 +1,10 @@
-"""``python -m napari_alnet.cli``."""
+"""``python -m napari_alnet.cli``: the ``alnet`` program (``cli.main``), ended as ``launch.leave`` ends it."""
 
 import sys
 
+from ..launch import leave
 from . import main
 
-sys.exit(main())
+code = main()
+leave(code)
+sys.exit(code)
