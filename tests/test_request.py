@@ -156,6 +156,17 @@ def test_in_memory_job_predicts_the_region(model):
         segment_job(SegmentRequest(model, image=np.full((32, 32), 7, np.uint8), name="layer 'flat'"))
 
 
+def test_the_package_exports_the_request_and_its_job(model):
+    import napari_alnet
+
+    image = _image(seed=5)
+    request = napari_alnet.SegmentRequest(model, image=image)
+    prediction = napari_alnet.run_job(napari_alnet.segment_job(request))
+    assert isinstance(prediction, napari_alnet.Prediction)
+    np.testing.assert_allclose(prediction.probabilities, model.predict(image), atol=1e-6)
+    assert {"SegmentOutputs", "Progress", "StopRequested"} <= set(napari_alnet.__all__)
+
+
 def test_streaming_job_writes_the_labels_of_the_in_memory_prediction(tmp_path, model):
     stack = np.stack([_image(seed=s) for s in range(4)])
     tifffile.imwrite(tmp_path / "em.tif", stack, metadata={"axes": "ZYX"})

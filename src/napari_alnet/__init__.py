@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 #: The public API, imported on first use: importing the package loads no torch, so that an entry point can first
 #: choose how torch's OpenMP threads wait for its kind of work (``engine.threads.prepare_for``).
-_API = ("ModelMetadata", "Prediction", "Segmenter", "WeightsError", "load_model", "predict")
+_API = ("ModelMetadata", "Prediction", "Progress", "SegmentOutputs", "SegmentRequest", "Segmenter", "StopRequested",
+        "WeightsError", "load_model", "predict", "run_job", "segment_job")
 __all__ = [*_API, "__version__"]
 
 
