@@ -108,8 +108,9 @@ class CorrectionsPanel(Container):
     def ask_clear(self, *_) -> bool:
         return self.kept.ask_clear()
 
-    def clear(self, layer: Labels | None) -> None:
-        self.kept.clear(layer)
+    def clear_corrections_of(self, layer: Labels | None) -> None:
+        """Forget the corrections painted on ``layer`` (not magicgui's ``Container.clear``, which removes widgets)."""
+        self.kept.clear_corrections_of(layer)
 
     def place_points(self, *_) -> Points:
         return self.editing.place_points()
@@ -217,10 +218,11 @@ class CorrectionsRow(Container):
                           f"{slices_text(record.slices())}? The network's labels are shown again there; this "
                           "cannot be undone.", ["Clear", CANCEL], CANCEL)
         if answer == "Clear":
-            self.clear(layer)
+            self.clear_corrections_of(layer)
         return answer == "Clear"
 
-    def clear(self, layer: Labels | None) -> None:
+    def clear_corrections_of(self, layer: Labels | None) -> None:
+        """Forget the corrections painted on ``layer`` and show the network's labels there again."""
         clear_corrections(layer)
         self.panel.update()
 
@@ -238,7 +240,7 @@ class CorrectionsRow(Container):
             return False
         if answer == DISCARD:
             for name in found:
-                self.clear(self.panel.layers.named(name))
+                self.clear_corrections_of(self.panel.layers.named(name))
         return True
 
 
