@@ -12,27 +12,20 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import napari
 import numpy as np
 from PIL import Image as PILImage
-from qtpy.QtWidgets import QApplication
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _qt import pump  # noqa: E402
+
 from napari_alnet.io.volumes import open_volume  # noqa: E402
 from napari_alnet.widgets import SegmentWidget  # noqa: E402
 from napari_alnet.widgets._layers import WHOLE_STACK  # noqa: E402
 from volume import generate  # noqa: E402
-
-
-def pump(app, seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        app.processEvents()
-        time.sleep(0.01)
 
 
 def main(out: Path) -> None:
@@ -48,15 +41,14 @@ def main(out: Path) -> None:
     viewer.dims.set_current_step(0, 5)
     widget.models.select("em")
     widget.scope.value = WHOLE_STACK
-    app = QApplication.instance()
-    pump(app, 1.0)
+    pump(1.0)
     assert widget.segment()
     while widget.runner.running:
-        pump(app, 0.2)
+        pump(0.2)
         layer = next((la for la in viewer.layers if la.name == widget.output_name()), None)
         if layer is not None and np.asarray(layer._slice.image.raw).any():
             layer.opacity = 0.45
-            pump(app, 1.0)
+            pump(1.0)
             image = viewer.screenshot(canvas_only=False, flash=False)
             shot = PILImage.fromarray(image[..., :3])
             shot = shot.resize((1000, round(shot.height * 1000 / shot.width)), PILImage.LANCZOS)
@@ -65,7 +57,7 @@ def main(out: Path) -> None:
             widget.runner.cancel()
             break
     while widget.runner.running:
-        pump(app, 0.2)
+        pump(0.2)
     viewer.close()
 
 

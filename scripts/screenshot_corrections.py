@@ -11,12 +11,11 @@ Default output: docs/images/correcting.png (1000 px wide, 64-colour palette PNG)
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import napari
+from _qt import pump
 from PIL import Image as PILImage
-from qtpy.QtWidgets import QApplication
 
 from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.widgets import SegmentWidget
@@ -24,15 +23,7 @@ from napari_alnet.widgets import SegmentWidget
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pump(app, seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        app.processEvents()
-        time.sleep(0.01)
-
-
 def main(out: Path) -> None:
-    app = QApplication.instance() or QApplication([])
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1500, 950)
     widget = SegmentWidget(viewer)
@@ -46,12 +37,12 @@ def main(out: Path) -> None:
     for y in range(60, 100, 6):  # a stroke of foreground, and one erased
         labels.paint((1, y, 70), 1)
         labels.paint((1, y + 100, 180), 0)
-    pump(app, 0.5)
+    pump(0.5)
     widget.threshold.value = 0.35  # a new threshold: the corrections stay
     widget.corrections.show_uncertainty().visible = False  # listed; shown, it would wash out the picture
     viewer.layers.selection.active = labels
     labels.opacity = 0.6
-    pump(app, 1.0)
+    pump(1.0)
     image = viewer.screenshot(canvas_only=False, flash=False)
     shot = PILImage.fromarray(image[..., :3])
     shot = shot.resize((1000, round(shot.height * 1000 / shot.width)), PILImage.LANCZOS)

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import napari
 import numpy as np
 import tifffile
+from _qt import pump
 from PIL import Image as PILImage
-from qtpy.QtWidgets import QApplication
 
 from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.widgets import BatchWidget, FinetuneWidget, SegmentWidget
@@ -29,13 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 WINDOW = (1366, 708)
 DOCKS = {"Segment (AL-Net)": SegmentWidget, "Fine-tune (AL-Net)": FinetuneWidget,
          "Batch segment (AL-Net)": BatchWidget}
-
-
-def pump(seconds: float) -> None:
-    app, end = QApplication.instance(), time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        app.processEvents()
-        time.sleep(0.01)
 
 
 def viewer_with(*names: str) -> tuple[napari.Viewer, list]:
