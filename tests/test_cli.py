@@ -247,3 +247,28 @@ def test_the_command_line_starts_without_the_heavy_libraries():
     assert not _imported_by("import napari_alnet.cli.segment") & {"dask", "distributed", "zarr", "ome_zarr",
                                                                   "bioimageio", "onnx", "onnxruntime", "scipy",
                                                                   "skimage"}
+
+
+def test_a_tiff_segment_imports_neither_pillow_nor_pyyaml(tmp_path):
+    """The TIFF path reads weight files without PyYAML (only bioimage.io packages need it) and TIFFs without Pillow
+    (only PNG/JPEG need it), through the whole run of ``alnet segment``, not only its imports."""
+    image = tmp_path / "one.tif"
+    tifffile.imwrite(image, texture((64, 64), seed=1))
+    weights = save_test_model(tmp_path / "m.safetensors")
+    run = (f"import napari_alnet.cli as c; assert c.main(['segment', {str(image)!r}, '-o', {str(tmp_path / 'out')!r}, "
+           f"'--model', {str(weights)!r}, '--device', 'cpu', '--quiet']) == 0")
+    assert not _imported_by(run) & {"yaml", "PIL"}
+    assert {"yaml", "PIL"} <= _imported_by("from napari_alnet.io.images import decode_image; "
+                                           "from napari_alnet.io.bioimageio_package import _no_alias_loader; "
+                                           "_no_alias_loader(); import PIL.Image")
+
+
+def test_a_sub_command_is_imported_with_the_collector_paused_and_its_objects_frozen():
+    """``cli.import_command``: torch's import does not run full garbage collections, and the objects it made are
+    frozen so that the run's collections do not walk them again; the collector is on again after."""
+    code = ("import gc, sys, napari_alnet.cli as c; seen = []; "
+            "gc.callbacks.append(lambda phase, info: phase == 'start' and seen.append(info['generation'])); "
+            "c.import_command('segment'); gc.callbacks.clear(); "
+            "print(gc.isenabled(), gc.get_freeze_count() > 100_000, 'torch' in sys.modules, seen.count(2))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.split() == ["True", "True", "True", "0"]

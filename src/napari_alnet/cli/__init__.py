@@ -6,9 +6,11 @@ is imported when that sub-command runs (``COMMANDS``), so that the command line 
 
 from __future__ import annotations
 
+import gc
 import importlib
 import signal
 import sys
+from types import ModuleType
 
 from ..engine.arguments import UsageError
 from ..engine.threads import TRAINING_COMMANDS, prepare_for
@@ -22,6 +24,24 @@ COMMANDS = {"demo": "demo", "segment": "segment", "train": "train", "evaluate": 
 __all__ = ["COMMANDS", "Interrupted", "build_parser", "interrupted_exit_code", "main"]
 
 
+def import_command(name: str) -> ModuleType:
+    """The sub-command's module. Its first import (torch's with it: ~300,000 objects) runs with the cyclic garbage
+    collector paused and the objects it made frozen after (``gc.freeze``): else three full collections walk them
+    during the import and each later collection of the run again (0.6-0.9 s of a one-image ``alnet segment`` on a
+    loaded 2-core machine, 0.02 s frozen; benchmarks/startup.py)."""
+    module = f"{__name__}.{COMMANDS[name]}"
+    if module in sys.modules:
+        return sys.modules[module]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return importlib.import_module(module)
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit codes: 0 done, 1 some inputs failed (segment), 2 a usage or input error (nothing
     was written; flags refused as they are read raise ``SystemExit(2)`` as argparse does), 128 + signal when
@@ -30,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {sig: signal.signal(sig, raise_interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         prepare_for("train" if args.command in TRAINING_COMMANDS else "segment")  # before torch loads OpenMP
-        command = importlib.import_module(f"{__name__}.{COMMANDS[args.command]}")
+        command = import_command(args.command)
         try:
             command.check(args)
         except UsageError as exc:

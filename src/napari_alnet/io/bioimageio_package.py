@@ -13,13 +13,13 @@ that lies is caught), and the description loaded by a YAML loader that refuses a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import zipfile
 from pathlib import Path, PurePosixPath
 
 import torch
-import yaml
 
 from ..model.metadata import FORMAT, FORMAT_VERSION, ModelMetadata
 
@@ -33,16 +33,22 @@ MAX_DESCRIPTION_BYTES = 4 << 20
 MAX_WEIGHTS_BYTES = 320 << 20
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """PyYAML's safe loader refusing aliases: a 1 KB document of nested aliases expands to gigabytes."""
+@functools.cache
+def _no_alias_loader() -> type:
+    """PyYAML's safe loader refusing aliases: a 1 KB document of nested aliases expands to gigabytes (PyYAML is
+    imported here: loading a weight file, the path of every ``alnet segment``, does not need it)."""
+    import yaml
 
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, f"an alias (*{event.anchor}) is not accepted in a package "
-                                              "description (aliases can expand a small file to gigabytes)",
-                                              event.start_mark)
-        return super().compose_node(parent, index)
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, f"an alias (*{event.anchor}) is not accepted in a "
+                                                  "package description (aliases can expand a small file to "
+                                                  "gigabytes)", event.start_mark)
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
 
 
 class PackageError(ValueError):
@@ -104,8 +110,10 @@ def read_description(path: str | Path) -> dict:
     name = description_name(path)
     if name is None:
         raise PackageError(f"{path}: is not a bioimage.io package (no {' or '.join(DESCRIPTION_NAMES)})")
+    import yaml
+
     try:
-        rdf = yaml.load(_read_member(path, name, MAX_DESCRIPTION_BYTES), Loader=_NoAliasLoader)
+        rdf = yaml.load(_read_member(path, name, MAX_DESCRIPTION_BYTES), Loader=_no_alias_loader())
     except (yaml.YAMLError, RecursionError) as exc:
         raise PackageError(f"{path}: {name} is not a valid or accepted YAML description ({exc})") from exc
     if not isinstance(rdf, dict):

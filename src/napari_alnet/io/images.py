@@ -12,12 +12,15 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tifffile
-from PIL import Image
 
 from .layout import has_colour_axis
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
@@ -49,6 +52,8 @@ def decode_image(path: str | Path) -> np.ndarray:
     try:
         if is_tiff(path):
             return np.asarray(tifffile.imread(path))
+        from PIL import Image  # here: TIFF work (every stack) does not need Pillow
+
         with Image.open(path) as image:
             return pil_pixels(image, path)
     except ImageReadError:
@@ -63,7 +68,7 @@ PIL_MODES = {"1": None, "L": None, "I;16": None, "I;16L": None, "I;16B": None, "
              "YCbCr": "RGB", "HSV": "RGB", "RGBX": "RGB", "RGBa": "RGBA"}
 
 
-def pil_pixels(image: Image.Image, path: Path) -> np.ndarray:
+def pil_pixels(image: PIL.Image.Image, path: Path) -> np.ndarray:
     """The pixels of a Pillow image as a viewer shows them (``PIL_MODES``); ``ImageReadError`` naming a colour
     model without one reading (LAB, a multi-frame file)."""
     if getattr(image, "n_frames", 1) > 1:
