@@ -1,5 +1,6 @@
 """Planes larger than the whole-plane limit: one encoder pass per tile, equal to whole-image inference and to the
-two-pass path; probabilities streamed into a caller's array (float16, uint8, memmap)."""
+two-pass path; probabilities streamed into a caller's array (float16, uint8, memmap) and, in a batch, into a
+memory-mapped output or scratch file, with the same output files as the in-memory path, atomically."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from model_factory import calibrated_model, texture
 from napari_alnet import predict
-from napari_alnet.engine import tiling
+from napari_alnet.engine import batch, tiling
+from napari_alnet.engine.batch import segment_files_job
 from napari_alnet.engine.inference import Context, probability_job
 from napari_alnet.engine.progress import run_job
 from napari_alnet.engine.single_pass import DECODER_HALO, encode, finish, splittable
+from napari_alnet.io.stack_reader import PixelSize
+from napari_alnet.io.stack_writer import MappedTiff, TiffStackWriter, recorded_info
 from napari_alnet.model import ALNet, ALNetConfig
 
 
@@ -168,3 +173,88 @@ def test_a_big_plane_never_holds_a_float32_copy_of_itself(model, monkeypatch):
         tracemalloc.stop()
     float32_plane = img.size * 4
     assert 0.3 * float32_plane < maps < peak < 0.75 * float32_plane, (maps, peak)
+
+
+def test_predict_passes_out_through(model, small_limit):
+    img = _big_image()
+    out = np.empty(img.shape, np.float16)
+    assert model.predict(img, out=out) is out
+    assert predict(model, img, out=np.empty(img.shape, np.float32)).dtype == np.float32
+    assert np.abs(out.astype(np.float32) - model.predict(img)).max() < 1e-3
+
+
+@pytest.mark.parametrize("shape", [(300, 400), (3, 300, 400)])
+def test_a_mapped_tiff_is_the_stack_writers_file_byte_for_byte(tmp_path, shape):
+    data = np.random.default_rng(0).random(shape, dtype=np.float32)
+    px, info = PixelSize(x=0.5, y=0.5, unit="um"), {"output": "probabilities"}
+    with TiffStackWriter(tmp_path / "a.tif", shape, np.float32, px, compress=False, info=info) as writer:
+        for plane in data.reshape(-1, *shape[-2:]):
+            writer.write(plane)
+        writer.finish()
+    mapped = MappedTiff(tmp_path / "b.tif", shape, np.float32, px, info=info)
+    for z, plane in enumerate(data.reshape(-1, *shape[-2:])):
+        mapped.plane(z)[...] = plane
+        mapped.release()  # the pages leave this process, the data stay in the file
+        np.testing.assert_array_equal(mapped.band(z, 10, 30), plane[10:30])
+    assert not (tmp_path / "b.tif").exists()  # nothing at the target before finish
+    mapped.finish()
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
+
+
+def _segment_both_ways(model, tmp_path, monkeypatch, image, **kw):
+    """``segment_files_job`` of ``image`` streamed (the big-plane path) and held in memory as before; the
+    streamed run's count of ``MappedTiff.release`` calls."""
+    src = tmp_path / "big.tif"
+    axes = "ZYX" if image.ndim == 3 else "YX"
+    tifffile.imwrite(src, image, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "um", "axes": axes})
+    released = []
+    release = MappedTiff.release
+    monkeypatch.setattr(MappedTiff, "release", lambda self: (released.append(1), release(self))[1])
+    streamed = run_job(segment_files_job([src], tmp_path / "streamed", model, **kw))
+    monkeypatch.setattr(batch, "choose_tile", lambda *_a: None)  # every file through the in-memory path
+    held = run_job(segment_files_job([src], tmp_path / "held", model, **kw))
+    assert streamed.ok and held.ok and [p.name for p in streamed.written] == [p.name for p in held.written]
+    return streamed, held, len(released)
+
+
+def test_a_big_plane_streams_into_the_same_output_files(model, small_limit, tmp_path, monkeypatch):
+    img = _big_image()
+    streamed, held, released = _segment_both_ways(model, tmp_path, monkeypatch, img, probabilities=True,
+                                                  instances=True)
+    assert released >= 6  # after every batch of tiles
+    for a, b in zip(streamed.written, held.written, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name  # pixels, pixel size and metadata alike
+    assert sorted(p.name for p in (tmp_path / "streamed").iterdir()) == [
+        "big_instances.tif", "big_labels.tif", "big_prob.tif"]
+    np.testing.assert_array_equal(tifffile.imread(streamed.written[-1]), predict(model, img))
+    assert recorded_info(streamed.written[-1])["output"] == "probabilities"
+
+
+def test_a_stack_of_big_planes_streams_through_a_scratch_file(model, small_limit, tmp_path, monkeypatch):
+    stack = np.stack([_big_image(), texture((1000, 1100), seed=5)])
+    monkeypatch.setattr(batch, "BAND_ROWS", 96)  # several bands per slice
+    streamed, held, released = _segment_both_ways(model, tmp_path, monkeypatch, stack)
+    assert released >= 12
+    assert streamed.written[0].read_bytes() == held.written[0].read_bytes()
+    assert [p.name for p in (tmp_path / "streamed").iterdir()] == ["big_labels.tif"]  # the scratch file is gone
+
+
+def test_a_failure_in_a_big_plane_leaves_no_output_and_keeps_the_old_one(model, small_limit, tmp_path, monkeypatch):
+    src, out = tmp_path / "big.tif", tmp_path / "out"
+    tifffile.imwrite(src, _big_image())
+    out.mkdir()
+    (out / "big_prob.tif").write_bytes(b"earlier")
+    calls = []
+
+    def fail_late(self, *args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("out of memory")
+        return finish(self, *args)
+
+    finish = Context.finish
+    monkeypatch.setattr(Context, "finish", fail_late)
+    summary = run_job(segment_files_job([src], out, model, probabilities=True, overwrite=True))
+    assert len(calls) == 4 and "out of memory" in summary.failures[0][1]
+    assert [p.name for p in out.iterdir()] == ["big_prob.tif"] and (out / "big_prob.tif").read_bytes() == b"earlier"

@@ -30,7 +30,7 @@ import torch
 
 from ..io.images import list_images
 from ..io.stack_reader import SliceReader, count_slices, open_slices
-from ..io.stack_writer import TiffStackWriter, recorded_info
+from ..io.stack_writer import MappedTiff, NotContiguous, TiffStackWriter, recorded_info
 from .arguments import output_folder
 from .arguments import tile as tile_argument
 from .inference import Prepared, check_pixels, default_batch, prepare_whole, prepared_probabilities, probability_job
@@ -38,7 +38,7 @@ from .pipeline import Drain, Prefetch
 from .postprocess import instance_labels, offset_ids, semantic_labels
 from .progress import Job, Progress, StopRequested, relay
 from .segmenter import Segmenter, as_segmenter
-from .tiling import check_tile
+from .tiling import check_tile, choose_tile
 
 #: Batches the reader thread may be ahead of the network, and the writer thread behind it; 0: no reader/writer
 #: threads (all in the job's thread); ``None``: ``pipeline_depth()`` decides (benchmarks/stack.py --modes).
@@ -259,16 +259,18 @@ def _segment(reader: SliceReader, targets: dict[str, Path], segmenter: Segmenter
     ``overwrite`` a target that another run wrote meanwhile is kept (``FileExistsError`` saying so, see
     ``io.atomic.publish``), never replaced.
 
-    Reading runs ahead in a ``Prefetch`` thread, thresholding and writing behind in a ``Drain`` thread.
+    Reading runs ahead in a ``Prefetch`` thread, thresholding and writing behind in a ``Drain`` thread; a file
+    whose planes run in tiles goes through ``_segment_tiled`` instead.
     """
+    if choose_tile(segmenter.metadata.network_shape(reader.shape[-2:]), settings.tile) is not None:
+        return (yield from _segment_tiled(reader, targets, segmenter, settings, done=done, total=total,
+                                          summary=summary, overwrite=overwrite))
     writers: dict[str, TiffStackWriter] = {}
     starts = range(0, len(reader), settings.batch)
     prefetch = drain = None
     try:
         for kind, out in targets.items():
-            dtype = {"prob": np.float32, "instances": np.int32}.get(kind, np.uint8)
-            writers[kind] = TiffStackWriter(out, reader.shape, dtype, reader.pixel_size, compress=kind != "prob",
-                                            info=settings.info_for(kind))
+            writers[kind] = _writer(kind, out, reader, settings)
         depth = pipeline_depth()
         drain = Drain(_SliceWriter(writers, settings).write, depth, name=f"write {reader.path.name}")
         prefetch = Prefetch(lambda z0: _read_batch(reader, segmenter, settings, z0), starts, depth,
@@ -293,6 +295,69 @@ def _segment(reader: SliceReader, targets: dict[str, Path], segmenter: Segmenter
             writer.abort()
 
 
+def _writer(kind: str, out: Path, reader: SliceReader, settings: Outputs) -> TiffStackWriter:
+    dtype = {"prob": np.float32, "instances": np.int32}.get(kind, np.uint8)
+    return TiffStackWriter(out, reader.shape, dtype, reader.pixel_size, compress=kind != "prob",
+                           info=settings.info_for(kind))
+
+
+def _segment_tiled(reader: SliceReader, targets: dict[str, Path], segmenter: Segmenter, settings: Outputs, *,
+                   done: int, total: int, summary: BatchSummary, overwrite: bool = False) -> Job[int]:
+    """``_segment`` of a file whose planes run in tiles, one plane at a time and never held whole in float32: each
+    plane's probabilities stream tile by tile into a memory-mapped file (``MappedTiff``) — the probability output
+    itself (an uncompressed float32 TIFF, published like the others), else a scratch file beside the outputs,
+    removed after — whose written pages are released after every batch of tiles; masks and instances are made
+    from it (``_SliceWriter.write_plane``)."""
+    writers: dict[str, TiffStackWriter] = {}
+    mapped = scratch = None
+    try:
+        for kind, out in targets.items():
+            if kind == "prob":
+                mapped = _mapped_output(out, reader, settings)
+            if kind != "prob" or mapped is None:
+                writers[kind] = _writer(kind, out, reader, settings)
+        store = mapped or MappedTiff(next(iter(targets.values())), reader.shape[-2:], np.float32)
+        scratch = None if mapped else store
+        slicer = _SliceWriter(writers, settings)
+        for z in range(len(reader)):
+            message = f"{reader.path.name}: slice {z + 1}/{len(reader)}"
+            job = probability_job(segmenter, _checked(reader, z), tile=settings.tile, batch_size=settings.batch,
+                                  rgb=reader.rgb, out=store.plane(0 if scratch else z))
+            probs = yield from relay(job, lambda _p, m=message, d=done: _released(store, d, total, m, summary))
+            if probs is None:
+                raise StopRequested
+            del probs
+            store.release()
+            plane = 0 if scratch else z
+            slicer.write_plane(lambda y0, y1, k=plane: store.band(k, y0, y1), reader.shape[-2])
+            done += 1
+            summary.slices += 1
+            yield _progress(done, total, message, summary)
+        for kind in list(writers):
+            summary.written.append(writers.pop(kind).finish(overwrite=overwrite))
+        if mapped is not None:
+            summary.written.append(mapped.finish(overwrite=overwrite))
+        return done
+    finally:
+        for writer in (*writers.values(), mapped, scratch):
+            if writer is not None:
+                writer.abort()
+
+
+def _mapped_output(out: Path, reader: SliceReader, settings: Outputs) -> MappedTiff | None:
+    """The probability output as a ``MappedTiff``; ``None`` where it cannot be one (a multi-page BigTIFF)."""
+    try:
+        return MappedTiff(out, reader.shape, np.float32, reader.pixel_size, info=settings.info_for("prob"))
+    except NotContiguous:
+        return None
+
+
+def _released(store: MappedTiff, done: int, total: int, message: str, summary: BatchSummary) -> Progress:
+    """A batch of tiles is written: drop its pages from memory, and report."""
+    store.release()
+    return _progress(done, total, message, summary)
+
+
 def _read_batch(reader: SliceReader, segmenter: Segmenter, settings: Outputs,
                 z0: int) -> tuple[np.ndarray, Prepared | None]:
     """Slices ``z0 ..`` (one batch) read and checked, and their network input where it can be prepared here."""
@@ -312,6 +377,10 @@ def _probabilities(segmenter: Segmenter, settings: Outputs, planes: np.ndarray, 
     return probs
 
 
+#: Rows of a slice thresholded at once (a band of a big plane's probabilities read back from its file).
+BAND_ROWS = 512
+
+
 class _SliceWriter:
     """Thresholds and labels each slice of a batch and hands it to the writers (mask, instance ids,
     probabilities); keeps instance ids increasing through the stack."""
@@ -320,16 +389,27 @@ class _SliceWriter:
         self.writers, self.settings, self.next_id = writers, settings, 0
 
     def write(self, probs: np.ndarray) -> None:
-        settings = self.settings
         for prob in probs:
-            if "labels" in self.writers:
-                self.writers["labels"].write(semantic_labels(prob, settings.threshold))
-            if "instances" in self.writers:
-                ids, self.next_id = offset_ids(instance_labels(prob, settings.threshold, settings.objects,
-                                                               watershed=settings.watershed), self.next_id)
-                self.writers["instances"].write(ids)
-            if "prob" in self.writers:
-                self.writers["prob"].write(prob)
+            self.write_plane(lambda y0, y1, p=prob: p[y0:y1], len(prob))
+
+    def write_plane(self, rows, height: int) -> None:
+        """One slice of ``height`` rows whose probabilities ``rows(y0, y1)`` gives (float32 (y1 - y0, X)); the
+        mask is thresholded ``BAND_ROWS`` rows at a time."""
+        settings = self.settings
+        if "labels" in self.writers:
+            first = semantic_labels(rows(0, min(BAND_ROWS, height)), settings.threshold)
+            mask = np.empty((height, first.shape[1]), np.uint8)
+            mask[:len(first)] = first
+            for y0 in range(BAND_ROWS, height, BAND_ROWS):
+                mask[y0:y0 + BAND_ROWS] = semantic_labels(rows(y0, min(y0 + BAND_ROWS, height)), settings.threshold)
+            self.writers["labels"].write(mask)
+            del mask
+        if "instances" in self.writers:
+            ids, self.next_id = offset_ids(instance_labels(rows(0, height), settings.threshold, settings.objects,
+                                                           watershed=settings.watershed), self.next_id)
+            self.writers["instances"].write(ids)
+        if "prob" in self.writers:
+            self.writers["prob"].write(rows(0, height))
 
 
 def _checked(reader: SliceReader, z: int) -> np.ndarray:

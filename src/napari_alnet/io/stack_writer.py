@@ -6,11 +6,17 @@ next to the target, renamed over it by ``finish()``; ``abort()`` (or leaving the
 Ctrl-C included) removes it, so the target never holds a partial file. ``info`` (a JSON-able dict: what made the
 file — model, device, precision, threshold) is recorded in the file: ImageJ's ``Info`` property (Image ▸ Show Info)
 for ImageJ hyperstacks, a ``napari_alnet`` entry of tifffile's JSON description otherwise; ``recorded_info`` reads it.
+
+``MappedTiff`` writes an uncompressed TIFF in place through a memory map instead (the same file, byte for byte), so a
+plane too large to hold whole is filled piece by piece; also the scratch file of a big plane's probabilities.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
+import os
 import queue
 import threading
 from pathlib import Path
@@ -124,6 +130,75 @@ class TiffStackWriter:
 
 class _Cancelled(Exception):
     pass
+
+
+class NotContiguous(ValueError):
+    """A TIFF whose pixels are not one block of the file (so it cannot be memory-mapped)."""
+
+
+class MappedTiff:
+    """An uncompressed TIFF of ``shape`` (Z, Y, X) or (Y, X) and ``dtype`` written in place through a memory map,
+    with the tags and metadata ``TiffStackWriter(compress=False)`` writes (byte for byte), published by ``finish()``
+    (see ``TiffStackWriter.finish``); ``abort()`` removes it. ``plane(z)`` is a writable (Y, X) view; ``release()``
+    drops the pages written so far from this process's memory (they stay in the file); ``band`` reads rows back
+    from the file without mapping them. ``NotContiguous`` where the pixels would not be one block of the file."""
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype, pixel_size: PixelSize = PixelSize(),
+                 info: dict | None = None) -> None:
+        self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        self.tmp = temp_path(self.path)
+        try:
+            options = _options(self.shape, self.dtype, pixel_size, False, info)
+            nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+            tifffile.imwrite(self.tmp, shape=self.shape, dtype=self.dtype, photometric="minisblack", **options)
+            with tifffile.TiffFile(self.tmp) as tif:
+                self.offset = tif.series[0].dataoffset  # None where the planes are not one contiguous block
+            if self.offset is None:
+                raise NotContiguous(f"{self.path}: a {self.shape} {self.dtype} TIFF is not one block of pixels")
+            with open(self.tmp, "r+b") as fh:
+                if hasattr(os, "posix_fallocate"):  # a full disk fails here, not as SIGBUS in a mapped write
+                    os.posix_fallocate(fh.fileno(), 0, self.offset + nbytes)
+                self._map = mmap.mmap(fh.fileno(), 0)
+        except OSError as exc:
+            self.tmp.unlink(missing_ok=True)
+            raise write_error(exc, self.path) from exc
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        self.array = np.ndarray(self.shape, self.dtype, buffer=self._map, offset=self.offset)
+
+    def plane(self, z: int) -> np.ndarray:
+        return self.array[z] if len(self.shape) == 3 else self.array
+
+    def band(self, z: int, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of plane ``z``, read from the file (a new array)."""
+        width = self.shape[-1]
+        first = (z * self.shape[-2] if len(self.shape) == 3 else 0) + start
+        return np.fromfile(self.tmp, self.dtype, count=(stop - start) * width,
+                           offset=self.offset + first * width * self.dtype.itemsize).reshape(-1, width)
+
+    def release(self) -> None:
+        """Unmap the pages written so far (written back by the system; later reads come from the file)."""
+        if self.array is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED)
+
+    def finish(self, *, overwrite: bool = True) -> Path:
+        try:
+            self._map.flush()
+            self._close()
+            publish(self.tmp, self.path, overwrite=overwrite)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+        return self.path
+
+    def abort(self) -> None:
+        self._close()
+        self.tmp.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        self.array = None
+        with contextlib.suppress(BufferError):  # a caller still holds a view: the map closes when it goes
+            self._map.close()
 
 
 def _options(shape: tuple[int, ...], dtype: np.dtype, px: PixelSize, compress: bool, info: dict | None = None) -> dict:
