@@ -68,6 +68,9 @@ ONNX_OPSET = 17
 MEASURE_SIZE, MEASURE_CALLS = 512, 5
 #: The module a background process runs to measure the candidates of a weight file (``engine.speed_check``).
 SPEED_CHECK = "napari_alnet.engine.speed_check"
+#: Seconds the background measurement waits for the machine to be idle first (the run that started it is
+#: usually still segmenting: timed beside it, every candidate would measure the contention, not itself).
+IDLE_WAIT = 120
 #: The environment variable that turns the background measurement off (``0``).
 SPEED_CHECK_SWITCH = "NAPARI_ALNET_SPEED_CHECK"
 #: Largest calibration image side (bigger training images are centre-cropped: MinMax ranges need no more).
@@ -303,7 +306,13 @@ def speed_key(graph: Path, candidates: tuple[str, ...], threads: int) -> str:
     """What a speed measurement holds for: this CPU model, the library versions, the graph, candidates, threads."""
     return "|".join([_cpu_name(), platform.machine(), f"torch {torch.__version__}", _ort_version(),
                      _cached_sha(str(graph), Path(graph).stat().st_mtime_ns), ",".join(candidates),
-                     f"{threads} threads", f"{MEASURE_SIZE} px"])
+                     f"{threads} threads", f"{MEASURE_SIZE} px", _wait_policy()])
+
+
+def _wait_policy() -> str:
+    """How this process's OpenMP threads wait (``engine.threads``): sleeping threads slow torch's bf16 ~2x and not
+    ONNX Runtime's int8 alike, so each policy keeps its own figures."""
+    return f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'default').upper()}"
 
 
 def keep_speeds(key: str, found: Fastest) -> Fastest:
@@ -329,7 +338,7 @@ def _measure_later(weights: str, candidates: tuple[str, ...], threads: int) -> N
     if os.environ.get(SPEED_CHECK_SWITCH, "1").strip() == "0":
         return
     command = [sys.executable, "-m", SPEED_CHECK, weights, "--candidates", ",".join(candidates),
-               "--threads", str(threads)]
+               "--threads", str(threads), "--wait-idle", str(IDLE_WAIT)]
     with contextlib.suppress(OSError):  # no measurement: auto keeps to torch's precisions
         start_background(command)
 
