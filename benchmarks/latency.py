@@ -3,16 +3,17 @@ next to the classic U-Net measured in the same run.
 
     python benchmarks/latency.py [--size 512 512] [--threads 2] [--config-json '{...}'] [--precisions fp32 bf16]
                                  [--batches 1 4] [--backends torch onnxruntime openvino] [--runs 10] [--no-unet]
-                                 [--clock wall|cpu] [--no-forms] [--predict [--model em]]
+                                 [--clock wall|cpu] [--no-forms] [--predict [--model em] [--json]]
 
 OpenMP waits as the engine's: ``engine.threads.prepare_for("segment")`` runs before torch is imported (libgomp's
 bounded spin, what ``alnet segment`` uses; an ``OMP_WAIT_POLICY`` in the environment wins), and ONNX Runtime
 sessions are made as the engine makes them.
 
 ``--predict``: issue 27's table side by side in one round-robin — ``Segmenter.predict`` of one 512² slice (an ISBI
-test slice where ../shared/data is there) with ``auto`` (and what it picked), fp32 and int8, the network alone
-in fp32 (torch) and int8 (ONNX Runtime) on the prepared input, and the classic U-Net: ms, the ratio to the U-Net,
-and the wrapper's overhead (predict over its network alone).
+test slice where ../shared/data is there) with ``auto`` (and what it picked), fp32, bf16 (where native and
+validated) and int8, the network alone in fp32 (torch) and int8 (ONNX Runtime) on the prepared input, and the
+classic U-Net: ms, the ratio to the U-Net, and the wrapper's overhead (predict over its network alone).
+``--json``: the figures as one JSON object (``predict_figures``; ``benchmarks/speed_table.py`` imports it).
 
 The second table times the fused network as the engine runs it (channels-last, inference mode, bf16 through
 autocast), one forward pass of ``batch`` slices, per slice, and the classic U-Net of Ronneberger et al. (2015:
@@ -30,6 +31,7 @@ import argparse
 import contextlib
 import copy
 import itertools
+import json
 import statistics
 import tempfile
 import time
@@ -218,8 +220,14 @@ def comparison(config: ALNetConfig, size: tuple[int, int], args: argparse.Namesp
         print(f"| {key} | {params / 1e6:.2f} M | {flops:.1f} | {per:.1f} | {ratio} |")
 
 
-def predict_candidates(model_name: str, size: tuple[int, int]) -> tuple[dict[str, Callable[[], object]], str]:
-    """``--predict``'s candidates: predict in auto/fp32/int8 and the networks alone on the prepared input."""
+UNET = "classic U-Net, fp32 (torch)"
+
+
+def predict_candidates(model_name: str, size: tuple[int, int]) -> tuple[dict[str, Callable[[], object]], dict]:
+    """``--predict``'s candidates: predict in auto/fp32/bf16 (where native)/int8 and the networks alone on the
+    prepared input; and what was run (``what``, ``auto``: the precision it picked, ``validated``: the card's)."""
+    from napari_alnet.engine.devices import validated_in_card
+
     auto = load_model(model_name, device="cpu")
     fp32 = auto.with_precision("fp32")
     image = read_image(ISBI_SLICE) if ISBI_SLICE.is_file() else em_like_stack(depth=1, size=max(size))[0][0]
@@ -230,27 +238,43 @@ def predict_candidates(model_name: str, size: tuple[int, int]) -> tuple[dict[str
              "predict, fp32": lambda: fp32.predict(image),
              "network alone, fp32 (torch)": torch_call(fp32.network, x.contiguous(memory_format=torch.channels_last),
                                                        "fp32")}
+    validated = [p for p in ("bf16", "int8") if validated_in_card(auto.metadata.card, p)]
+    if cpu_bf16_support().native and "bf16" in validated:
+        bf16 = fp32.with_precision("bf16")
+        calls["predict, bf16"] = lambda: bf16.predict(image)
     if fp32.int8_graph is not None:
         int8 = fp32.with_precision("int8")
         runner = int8.runner
         calls["predict, int8"] = lambda: int8.predict(image)
         calls["network alone, int8 (onnxruntime)"] = lambda: runner(x)
     source = f"ISBI 2012 slice 25 ({image.shape[0]}x{image.shape[1]})" if ISBI_SLICE.is_file() else "EM-like sample"
-    return calls, f"{model_name} model, {source}; {auto.precision_choice.reason}"
+    return calls, {"what": f"{model_name} model, {source}; {auto.precision_choice.reason}", "auto": auto.precision,
+                   "validated": ["fp32", *validated]}
+
+
+def predict_figures(model_name: str, size: tuple[int, int], *, runs: int, clock: str = "wall") -> dict:
+    """Issue 27's predict figures, round-robin with the classic U-Net: median ms per candidate (``ms``) and what
+    ran (see ``predict_candidates``)."""
+    calls, info = predict_candidates(model_name, size)
+    unet = ClassicUNet(1).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 1, *size).contiguous(memory_format=torch.channels_last)
+    calls[UNET] = torch_call(unet, x, "fp32")
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    ms = round_robin(calls, runs, limits={UNET: max(3, runs // 3)}, clock=timer)
+    return info | {"ms": ms, "runs": runs, "clock": clock, "threads": torch.get_num_threads(),
+                   "wait_policy": WAIT_POLICY or "default (bounded spin)"}
 
 
 def predict_table(args: argparse.Namespace) -> None:
     """Issue 27's table: predict per precision, the networks alone and the classic U-Net, round-robin."""
-    size = tuple(args.size)
-    calls, what = predict_candidates(args.model, size)
-    unet = ClassicUNet(1).eval().to(memory_format=torch.channels_last)
-    x = torch.randn(1, 1, *size).contiguous(memory_format=torch.channels_last)
-    calls["classic U-Net, fp32 (torch)"] = torch_call(unet, x, "fp32")
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    ms = round_robin(calls, args.runs, limits={"classic U-Net, fp32 (torch)": max(3, args.runs // 3)}, clock=clock)
-    unet_ms = ms["classic U-Net, fp32 (torch)"]
+    figures = predict_figures(args.model, tuple(args.size), runs=args.runs, clock=args.clock)
+    if args.json:
+        print(json.dumps(figures))
+        return
+    ms = figures["ms"]
+    unet_ms = ms[UNET]
     alone = {"fp32": ms["network alone, fp32 (torch)"], "int8": ms.get("network alone, int8 (onnxruntime)")}
-    print(f"\n{what}\n{args.threads} threads, OMP_WAIT_POLICY {WAIT_POLICY or 'default (bounded spin)'}, "
+    print(f"\n{figures['what']}\n{args.threads} threads, OMP_WAIT_POLICY {figures['wait_policy']}, "
           f"{args.clock} time, round-robin, median of {args.runs} rounds")
     print("| what | ms | vs U-Net | over its network alone |\n| --- | ---: | ---: | ---: |")
     for key, value in ms.items():
@@ -275,6 +299,7 @@ def main() -> None:
     parser.add_argument("--no-forms", action="store_true", help="skip the training-vs-fused table")
     parser.add_argument("--predict", action="store_true", help="only issue 27's predict table (see above)")
     parser.add_argument("--model", default="em", help="--predict: the shipped model (default em)")
+    parser.add_argument("--json", action="store_true", help="--predict: one JSON object instead of the table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.predict:

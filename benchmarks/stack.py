@@ -3,7 +3,7 @@ for 10 and 100 slices, per precision and pipeline mode.
 
     python benchmarks/stack.py [--size 512] [--depths 10 100] [--threads 2] [--model em|FILE] [--labels-only]
                                [--precisions auto fp32 bf16] [--modes auto serial pipelined] [--repeats 1]
-                               [--wait-policies inherit passive active] [--end-to-end]
+                               [--wait-policies inherit passive active] [--end-to-end [--json]]
 
 Each run is ``segment_files_job`` (labels + float32 probabilities) in a fresh subprocess, so its peak RSS is its
 own. Streaming means the peak RSS of the deepest stack stays within 1.3x of the shallowest for every precision and
@@ -16,7 +16,8 @@ libgomp's default (active: idle OpenMP threads spin), a core shared with any oth
 another program — stalls every parallel region (docs/performance.md).
 ``--end-to-end``: instead, the ``alnet segment`` command itself on each stack (a fresh process: imports, model
 load, the run, exit), wall time, beside the run's own seconds as the command reports them: end-to-end slices/s and
-the share of the wall time outside the run (start-up and exit).
+the share of the wall time outside the run (start-up and exit); ``--json``: those figures as one JSON object
+(``benchmarks/speed_table.py`` imports ``end_to_end_runs``).
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--wait-policies", nargs="+", choices=("inherit", "passive", "active"), default=["inherit"])
     parser.add_argument("--end-to-end", action="store_true", help="time the alnet segment command itself")
+    parser.add_argument("--json", action="store_true", help="--end-to-end: one JSON object instead of the table")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
@@ -170,37 +172,57 @@ def run_all(args: argparse.Namespace) -> int:
     return verdict
 
 
-def end_to_end(args: argparse.Namespace) -> int:
-    """``alnet segment`` of each stack depth, ``repeats`` times interleaved: wall time against the run's own."""
-    precisions = args.precisions or ["auto"]
-    cases = list(itertools.product(precisions, args.depths))
-    walls: dict[tuple, list[tuple[float, float, str]]] = {case: [] for case in cases}
+def end_to_end_runs(*, size: int, depths: list[int], precisions: list[str], repeats: int, model: str,
+                    labels_only: bool, threads: int) -> dict[tuple[str, int], list[dict]]:
+    """``alnet segment`` of each stack depth per precision, ``repeats`` times interleaved: per run the wall time,
+    the run's own seconds (as the command reports them) and the precision it ran in."""
+    cases = list(itertools.product(precisions, depths))
+    runs: dict[tuple[str, int], list[dict]] = {case: [] for case in cases}
     with tempfile.TemporaryDirectory(prefix="alnet-bench-") as tmp:
-        for depth in args.depths:
-            make_stack(Path(tmp) / f"stack{depth}.tif", depth, em_slices(args.size))
-        for _, (precision, depth) in itertools.product(range(args.repeats), cases):
+        for depth in depths:
+            make_stack(Path(tmp) / f"stack{depth}.tif", depth, em_slices(size))
+        for _, (precision, depth) in itertools.product(range(repeats), cases):
             cmd = [sys.executable, "-m", "napari_alnet.cli", "segment", str(Path(tmp) / f"stack{depth}.tif"),
-                   "-o", str(Path(tmp) / "out"), "--model", args.model, "--device", "cpu", "--precision",
-                   precision, "--overwrite", "--progress", "none",
-                   *([] if args.labels_only else ["--probabilities"])]
+                   "-o", str(Path(tmp) / "out"), "--model", model, "--device", "cpu", "--precision",
+                   precision, "--overwrite", "--progress", "none", *([] if labels_only else ["--probabilities"])]
             start = time.perf_counter()  # torch's own thread count: --threads is the OME-Zarr path's option
             done = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                                  env=os.environ | {"OMP_NUM_THREADS": str(args.threads)})
+                                  env=os.environ | {"OMP_NUM_THREADS": str(threads)})
             wall = time.perf_counter() - start
             said = re.search(r"in ([0-9.]+) s .*on (\S+) \((\w+)\)", done.stdout + done.stderr)
             if said is None:
                 raise SystemExit(f"no summary line in: {done.stdout + done.stderr}")
-            walls[(precision, depth)].append((wall, float(said[1]), said[3]))
+            runs[(precision, depth)].append({"wall": wall, "run": float(said[1]), "ran": said[3]})
+    return runs
+
+
+def end_to_end_medians(runs: dict[tuple[str, int], list[dict]]) -> list[dict]:
+    """Per (precision, depth): median wall and run seconds, end-to-end and run slices/s, the share outside."""
+    rows = []
+    for (precision, depth), found in runs.items():
+        wall, run = statistics.median(r["wall"] for r in found), statistics.median(r["run"] for r in found)
+        rows.append({"precision": precision, "ran": found[0]["ran"], "slices": depth, "wall": wall, "run": run,
+                     "end_to_end_per_s": depth / wall, "run_per_s": depth / run, "outside": (wall - run) / wall})
+    return rows
+
+
+def end_to_end(args: argparse.Namespace) -> int:
+    """``alnet segment`` of each stack depth, ``repeats`` times interleaved: wall time against the run's own."""
+    load = os.getloadavg()[0]
+    rows = end_to_end_medians(end_to_end_runs(size=args.size, depths=args.depths, precisions=args.precisions
+                                              or ["auto"], repeats=args.repeats, model=args.model,
+                                              labels_only=args.labels_only, threads=args.threads))
+    if args.json:
+        print(json.dumps({"load": [load, os.getloadavg()[0]], "size": args.size, "rows": rows}))
+        return 0
     print(f"alnet segment, {args.size} x {args.size} uint8 TIFF stacks, {args.model}, cpu, {args.threads} threads, "
           f"labels{'' if args.labels_only else ' + float32 probabilities'}; {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f}; median of {args.repeats} interleaved run(s)")
+          f"{load:.1f}; median of {args.repeats} interleaved run(s)")
     print("| precision asked | ran in | slices | wall s | end-to-end slices/s | run slices/s | outside the run |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    for precision, depth in cases:
-        runs = walls[(precision, depth)]
-        wall, run, ran = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[0][2]
-        print(f"| {precision} | {ran} | {depth} | {wall:.1f} | {depth / wall:.2f} | {depth / run:.2f} | "
-              f"{(wall - run) / wall:.0%} ({wall - run:.1f} s) |")
+    for r in rows:
+        print(f"| {r['precision']} | {r['ran']} | {r['slices']} | {r['wall']:.1f} | {r['end_to_end_per_s']:.2f} | "
+              f"{r['run_per_s']:.2f} | {r['outside']:.0%} ({r['wall'] - r['run']:.1f} s) |")
     return 0
 
 
