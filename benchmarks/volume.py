@@ -5,6 +5,7 @@ and an extrapolation to 1,000 x 4,096 x 4,096.
     python benchmarks/volume.py generate --gb 4 --plane 2048 --out /tmp/alnet-bench/vol-4gb.ome.zarr
     python benchmarks/volume.py run SOURCE --minutes 8 [--workers 2 --threads 1] [--block Z Y X] [--json F]
     python benchmarks/volume.py overhead SOURCE       # Dask's own cost per block task, in ms
+    python benchmarks/volume.py strips SOURCE [--planes 4] [--rounds 3] [--precision auto]
 
 ``generate`` writes an OME-Zarr (v0.5, chunks 1 x 512 x 512, 4 x 4 x 50 nm) of uint8 EM planes tiled lazily with
 dask from the ISBI 2012 slices (``../shared/data/isbi2012``; synthetic EM-like planes where it is absent), each
@@ -25,6 +26,16 @@ the extrapolation. The model of the extrapolation: time = slices x (seconds per 
 worker, measured) / workers / efficiency, where efficiency is measured for 2 workers on this machine and assumed
 for 8 and 64 workers on a cluster whose workers each have the cores of one here and storage that keeps up
 (no contention between workers; the scheduler's per-task cost is measured and added per block).
+
+``strips`` times one block's network work both ways in one process, round-robin (so both see the same load):
+``probability_job`` on the planes as before (one whole-plane forward each) and as the engine now runs it
+(``engine.volume.strips``: high-resolution parts in row strips, plus variants of the strip rows and striped
+encoder stages), in ms per megapixel, and checks that the probabilities are equal bit for bit.
+
+Like ``alnet segment``, every command first chooses libgomp's wait policy for segment work
+(``engine.threads.prepare_for``: a brief spin on an idle machine, ``PASSIVE`` on a busy one; ``OMP_WAIT_POLICY``
+in the environment wins, and ``OMP_WAIT_POLICY=DEFAULT`` gets libgomp's own default, with a warning). Each
+command prints the policy in effect.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from napari_alnet.engine.threads import prepare_for
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
 
@@ -293,7 +306,47 @@ def run_all(args: argparse.Namespace) -> None:
     print(json.dumps(rows, indent=2))
 
 
+def strip_speed(source: Path, *, model: str, planes: int, rounds: int, precision: str) -> dict:
+    """ms per megapixel of ``probability_job`` on ``planes`` planes of ``source``, whole-plane forwards against
+    the striped ones (round-robin, ``rounds`` rounds), and whether each variant's probabilities equal the
+    whole-plane ones bit for bit."""
+    import torch
+
+    from napari_alnet.engine.inference import probability_job
+    from napari_alnet.engine.progress import run_job
+    from napari_alnet.engine.segmenter import load_model
+    from napari_alnet.engine.volume.strips import ENCODER_STAGES, STRIP_ROWS, striped
+    from napari_alnet.io.volumes import open_volume
+
+    segmenter = load_model(model, device="cpu", precision=precision)
+    volume = open_volume(source)
+    middle = volume.shape[0] // 2
+    raw = np.asarray(volume.reader.read((slice(middle, middle + planes), slice(None), slice(None))))
+    variants = {"whole": segmenter, f"striped (engine: {STRIP_ROWS} rows, {ENCODER_STAGES} stages)": striped(segmenter),
+                "striped, decoder only": striped(segmenter, stages=0),
+                "striped, 128 rows": striped(segmenter, rows=128), "striped, 512 rows": striped(segmenter, rows=512)}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    results = {k: run_job(probability_job(m, raw[:1])) for k, m in variants.items()}  # warm-up
+    megapixels = raw.shape[0] * raw.shape[1] * raw.shape[2] / 1e6
+    for _ in range(rounds):
+        for name, m in variants.items():
+            start = time.perf_counter()
+            results[name] = run_job(probability_job(m, raw))
+            times[name].append(1000 * (time.perf_counter() - start) / megapixels)
+    base = results["whole"]
+    rows = {name: {"ms_per_mp_median": float(np.median(t)), "ms_per_mp_min": float(np.min(t)),
+                   "vs_whole": float(np.median(times["whole"]) / np.median(t)),
+                   "bitwise_equal": bool(np.array_equal(results[name], base)),
+                   "max_abs_diff": float(np.abs(results[name] - base).max())} for name, t in times.items()}
+    return {"source": str(source), "planes": list(raw.shape), "precision": segmenter.precision,
+            "threads": torch.get_num_threads(), "rounds": rounds, "variants": rows}
+
+
 def main() -> None:
+    policy = prepare_for("segment")  # as alnet segment does, before torch loads
+    why = os.environ.get("NAPARI_ALNET_OMP_REASON", "set in the environment")
+    print(f"OMP_WAIT_POLICY={policy or 'libgomp default'} ({why}); load {Path('/proc/loadavg').read_text().strip()}",
+          flush=True)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("all")
@@ -305,6 +358,12 @@ def main() -> None:
     o = sub.add_parser("overhead", help="Dask's own cost per block task (no-op tasks with real arguments)")
     o.add_argument("source")
     o.add_argument("--model", default="em")
+    st = sub.add_parser("strips", help="whole-plane vs striped forwards, interleaved in one process")
+    st.add_argument("source")
+    st.add_argument("--model", default="em")
+    st.add_argument("--planes", type=int, default=4)
+    st.add_argument("--rounds", type=int, default=3)
+    st.add_argument("--precision", default="auto")
     g = sub.add_parser("generate")
     g.add_argument("--gb", type=float, default=4.0)
     g.add_argument("--plane", type=int, default=2048)
@@ -324,6 +383,10 @@ def main() -> None:
         run_all(args)
     elif args.command == "overhead":
         print(json.dumps(dask_overhead(Path(args.source), args.model)), flush=True)
+    elif args.command == "strips":
+        result = strip_speed(Path(args.source), model=args.model, planes=args.planes, rounds=args.rounds,
+                             precision=args.precision)
+        print(json.dumps(result | {"load_average": os.getloadavg()}, indent=2), flush=True)
     elif args.command == "generate":
         generate(Path(args.out), args.gb, args.plane)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,10 +29,12 @@ from ..instances3d import (
 from ..postprocess import semantic_labels
 from ..progress import run_job
 from ..segmenter import Segmenter
+from ..tiling import choose_tile
 from .executors import threads_per_task, usable_cores
 from .plan import Block, BlockPlan
 from .settings import Settings
 from .stores import COMPUTED, FINAL, Outputs
+from .strips import striped
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class Work:
 def _set_threads(threads: int | None) -> None:
     """torch threads for this task: ``threads``, or on a Dask worker the cores divided among its task threads."""
     if threads is None:
+        if "distributed" not in sys.modules:  # not on a Dask worker (importing it costs ~0.75 s per process)
+            return
         try:
             from distributed import get_worker
 
@@ -91,7 +96,9 @@ def context_task(work: Work, z: int) -> int:
 def _whole_plane_probs(work: Work, block: Block) -> np.ndarray:
     settings = work.settings
     raw = work.reader.read(block.region)
-    job = probability_job(work.segmenter, raw, tile=settings.tile, overlap=settings.overlap,
+    whole = choose_tile(work.segmenter.metadata.network_shape(raw.shape[1:3]), settings.tile) is None
+    model = striped(work.segmenter) if whole else work.segmenter  # strips: the same bits, less memory traffic
+    job = probability_job(model, raw, tile=settings.tile, overlap=settings.overlap,
                           batch_size=settings.batch_size, tta=settings.tta, rgb=settings.rgb)
     return run_job(job)
 
