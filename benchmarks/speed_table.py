@@ -5,9 +5,10 @@ Markdown table: what | measured | target | met?
 
 Sections (``--rows``), in this order, each measured as its own benchmark measures it:
 
-- ``predict``: ``latency.predict_figures`` in this process (``Segmenter.predict`` of one 512² slice in ``auto``,
-  fp32, bf16, int8 and the networks alone, round-robin with the classic U-Net): the 512² latency, the ratio to the
-  U-Net, the wrapper's overhead and the int8 path (``auto`` = the fastest precision the card validates).
+- ``predict``: ``latency.py --predict --json`` (``latency.predict_figures`` in a process of its own:
+  ``Segmenter.predict`` of one 512² slice in ``auto``, fp32, bf16, int8 and the networks alone, round-robin with
+  the classic U-Net): the 512² latency, the ratio to the U-Net, the wrapper's overhead and the int8 path (``auto``
+  = the fastest precision the card validates).
 - ``training``: ``training_speed.run_column`` (a fresh process: training steps/s with ``alnet train``'s threads;
   the full run adds libgomp ACTIVE, the issue's regression check), printed beside the inference figures.
 - ``startup``: ``startup.py --json`` (fresh processes): ``alnet --help``, ``alnet segment`` of one 512² image and
@@ -20,7 +21,8 @@ Sections (``--rows``), in this order, each measured as its own benchmark measure
 ``--quick``: small sizes and few repeats (a smoke run, minutes on 2 cores; its figures are rough). Generated data
 lives in temporary folders only. The header names the CPU (``machine.cpu_name``), torch, what ``auto`` picked and
 the load average before and after; each section's load is printed under the table (other work on a shared machine
-changes every figure: compare ratios taken in one section).
+changes every figure: compare ratios taken in one section), and this process's own peak RSS (the big-plane
+processes inherit it as a floor of theirs: ``ru_maxrss`` survives ``exec``; it stays ~0.1 GB).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -62,11 +65,11 @@ class Row:
 # --- measuring (each section as its benchmark measures it) ---------------------------------------------------
 
 def measure_predict(quick: bool) -> dict:
-    """``latency.predict_figures`` in this process (importing ``latency`` prepares OpenMP as ``segment`` does)."""
-    import latency  # first: it sets the OpenMP wait policy before torch loads
-
-    latency.torch.set_num_threads(2)
-    return latency.predict_figures("em", (512, 512), runs=5 if quick else 15)
+    """``latency.py --predict --json`` (``latency.predict_figures``) in a process of its own: the classic U-Net's
+    ~2.5 GB would otherwise be this process's peak RSS, which the big-plane processes started later inherit
+    (``ru_maxrss`` survives ``exec``)."""
+    return run_json([str(HERE / "latency.py"), "--predict", "--json", "--threads", "2", "--runs",
+                     "5" if quick else "15"])
 
 
 def measure_training(quick: bool) -> dict:
@@ -80,11 +83,8 @@ def measure_training(quick: bool) -> dict:
 
 def measure_startup(quick: bool) -> dict:
     """``startup.py --json``: ``--help``, a one-image segment and ``import torch``, fresh processes."""
-    done = subprocess.run([sys.executable, str(HERE / "startup.py"), "--json", "--repeats", "1" if quick else "5",
-                           "--cases", "help", "segment", "torch"], capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"startup.py failed: {done.stderr[-800:]}")
-    return last_json(done.stdout)
+    return run_json([str(HERE / "startup.py"), "--json", "--repeats", "1" if quick else "5", "--cases", "help",
+                     "segment", "torch"])
 
 
 def measure_stack(quick: bool) -> dict:
@@ -123,6 +123,15 @@ def measure_volume(quick: bool) -> dict:
 MEASURE: dict[str, Callable[[bool], dict]] = {
     "predict": measure_predict, "training": measure_training, "startup": measure_startup,
     "stack": measure_stack, "big": measure_big, "volume": measure_volume}
+
+
+def run_json(command: list[str]) -> dict:
+    """The JSON object a benchmark run as ``python COMMAND`` prints last; ``RuntimeError`` with its stderr if it
+    fails."""
+    done = subprocess.run([sys.executable, *command], capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{Path(command[0]).name} failed: {done.stderr[-800:]}")
+    return last_json(done.stdout)
 
 
 def last_json(text: str) -> dict:
@@ -248,14 +257,17 @@ def table_rows(results: dict[str, dict]) -> list[Row]:
     return rows
 
 
-def markdown(rows: list[Row], header: list[str], loads: dict[str, float]) -> str:
-    """The header lines, the table and each section's load average."""
+def markdown(rows: list[Row], header: list[str], loads: dict[str, float], own_rss_mb: float | None = None) -> str:
+    """The header lines, the table, each section's load average and this process's peak RSS (which the big-plane
+    processes' peaks include: ``ru_maxrss`` survives ``exec``)."""
     mark = {True: "yes", False: "**no**", None: "—"}
     lines = [*header, "", "| what | measured | target | met? |", "| --- | --- | --- | --- |"]
     lines += [f"| {r.what} | {r.measured} | {r.target} | {mark[r.met]} |" for r in rows]
     if loads:
         lines += ["", "Load average (1 min) at the start of each section: "
                   + ", ".join(f"{name} {value:.1f}" for name, value in loads.items())]
+    if own_rss_mb is not None:
+        lines += ["", f"This process's own peak RSS: {own_rss_mb:.0f} MB (a floor of the per-plane peaks above)"]
     return "\n".join(lines) + "\n"
 
 
@@ -280,13 +292,13 @@ def run_sections(sections: list[str], quick: bool) -> tuple[dict[str, dict], dic
 
 def header(argv: list[str], results: dict[str, dict], load: tuple[float, float]) -> list[str]:
     """The command, the CPU, torch, what ``auto`` picked and the load average before and after."""
-    import torch
+    import importlib.metadata
 
     p = results.get("predict") or {}
     auto = f"{p['auto']} ({p['what']})" if "auto" in p else "not measured (no predict section)"
     return [f"Issue 27's table, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
             f"`{' '.join(['python', 'benchmarks/speed_table.py', *argv])}`",
-            "", f"- CPU: {cpu_name()}; torch {torch.__version__}, 2 threads",
+            "", f"- CPU: {cpu_name()}; torch {importlib.metadata.version('torch')}, 2 threads",
             f"- precision `auto` picked: {auto}",
             f"- load average (1 min): {load[0]:.1f} before, {load[1]:.1f} after"]
 
@@ -306,7 +318,8 @@ def main() -> None:
     args = parser.parse_args()
     before = os.getloadavg()[0]
     results, loads = run_sections(args.rows, args.quick)
-    text = markdown(table_rows(results), header(sys.argv[1:], results, (before, os.getloadavg()[0])), loads)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    text = markdown(table_rows(results), header(sys.argv[1:], results, (before, os.getloadavg()[0])), loads, own)
     print(text)
     if args.out:
         write_atomically(args.out, text)

@@ -84,6 +84,8 @@ def test_the_markdown_table_and_the_json_of_a_benchmark():
     text = st.markdown([st.Row("a", "1 ms", "≤ 2 ms", True), st.Row("b", "3", "—")], ["# head"], {"predict": 1.25})
     assert "| what | measured | target | met? |" in text and "| a | 1 ms | ≤ 2 ms | yes |" in text
     assert "| b | 3 | — | — |" in text and text.endswith("predict 1.2\n")
+    footer = st.markdown([], [], {}, own_rss_mb=99.6).splitlines()[-1]
+    assert footer == "This process's own peak RSS: 100 MB (a floor of the per-plane peaks above)"
     assert st.last_json("warming up\n" + json.dumps({"x": 1}) + "\n") == {"x": 1}
     with pytest.raises(ValueError, match="no JSON"):
         st.last_json("no figures")
