@@ -86,3 +86,15 @@ def test_a_failing_guard_is_recorded_and_auto_keeps_fp32(patch, native, tmp_path
     assert model.metadata.card["finetune"] == {"iou": 0.9, "steps": 3, "seconds": 1.0}
     if patch:
         assert "not record bf16 as validated" in model.precision_choice.reason
+
+
+def test_a_check_that_fails_still_saves_the_model_in_fp32(native, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("oneDNN could not create a primitive")
+
+    monkeypatch.setattr(precision_check, "compare", broken)
+    weights = saved_em(tmp_path)
+    record_run(weights, RESULT, em_guard())
+    model = load_model(weights)
+    assert model.metadata.card["bf16"]["validated"] is False and "primitive" in model.metadata.card["bf16"]["skipped"]
+    assert model.precision == "fp32" and model.metadata.card["finetune"]["steps"] == 3

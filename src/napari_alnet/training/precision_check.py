@@ -168,7 +168,8 @@ def _annotated(image: np.ndarray, labels: np.ndarray, mode: str, rgb: bool) -> G
 def check_finetuned(network: SegmentationNetwork, metadata: ModelMetadata, guard: GuardSet) -> dict[str, dict]:
     """A fine-tuned model's ``bf16`` and ``int8`` card entries: bf16 validated against fp32 on ``guard``'s images
     on this CPU (skipped, validated false, where bf16 is not native here: emulated it is several times slower, and
-    ``auto`` would not pick it anyway); int8 not validated (``INT8_NOT_BUILT``)."""
+    ``auto`` would not pick it anyway; or where the check itself fails, saying why); int8 not validated
+    (``INT8_NOT_BUILT``)."""
     int8 = {"validated": False, "reason": INT8_NOT_BUILT}
     support = devices.cpu_bf16_support()
     if not support.native:
@@ -176,9 +177,14 @@ def check_finetuned(network: SegmentationNetwork, metadata: ModelMetadata, guard
                          "on this CPU anyway", "measured": bf16_measured("napari_alnet fine-tune save")},
                 "int8": int8}
     start = time.perf_counter()
-    fp32 = Segmenter.from_network(network, metadata, device="cpu", precision="fp32")
-    result = compare(fp32, fp32.with_precision("bf16"), guard.images, split=guard.split)
-    entry = card_entry(result, measured=bf16_measured("napari_alnet fine-tune save (training.precision_check)"))
+    where = "napari_alnet fine-tune save (training.precision_check)"
+    try:
+        fp32 = Segmenter.from_network(network, metadata, device="cpu", precision="fp32")
+        result = compare(fp32, fp32.with_precision("bf16"), guard.images, split=guard.split)
+    except (RuntimeError, ValueError) as exc:  # the model is saved either way; it just keeps fp32 under auto
+        return {"bf16": {"validated": False, "skipped": f"the check failed: {exc}", "measured": bf16_measured(where)},
+                "int8": int8}
+    entry = card_entry(result, measured=bf16_measured(where))
     entry |= {"slices": guard.slices, "on_training_slices": guard.on_training_slices,
               "seconds": round(time.perf_counter() - start, 3)}
     return {"bf16": entry, "int8": int8}
