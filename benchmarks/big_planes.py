@@ -6,9 +6,10 @@
 
 Each (size, precision) runs in a fresh subprocess (so ``ru_maxrss`` is that run's own peak): the engine's OpenMP
 wait policy (``threads.prepare_for("segment")``) is set before torch loads, the model is loaded, a warm-up of the
-shape the network will see runs (the 2048² plane itself, or one ``tiling.DEFAULT_TILE`` tile: oneDNN prepares its
-kernels per shape, once per process), then one ``probability_job`` of a synthetic EM-like uint8 plane (a 512²
-``em_like_stack`` slice mirrored out to the size, so cells and membranes look alike everywhere) is timed. 2048²
+shape the network will see runs (the 2048² plane itself, or a whole plane of the size's own tile shape: tiles are
+balanced, ``tiling.balanced``; oneDNN prepares its kernels per shape, once per process), then one
+``probability_job`` of a synthetic EM-like uint8 plane (a 512² ``em_like_stack`` slice mirrored out to the size,
+so cells and membranes look alike everywhere; ``PRELUDE``, shared by both scripts) is timed. 2048²
 runs whole, larger sizes in tiles. ``--out``: the probabilities' destination — float32 as ``predict`` returns
 (default), or a caller-provided float16/uint8 array or float16 ``numpy.memmap`` (``probability_job(out=...)``).
 The table gives ms/MP, the ratio to the 2048² whole plane of the same precision in the same run (the machine may
@@ -32,19 +33,21 @@ import tempfile
 
 from machine import cpu_name
 
-CHILD = r"""
-import json, os, resource, sys, time
+#: What both subprocess scripts start with: ``size`` .. ``tile`` from argv, the OpenMP policy set before torch loads,
+#: the model, the synthetic EM-like uint8 ``image`` of size² and ``warm_up(image)`` (the shapes the network will see).
+PRELUDE = r"""
+import json, os, resource, statistics, sys, time
 from napari_alnet.engine.threads import prepare_for
 prepare_for("segment")
 import numpy as np
 import torch
 from napari_alnet import load_model
-from napari_alnet.engine.inference import probability_job
-from napari_alnet.engine.progress import run_job
 from napari_alnet.engine import tiling
+from napari_alnet.engine.inference import Context, probability_job
+from napari_alnet.engine.progress import run_job
 from napari_alnet.io.sample_data import em_like_stack
 
-size, precision, model, out_kind, threads, tmp, tile = sys.argv[1:8]
+size, precision, model, threads, tile = sys.argv[1:6]
 size = int(size)
 if int(tile):
     tiling.DEFAULT_TILE = int(tile)
@@ -53,11 +56,21 @@ seg = load_model(model, precision=precision)
 base = em_like_stack(depth=1, size=512, cells=60, seed=3)[0][0]
 reps = -(-size // 512)
 row = np.concatenate([base if i % 2 == 0 else base[:, ::-1] for i in range(reps)], axis=1)
-plane = np.concatenate([row if i % 2 == 0 else row[::-1] for i in range(reps)], axis=0)
-image = np.ascontiguousarray(plane[:size, :size])
-del base, row, plane
-warm = size if size * size <= tiling.WHOLE_IMAGE_PIXELS else tiling.DEFAULT_TILE
-run_job(probability_job(seg, image[:warm, :warm]))
+image = np.ascontiguousarray(np.concatenate([row if i % 2 == 0 else row[::-1] for i in range(reps)])[:size, :size])
+del base, row
+
+
+def warm_up(plane):
+    # oneDNN prepares its kernels per shape, once per process: a whole plane of the tiles' own (balanced) shape
+    if plane.size <= tiling.WHOLE_IMAGE_PIXELS:
+        return run_job(probability_job(seg, plane))
+    h, w = tiling.plan_tiles(plane.shape, tiling.DEFAULT_TILE, 64)[0].size
+    run_job(probability_job(seg, plane[:h, :w]))
+"""
+
+CHILD = PRELUDE + r"""
+out_kind, tmp = sys.argv[6:8]
+warm_up(image)
 out = None
 if out_kind in ("float16", "uint8"):
     out = np.empty(image.shape, out_kind)
@@ -74,28 +87,8 @@ print(json.dumps({"size": size, "precision": seg.precision, "requested": precisi
 """
 
 
-INTERLEAVED = r"""
-import json, statistics, sys, time
-from napari_alnet.engine.threads import prepare_for
-prepare_for("segment")
-import numpy as np
-import torch
-from napari_alnet import load_model
-from napari_alnet.engine import tiling
-from napari_alnet.engine.inference import Context, probability_job
-from napari_alnet.engine.progress import run_job
-from napari_alnet.io.sample_data import em_like_stack
-
-size, precision, model, threads, rounds, tile = sys.argv[1:7]
-size, rounds = int(size), int(rounds)
-if int(tile):
-    tiling.DEFAULT_TILE = int(tile)
-torch.set_num_threads(int(threads))
-seg = load_model(model, precision=precision)
-base = em_like_stack(depth=1, size=512, cells=60, seed=3)[0][0]
-reps = -(-size // 512)
-row = np.concatenate([base if i % 2 == 0 else base[:, ::-1] for i in range(reps)], axis=1)
-image = np.ascontiguousarray(np.concatenate([row if i % 2 == 0 else row[::-1] for i in range(reps)])[:size, :size])
+INTERLEAVED = PRELUDE + r"""
+rounds = int(sys.argv[6])
 splits = Context.splits
 
 def one_pass(on):
@@ -103,8 +96,8 @@ def one_pass(on):
 
 cases = {"whole 2048²": (image[:2048, :2048], True), f"tiled {size}²": (image, True),
          f"tiled {size}², two passes": (image, False)}
-run_job(probability_job(seg, image[:2048, :2048]))
-run_job(probability_job(seg, image[:tiling.DEFAULT_TILE, :tiling.DEFAULT_TILE]))
+warm_up(image[:2048, :2048])
+warm_up(image)
 times = {k: ([], []) for k in cases}
 for _ in range(rounds):
     for name, (img, on) in cases.items():
@@ -114,21 +107,22 @@ for _ in range(rounds):
         mp = img.size / 1e6
         times[name][0].append((time.perf_counter() - w) * 1000 / mp)
         times[name][1].append((time.process_time() - c) * 1000 / mp)
-print(json.dumps({"precision": seg.precision, "times": {k: [statistics.median(v[0]), statistics.median(v[1])]
-                                                        for k, v in times.items()}}))
+print(json.dumps({"precision": seg.precision, "tile": tiling.plan_tiles(image.shape, tiling.DEFAULT_TILE, 64)[0].size,
+                  "times": {k: [statistics.median(v[0]), statistics.median(v[1])] for k, v in times.items()}}))
 """
 
 
 def interleaved(args: argparse.Namespace) -> None:
     for precision in args.precisions:
         done = subprocess.run([sys.executable, "-c", INTERLEAVED, str(args.interleaved), precision, args.model,
-                               str(args.threads), str(args.rounds), str(args.tile)],
+                               str(args.threads), str(args.tile), str(args.rounds)],
                               capture_output=True, text=True, check=False)
         if done.returncode:
             raise SystemExit(f"{precision} failed:\n{done.stderr[-3000:]}")
         r = json.loads(done.stdout.strip().splitlines()[-1])
         whole = r["times"]["whole 2048²"]
-        print(f"\n{r['precision']}" + (" (auto)" if precision == "auto" else "") + f", median of {args.rounds} rounds:")
+        print(f"\n{r['precision']}" + (" (auto)" if precision == "auto" else "") + f", tiles of {r['tile'][0]} px, "
+              f"median of {args.rounds} rounds:")
         print("| plane | ms / MP (wall) | vs whole | ms / MP (CPU) | vs whole |")
         print("| --- | ---: | ---: | ---: | ---: |")
         for name, (wall, cpu) in r["times"].items():
@@ -137,8 +131,8 @@ def interleaved(args: argparse.Namespace) -> None:
 
 def run_one(size: int, precision: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="alnet-big-") as tmp:
-        done = subprocess.run([sys.executable, "-c", CHILD, str(size), precision, args.model, args.out,
-                               str(args.threads), tmp, str(args.tile)], capture_output=True, text=True, check=False)
+        done = subprocess.run([sys.executable, "-c", CHILD, str(size), precision, args.model, str(args.threads),
+                               str(args.tile), args.out, tmp], capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"size {size}, {precision} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

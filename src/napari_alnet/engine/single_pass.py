@@ -26,7 +26,7 @@ from ..model.context import resize
 
 #: Pixels around a tile's core over which the decoder runs (a multiple of 32). Bilinear upsampling from the
 #: stride-16/32 maps and the stride-2 3x3 convolutions reach < 32 px: beyond that the crop equals the whole tile.
-DECODER_HALO = 64
+DECODER_HALO = 32
 
 #: (y0, y1, x0, x1) of a tile in its own pixels, each a multiple of 32.
 Crop = tuple[int, int, int, int]
