@@ -4,8 +4,9 @@ and an extrapolation to 1,000 x 4,096 x 4,096.
     python benchmarks/volume.py all [--gb 1 4] [--plane 2048] [--minutes 8] [--model em] [--out /tmp/alnet-bench]
     python benchmarks/volume.py generate --gb 4 --plane 2048 --out /tmp/alnet-bench/vol-4gb.ome.zarr
     python benchmarks/volume.py run SOURCE --minutes 8 [--workers 2 --threads 1] [--block Z Y X] [--json F]
+                                   [--whole-planes]   # as before engine.volume.strips, for before/after
     python benchmarks/volume.py overhead SOURCE       # Dask's own cost per block task, in ms
-    python benchmarks/volume.py strips SOURCE [--planes 4] [--rounds 3] [--precision auto]
+    python benchmarks/volume.py strips SOURCE [--planes 4] [--rounds 3] [--precision auto] [--variants 512:0 ...]
 
 ``generate`` writes an OME-Zarr (v0.5, chunks 1 x 512 x 512, 4 x 4 x 50 nm) of uint8 EM planes tiled lazily with
 dask from the ISBI 2012 slices (``../shared/data/isbi2012``; synthetic EM-like planes where it is absent), each
@@ -133,6 +134,10 @@ def measure(args: argparse.Namespace) -> dict:
     from napari_alnet.engine.volume import plan_volume, segment_volume_job
 
     model = load_model(args.model, device="cpu")
+    if args.whole_planes:  # the engine before strips (in-process runs only: workers import their own tasks)
+        from napari_alnet.engine.volume import tasks as volume_tasks
+
+        volume_tasks.striped = lambda segmenter: segmenter
     if args.threads and not args.workers:
         torch.set_num_threads(args.threads)
     volume, plan = plan_volume(model, args.source, block=tuple(args.block) if args.block else None)
@@ -207,6 +212,10 @@ def report(args, model, volume, plan, compute, stamps, start, summary, peaks) ->
             "overhead": ((per_block - compute) / compute if compute == compute and compute > 0 and not args.workers
                          else None),
             "slices_per_block": slices_per_block, "complete": bool(summary and summary.complete),
+            "ms_per_megapixel": (1000 * (stamps[-1] - start) / (summary.slices * plan.shape[1] * plan.shape[2] / 1e6)
+                                 if stamps and summary and summary.slices else None),
+            "precision": model.precision, "whole_planes": bool(args.whole_planes),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "libgomp default"),
             "peak_rss_mb": {"client": round(peaks.get("client", 0.0)), **workers},
             "load_average": os.getloadavg()}
 
@@ -306,10 +315,11 @@ def run_all(args: argparse.Namespace) -> None:
     print(json.dumps(rows, indent=2))
 
 
-def strip_speed(source: Path, *, model: str, planes: int, rounds: int, precision: str) -> dict:
+def strip_speed(source: Path, *, model: str, planes: int, rounds: int, precision: str,
+                shapes: list[tuple[int, int]]) -> dict:
     """ms per megapixel of ``probability_job`` on ``planes`` planes of ``source``, whole-plane forwards against
-    the striped ones (round-robin, ``rounds`` rounds), and whether each variant's probabilities equal the
-    whole-plane ones bit for bit."""
+    the striped ones (the engine's and ``shapes``: (rows, encoder stages); round-robin, ``rounds`` rounds), and
+    whether each variant's probabilities equal the whole-plane ones bit for bit."""
     import torch
 
     from napari_alnet.engine.inference import probability_job
@@ -322,9 +332,9 @@ def strip_speed(source: Path, *, model: str, planes: int, rounds: int, precision
     volume = open_volume(source)
     middle = volume.shape[0] // 2
     raw = np.asarray(volume.reader.read((slice(middle, middle + planes), slice(None), slice(None))))
-    variants = {"whole": segmenter, f"striped (engine: {STRIP_ROWS} rows, {ENCODER_STAGES} stages)": striped(segmenter),
-                "striped, decoder only": striped(segmenter, stages=0),
-                "striped, 128 rows": striped(segmenter, rows=128), "striped, 512 rows": striped(segmenter, rows=512)}
+    variants = {"whole": segmenter, f"engine ({STRIP_ROWS} rows, {ENCODER_STAGES} encoder stages)": striped(segmenter)}
+    for rows, stages in shapes:
+        variants[f"{rows} rows, {stages} encoder stages"] = striped(segmenter, rows=rows, stages=stages)
     times: dict[str, list[float]] = {k: [] for k in variants}
     results = {k: run_job(probability_job(m, raw[:1])) for k, m in variants.items()}  # warm-up
     megapixels = raw.shape[0] * raw.shape[1] * raw.shape[2] / 1e6
@@ -364,6 +374,8 @@ def main() -> None:
     st.add_argument("--planes", type=int, default=4)
     st.add_argument("--rounds", type=int, default=3)
     st.add_argument("--precision", default="auto")
+    st.add_argument("--variants", nargs="*", default=["256:2", "512:0", "512:1", "1024:0"],
+                    help="strip shapes besides the engine's, as ROWS:ENCODER_STAGES")
     g = sub.add_parser("generate")
     g.add_argument("--gb", type=float, default=4.0)
     g.add_argument("--plane", type=int, default=2048)
@@ -378,6 +390,8 @@ def main() -> None:
     r.add_argument("--block", type=int, nargs=3)
     r.add_argument("--instances", default=None)
     r.add_argument("--json")
+    r.add_argument("--whole-planes", action="store_true",
+                   help="one whole-plane forward per plane, as before engine.volume.strips (in-process only)")
     args = parser.parse_args()
     if args.command == "all":
         run_all(args)
@@ -385,7 +399,8 @@ def main() -> None:
         print(json.dumps(dask_overhead(Path(args.source), args.model)), flush=True)
     elif args.command == "strips":
         result = strip_speed(Path(args.source), model=args.model, planes=args.planes, rounds=args.rounds,
-                             precision=args.precision)
+                             precision=args.precision,
+                             shapes=[tuple(int(v) for v in text.split(":")) for text in args.variants])
         print(json.dumps(result | {"load_average": os.getloadavg()}, indent=2), flush=True)
     elif args.command == "generate":
         generate(Path(args.out), args.gb, args.plane)

@@ -2,15 +2,15 @@
 
 A 2048² plane's high-resolution activations (the decoder's stride-2 grid: 1024² x 32 channels, several of them;
 the first encoder stages) are far larger than the CPU's caches, so a whole-plane forward costs about twice as much
-per megapixel as a 512² one. Everything at those resolutions reaches only a few pixels, so ``StripedNetwork`` runs
-it in strips of ``STRIP_ROWS`` rows plus a halo (the first ``ENCODER_STAGES`` encoder stages, then the decoder's
-projections, upsampling and 3x3 convolutions — ``single_pass._low`` over each strip plus ``DECODER_HALO``), and
-the rest (deeper stages, the context module, the final upsampling of a ``num_classes``-channel map) whole. Strip
-edges lie on the 32-pixel grid, so every bilinear weight and convolution window of a kept row is the whole
-plane's: in bf16 the logits are equal bit for bit on the CPUs tested (``tests/test_volumes_strips.py`` checks it on
-the one it runs on; ``benchmarks/volume.py strips`` measures it on real planes). Used only for whole-plane blocks
-of the paper's network in torch bf16 (``striped``); fp32 (see ``STRIPED_PRECISIONS``), tiles, int8 graphs and
-other networks run as before.
+per megapixel as a 512² one. The decoder's work at those resolutions reaches only a few pixels, so
+``StripedNetwork`` runs it in strips of ``STRIP_ROWS`` rows plus a halo (its projections, upsampling and 3x3
+convolutions: ``single_pass._low`` over each strip plus ``DECODER_HALO``; optionally the first ``stages`` encoder
+stages as well), and the rest (the encoder, the context module, the final upsampling of a ``num_classes``-channel
+map) whole. Strip edges lie on the 32-pixel grid, so every bilinear weight and convolution window of a kept row is
+the whole plane's: in bf16 the logits are equal bit for bit on the CPUs tested (``tests/test_volumes_strips.py``
+checks it on the one it runs on; ``benchmarks/volume.py strips`` measures it on real planes). Used only for
+whole-plane blocks of the paper's network in torch bf16 (``striped``); fp32 (see ``STRIPED_PRECISIONS``), tiles,
+int8 graphs and other networks run as before.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ from ..single_pass import DECODER_HALO, _low, splittable
 
 #: Rows per strip (a multiple of 32); planes no taller than two strips run whole.
 STRIP_ROWS = 256
-#: Encoder stages run in strips (strides 2 and 4); their 3x3 convolutions reach ``encoder_halo`` pixels.
-ENCODER_STAGES = 2
+#: Encoder stages run in strips by default (their 3x3 convolutions reach ``encoder_halo`` pixels). None: striping
+#: the first two as well was slower in every interleaved run (assembling their 1024² x 48 outputs costs ~0.1 s
+#: per 2048² plane; ``benchmarks/volume.py strips --variants 256:2``).
+ENCODER_STAGES = 0
 #: Precisions whose strips give the whole plane's bits. Not fp32: with 2 torch threads oneDNN's fp32 kernels
 #: split their work by the input's size, so a strip's logits differ from the whole plane's by ~1e-6 (1 thread:
 #: equal); fp32 planes therefore keep one whole-plane forward.
