@@ -5,6 +5,7 @@ memory-mapped output or scratch file, with the same output files as the in-memor
 from __future__ import annotations
 
 import tracemalloc
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -258,3 +259,15 @@ def test_a_failure_in_a_big_plane_leaves_no_output_and_keeps_the_old_one(model, 
     summary = run_job(segment_files_job([src], out, model, probabilities=True, overwrite=True))
     assert len(calls) == 4 and "out of memory" in summary.failures[0][1]
     assert [p.name for p in out.iterdir()] == ["big_prob.tif"] and (out / "big_prob.tif").read_bytes() == b"earlier"
+
+
+@pytest.mark.parametrize("length,tile,count,size", [(4096, 1536, 4, 1408), (12000, 1536, 12, 1472),
+                                                   (8192, 2048, 5, 2048), (1120, 768, 3, 736)])
+def test_tiles_are_balanced_as_few_as_the_asked_size_gives_and_no_larger(length, tile, count, size):
+    assert tiling.balanced(length, tile, 64) == size
+    tiles = tiling.plan_tiles((length, 64), tile, 64)
+    assert len(tiles) == count and {t.size[0] for t in tiles} == {size}
+    step = tile - 2 * tiling.CONTEXT_MARGIN - 64  # the unbalanced plan: tiles of ``tile``, the last one shifted in
+    assert count == -(-(length - tile) // step) + 1
+    cores = [t.core[:2] for t in tiles]
+    assert cores[0][0] == 0 and cores[-1][1] == length and all(a[1] == b[0] for a, b in pairwise(cores))
