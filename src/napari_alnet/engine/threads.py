@@ -11,8 +11,9 @@ other project module):
   command starts (``machine_busy``). On an idle machine libgomp's default, a bounded spin (~0.1 ms, then sleep):
   the network's parallel regions follow each other within microseconds, and a thread woken by a futex at each
   doubled the time of a 512² bf16 forward (30 ms spinning, 55-75 ms sleeping on an idle AMD EPYC Zen 5). When
-  other tasks are running, or the last minute's load average says they were, ``PASSIVE``: a spinning thread then holds a core that the descheduled worker thread
-  needs (100-slice stack with two busy programs beside it: 10.9 slices/s passive, 6.2 spinning).
+  other tasks are running, or the last minute's load average says they were, ``PASSIVE``: a spinning thread then
+  holds a core that the descheduled worker thread needs (100-slice stack with two busy programs beside it:
+  10.9 slices/s passive, 6.2 spinning).
 - ``viewer`` (napari with the plugin's docks): the bounded spin, so fine-tuning in the dock trains at nearly
   full speed and an idle viewer's threads go to sleep within a millisecond instead of spinning for seconds.
 - ``library`` (``import napari_alnet`` in a script): nothing is changed.
