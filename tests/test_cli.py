@@ -15,6 +15,7 @@ import napari_alnet.cli as cli
 import napari_alnet.cli.common as cli_common
 import napari_alnet.cli.train as cli_train
 from model_factory import save_test_model, texture
+from napari_alnet.engine import devices
 from napari_alnet.engine.progress import Progress
 from napari_alnet.io.sample_data import em_like_stack
 from napari_alnet.io.weights import load_weights, save_weights
@@ -109,6 +110,14 @@ def test_train_passes_keywords_and_records_the_run_in_the_card(data, tmp_path, f
     assert meta.card["training"]["epochs_done"] == 1 and meta.card["training"]["stopped"] == "finished"
     assert meta.card["training"]["history"] == [{"epoch": 1, "train_loss": 0.5}]
     assert out.stat().st_size < 0.6 * fake_training.weights.stat().st_size  # --half: float16
+    bf16 = meta.card["bf16"]  # checked on the held-out image, as the fine-tune dock checks its held-out slice
+    assert "on the 1 held-out training image(s) (--holdout)" in captured.err
+    if devices.cpu_bf16_support().native:
+        assert bf16["slices"] == {"held_out": ["02"]} and bf16["on_training_slices"] is False
+        assert isinstance(bf16["validated"], bool) and "label_agreement" in bf16
+    else:
+        assert bf16["validated"] is False and "not measured" in bf16["skipped"]
+    assert meta.card["int8"]["validated"] is False
 
 
 def test_train_interrupted_closes_the_run_before_saying_where_the_weights_are(data, tmp_path, fake_training,

@@ -98,3 +98,26 @@ def test_a_check_that_fails_still_saves_the_model_in_fp32(native, tmp_path, monk
     model = load_model(weights)
     assert model.metadata.card["bf16"]["validated"] is False and "primitive" in model.metadata.card["bf16"]["skipped"]
     assert model.precision == "fp32" and model.metadata.card["finetune"]["steps"] == 3
+
+
+def test_alnet_trains_guard_reads_the_files_raw_in_the_order_of_its_pairs(tmp_path):
+    import tifffile
+
+    from napari_alnet.model.metadata import Normalization
+    from napari_alnet.training.data import load_pairs, raw_pairs
+
+    stack, membranes = em_like_stack(depth=3, size=48, cells=6, seed=2)
+    tifffile.imwrite(tmp_path / "im.tif", stack, photometric="minisblack", metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "m.tif", np.where(membranes, 0, 255).astype(np.uint8), photometric="minisblack",
+                     metadata={"axes": "ZYX"})
+    files = [(tmp_path / "im.tif", tmp_path / "m.tif")]
+    raw = raw_pairs(files, invert=True)
+    pairs = load_pairs(files, normalization=Normalization(), in_channels=1, invert=True)
+    assert [name for name, _, _ in raw] == [p.name for p in pairs] == ["im[0]", "im[1]", "im[2]"]
+    np.testing.assert_array_equal(raw[1][1], stack[1])  # as read: not normalized
+    np.testing.assert_array_equal(raw[1][2], membranes[1].astype(bool))
+    assert all(np.array_equal(r[2], p.mask > 0) for r, p in zip(raw, pairs, strict=True))
+    guard = precision_check.files_guard(raw[-1:], split="held out", on_training_slices=False)
+    assert guard.slices == {"held_out": ["im[2]"]} and len(guard.images) == 1 and not guard.on_training_slices
+    assert precision_check.files_guard(raw, split="t", on_training_slices=True, limit=2).slices == {
+        "trained": ["im[0]", "im[1]"]}

@@ -7,6 +7,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine import arguments as checks
@@ -15,7 +16,9 @@ from ..io.weights import load_weights, save_weights
 from ..model import ALNetConfig
 from ..model.metadata import ModelMetadata, Normalization
 from ..training import Pair, TrainConfig, TrainResult, load_pairs, train_job
+from ..training.data import raw_pairs
 from ..training.loop import tune_threshold
+from ..training.precision_check import GuardSet, check_finetuned, files_guard
 from .common import drive, interrupted_exit_code, progress_bar
 from .segment import check_device
 
@@ -30,7 +33,7 @@ def check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     norm = Normalization(kind=args.normalization)
     config = _network_config(args)
-    pairs, val = _training_pairs(args, norm)
+    pairs, val, guard = _training_pairs(args, norm)
     checks.crop(args.crop, [p.mask.shape for p in [*pairs, *val]])
     meta = _new_metadata(args, config, norm)
     recipe = _recipe(args)
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print("interrupted; " + (f"the best weights so far are in {out}" if saved else
                                  f"no weights were saved yet (nothing was written to {out})"), file=sys.stderr)
         return interrupted_exit_code(exc)
-    _finish_weights(args, result, val)
+    _finish_weights(args, result, val, guard)
     if result.stopped == "budget":
         total = recipe.resolved_steps(pairs) * recipe.epochs
         print(f"stopped at the --max-minutes budget after {result.steps_done} of {total} steps "
@@ -85,8 +88,9 @@ def _check_train_outputs(args: argparse.Namespace, inputs: Sequence[tuple[Path, 
                 raise ValueError(f"{path}: exists; use --overwrite to replace it (or --resume to continue its run)")
 
 
-def _training_pairs(args: argparse.Namespace, norm: Normalization) -> tuple[list[Pair], list[Pair]]:
-    """Training and validation pairs: ``--val-images``, else the last ``--holdout`` training pairs, else none."""
+def _training_pairs(args: argparse.Namespace, norm: Normalization) -> tuple[list[Pair], list[Pair], GuardFiles]:
+    """Training and validation pairs: ``--val-images``, else the last ``--holdout`` training pairs, else none; and
+    the files the saved model's bf16 check reads (``GuardFiles``)."""
     files = pair_files(args.images, args.masks)
     val_files = pair_files(args.val_images, args.val_masks or args.masks) if args.val_images else []
     if args.resize and args.scale != 1:
@@ -96,14 +100,31 @@ def _training_pairs(args: argparse.Namespace, norm: Normalization) -> tuple[list
         files = select_split(files, args.split_csv, args.subset)
     pairs = _load_pairs(files, args, norm)
     if args.val_images:
-        val = _load_pairs(val_files, args, norm)
+        val, guard = _load_pairs(val_files, args, norm), GuardFiles(val_files, "validation images (--val-images)")
     elif args.holdout:
         pairs, val = pairs[: -args.holdout], pairs[-args.holdout:]
+        guard = GuardFiles(files, f"the {args.holdout} held-out training image(s) (--holdout)", last=args.holdout)
     else:
-        val = []
+        val, guard = [], GuardFiles(files, "no validation images: training images (trained on)", trained=True)
     if not pairs:
         raise ValueError("no training pairs left after holding out validation pairs")
-    return pairs, val
+    return pairs, val, guard
+
+
+@dataclass(frozen=True)
+class GuardFiles:
+    """The image/mask files the saved model's bf16 check runs on: all of them, or the ``last`` images (the
+    held-out ones); ``trained``: they are training images."""
+
+    files: Sequence[tuple[Path, Path]]
+    split: str
+    last: int | None = None
+    trained: bool = False
+
+    def guard(self, invert: bool) -> GuardSet:
+        found = raw_pairs(self.files, invert=invert)
+        found = found[-self.last:] if self.last else found
+        return files_guard(found, split=self.split, on_training_slices=self.trained)
 
 
 def _load_pairs(files: Sequence[tuple[Path, Path]], args: argparse.Namespace, norm: Normalization) -> list[Pair]:
@@ -125,14 +146,17 @@ def _recipe(args: argparse.Namespace) -> TrainConfig:
                        intensity_jitter=args.intensity_jitter)
 
 
-def _finish_weights(args: argparse.Namespace, result: TrainResult, val: list[Pair]) -> None:
-    """Rewrite the best weights with the tuned threshold (``--tune-threshold``), the training record in the model
-    card, and in float16 with ``--half``."""
+def _finish_weights(args: argparse.Namespace, result: TrainResult, val: list[Pair], guard: GuardFiles) -> None:
+    """Rewrite the best weights with the tuned threshold (``--tune-threshold``), the training record and the bf16
+    check (``precision_check.check_finetuned``) in the model card, and in float16 with ``--half``."""
     model, saved = load_weights(result.out)
     if args.tune_threshold and val:
         saved.threshold, tuned = tune_threshold(model, val)
         print(f"threshold tuned on the validation pairs: {saved.threshold:.2f} (IoU {tuned:.4f})", file=sys.stderr)
-    card = dict(saved.card)
+    checked = check_finetuned(model, saved, guard.guard(args.invert_masks))
+    card = dict(saved.card) | checked
+    print(f"bf16 {'validated' if checked['bf16'].get('validated') else 'not validated'} on {guard.split}",
+          file=sys.stderr)
     card["training"] = dict(card.get("training", {})) | {
         "command": "alnet " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("alnet") else None,
         "wall_seconds": round(result.wall_seconds, 1), "epochs_done": result.epochs_done,

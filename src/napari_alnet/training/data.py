@@ -72,6 +72,22 @@ def _slices(array: np.ndarray, path: Path) -> list[np.ndarray]:
     raise ImageReadError(f"{path}: unsupported image shape {array.shape}")
 
 
+def raw_pairs(file_pairs: Sequence[tuple[Path, Path]], *, invert: bool = False
+              ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, image, foreground) of each 2D image of (image file, mask file) pairs, as read — not normalized or
+    resampled — in ``load_pairs``' order (what a model's own predict is scored on)."""
+    found = []
+    for image_file, mask_file in file_pairs:
+        ims, ms = _slices(read_image(image_file), image_file), _slices(read_image(mask_file), mask_file)
+        if len(ims) != len(ms):
+            raise ValueError(f"{image_file.name} has {len(ims)} slices but {mask_file.name} has {len(ms)}")
+        for z, (im, m) in enumerate(zip(ims, ms, strict=True)):
+            name = image_file.stem if len(ims) == 1 else f"{image_file.stem}[{z}]"
+            foreground = mask_foreground(mask_plane(m), mask_file) > 0
+            found.append((name, np.asarray(im), ~foreground if invert else foreground))
+    return found
+
+
 def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normalization, *, in_channels: int,
                invert: bool = False, resize: int | None = None, scale: float = 1.0) -> list[Pair]:
     """Normalized pairs from (image file, mask file) pairs (see ``io.images.pair_files``); TIFF stacks give one

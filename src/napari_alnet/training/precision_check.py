@@ -31,6 +31,8 @@ LIMIT = 0.002
 MIN_AGREEMENT = 0.995
 #: Slices with annotations a fine-tune's guard uses at most when it has no held-out slice (it keeps the check short).
 MAX_TRAINING_SLICES = 2
+#: Validation images ``alnet train`` checks bf16 on at most.
+MAX_FILE_IMAGES = 8
 #: What a fine-tuned model's card says about int8.
 INT8_NOT_BUILT = ("not quantized: calibrating and quantizing a fine-tuned model takes minutes, so it is not done "
                   "when it is saved; precision auto runs it in bf16 where validated, else fp32")
@@ -126,7 +128,7 @@ class GuardSet:
 
     images: list[GuardImage]
     split: str
-    slices: dict[str, list[int]]
+    slices: dict[str, list[int | str]]
     on_training_slices: bool
 
 
@@ -156,6 +158,16 @@ def annotated_guard(stack: np.ndarray, labels: np.ndarray, *, mode: str, trained
         split += f", label agreement also on slice {name(extra[0])} (not annotated)"
     return GuardSet(images, split, {"trained": [name(z) for z in used], "unannotated": [name(z) for z in extra]},
                     True)
+
+
+def files_guard(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], *, split: str, on_training_slices: bool,
+                limit: int = MAX_FILE_IMAGES) -> GuardSet:
+    """The guard images of ``alnet train``: (name, raw image, foreground) pairs (``data.raw_pairs``), the first
+    ``limit`` of them (colour read as the engine reads it)."""
+    used = list(pairs)[:limit]
+    images = [GuardImage(image, truth) for _, image, truth in used]
+    role = "trained" if on_training_slices else "held_out"
+    return GuardSet(images, split, {role: [name for name, _, _ in used]}, on_training_slices)
 
 
 def _annotated(image: np.ndarray, labels: np.ndarray, mode: str, rgb: bool) -> GuardImage:
@@ -191,4 +203,4 @@ def check_finetuned(network: SegmentationNetwork, metadata: ModelMetadata, guard
 
 
 __all__ = ["INT8_NOT_BUILT", "LIMIT", "MIN_AGREEMENT", "GuardImage", "GuardSet", "annotated_guard", "card_entry",
-           "check_finetuned", "compare", "scores", "summarize"]
+           "check_finetuned", "compare", "files_guard", "scores", "summarize"]
