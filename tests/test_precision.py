@@ -76,6 +76,12 @@ def test_auto_is_bf16_only_where_native_and_validated(monkeypatch):
     assert choose_precision("auto", CPU, VALIDATED).precision == "bf16"
     assert choose_precision("auto", CPU, {}).precision == "fp32"
     assert choose_precision("auto", CPU, {"bf16": {"validated": False}}).precision == "fp32"
+    assert "does not record bf16 as validated" in choose_precision("auto", CPU, {}).reason
+    skipped = choose_precision("auto", CPU, {"bf16": {"validated": False, "skipped": "the check failed: boom"}})
+    assert skipped.precision == "fp32" and "bf16 check was skipped (the check failed: boom)" in skipped.reason
+    failed = choose_precision("auto", CPU, {"bf16": {"validated": False, "max_metric_change": 0.01,
+                                                     "label_agreement": 0.99}})
+    assert "failed the model card's accuracy guard (largest metric change 0.01, label agreement 0.99)" in failed.reason
     assert choose_precision(None, CPU, VALIDATED).precision == "bf16"
     assert choose_precision("auto", torch.device("meta"), VALIDATED).precision == "fp32"
     assert calibrated_model(card=VALIDATED).precision == "bf16"

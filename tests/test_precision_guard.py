@@ -85,7 +85,7 @@ def test_a_failing_guard_is_recorded_and_auto_keeps_fp32(patch, native, tmp_path
     assert entry["validated"] is not patch and model.precision == ("fp32" if patch else "bf16")
     assert model.metadata.card["finetune"] == {"iou": 0.9, "steps": 3, "seconds": 1.0}
     if patch:
-        assert "not record bf16 as validated" in model.precision_choice.reason
+        assert "bf16 failed the model card's accuracy guard (largest metric change" in model.precision_choice.reason
 
 
 def test_a_check_that_fails_still_saves_the_model_in_fp32(native, tmp_path, monkeypatch):

@@ -204,7 +204,7 @@ def _auto_cpu(card: dict[str, Any], int8_unavailable: str | None, fastest: Measu
     if not support.native:
         notes.append(support.reason)
     elif not bf16_validated(card):
-        notes.append("native bf16 here, but the model card does not record bf16 as validated for this model")
+        notes.append(f"native bf16 here, but {bf16_verdict(card)}")
     candidates = ("fp32", *(("bf16",) if support.native and bf16_validated(card) else ()))
     if int8_validated(card):
         if int8_unavailable is None and fastest is not None:
@@ -223,6 +223,19 @@ def _auto_cpu(card: dict[str, Any], int8_unavailable: str | None, fastest: Measu
         note = "".join(f"; {n}" for n in notes)
         return PrecisionChoice("bf16", f"auto: bf16 ({support.reason}; validated in the model card{note})")
     return PrecisionChoice("fp32", f"auto: fp32 ({'; '.join(notes) or 'no other validated precision'})")
+
+
+def bf16_verdict(card: dict[str, Any]) -> str:
+    """Why a model card's bf16 is not validated, in a phrase: not checked, skipped (and why), or failed the guard."""
+    entry = card.get("bf16") if isinstance(card, dict) else None
+    if not isinstance(entry, dict):
+        return "the model card does not record bf16 as validated for this model"
+    if entry.get("skipped"):
+        return f"the model card's bf16 check was skipped ({entry['skipped']})"
+    if "max_metric_change" in entry or "label_agreement" in entry:
+        return (f"bf16 failed the model card's accuracy guard (largest metric change {entry.get('max_metric_change')}"
+                f", label agreement {entry.get('label_agreement')})")
+    return "the model card does not record bf16 as validated for this model"
 
 
 def check_precision(precision: str, device: torch.device) -> None:
