@@ -6,7 +6,7 @@ and an extrapolation to 1,000 x 4,096 x 4,096.
     python benchmarks/volume.py run SOURCE --minutes 8 [--workers 2 --threads 1] [--block Z Y X] [--json F]
                                    [--whole-planes]   # as before engine.volume.strips, for before/after
     python benchmarks/volume.py overhead SOURCE       # Dask's own cost per block task, in ms
-    python benchmarks/volume.py strips SOURCE [--planes 4] [--rounds 3] [--precision auto] [--variants 512:0 ...]
+    python benchmarks/volume.py strips SOURCE [--planes 4] [--rounds 3] [--variants 512:0 ...] [--reused-memory]
 
 ``generate`` writes an OME-Zarr (v0.5, chunks 1 x 512 x 512, 4 x 4 x 50 nm) of uint8 EM planes tiled lazily with
 dask from the ISBI 2012 slices (``../shared/data/isbi2012``; synthetic EM-like planes where it is absent), each
@@ -31,7 +31,8 @@ for 8 and 64 workers on a cluster whose workers each have the cores of one here 
 ``strips`` times one block's network work both ways in one process, round-robin (so both see the same load):
 ``probability_job`` on the planes as before (one whole-plane forward each) and as the engine now runs it
 (``engine.volume.strips``: high-resolution parts in row strips, plus variants of the strip rows and striped
-encoder stages), in ms per megapixel, and checks that the probabilities are equal bit for bit.
+encoder stages), in ms per megapixel, and checks that the probabilities are equal bit for bit; with
+``--reused-memory`` inside ``engine.volume.memory.reused_memory`` as a run is (glibc keeps big buffers).
 
 Like ``alnet segment``, every command first chooses libgomp's wait policy for segment work
 (``engine.threads.prepare_for``: a brief spin on an idle machine, ``PASSIVE`` on a busy one; ``OMP_WAIT_POLICY``
@@ -138,6 +139,12 @@ def measure(args: argparse.Namespace) -> dict:
         from napari_alnet.engine.volume import tasks as volume_tasks
 
         volume_tasks.striped = lambda segmenter: segmenter
+    if args.whole_planes or args.fresh_pages:  # glibc maps and unmaps each big buffer, as before
+        import contextlib
+
+        from napari_alnet.engine.volume import run as volume_run
+
+        volume_run.reused_memory = contextlib.nullcontext
     if args.threads and not args.workers:
         torch.set_num_threads(args.threads)
     volume, plan = plan_volume(model, args.source, block=tuple(args.block) if args.block else None)
@@ -215,6 +222,7 @@ def report(args, model, volume, plan, compute, stamps, start, summary, peaks) ->
             "ms_per_megapixel": (1000 * (stamps[-1] - start) / (summary.slices * plan.shape[1] * plan.shape[2] / 1e6)
                                  if stamps and summary and summary.slices else None),
             "precision": model.precision, "whole_planes": bool(args.whole_planes),
+            "fresh_pages": bool(args.whole_planes or args.fresh_pages),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "libgomp default"),
             "peak_rss_mb": {"client": round(peaks.get("client", 0.0)), **workers},
             "load_average": os.getloadavg()}
@@ -376,6 +384,8 @@ def main() -> None:
     st.add_argument("--precision", default="auto")
     st.add_argument("--variants", nargs="*", default=["256:2", "512:0", "512:1", "1024:0"],
                     help="strip shapes besides the engine's, as ROWS:ENCODER_STAGES")
+    st.add_argument("--reused-memory", action="store_true",
+                    help="as a run does: glibc keeps big buffers for reuse (engine.volume.memory)")
     g = sub.add_parser("generate")
     g.add_argument("--gb", type=float, default=4.0)
     g.add_argument("--plane", type=int, default=2048)
@@ -391,17 +401,25 @@ def main() -> None:
     r.add_argument("--instances", default=None)
     r.add_argument("--json")
     r.add_argument("--whole-planes", action="store_true",
-                   help="one whole-plane forward per plane, as before engine.volume.strips (in-process only)")
+                   help="the engine before this change: one whole-plane forward per plane (no engine.volume.strips,"
+                        " in-process only) and fresh pages for every big buffer (no engine.volume.memory)")
+    r.add_argument("--fresh-pages", action="store_true", help="strips, but without engine.volume.memory")
     args = parser.parse_args()
     if args.command == "all":
         run_all(args)
     elif args.command == "overhead":
         print(json.dumps(dask_overhead(Path(args.source), args.model)), flush=True)
     elif args.command == "strips":
-        result = strip_speed(Path(args.source), model=args.model, planes=args.planes, rounds=args.rounds,
-                             precision=args.precision,
-                             shapes=[tuple(int(v) for v in text.split(":")) for text in args.variants])
-        print(json.dumps(result | {"load_average": os.getloadavg()}, indent=2), flush=True)
+        import contextlib
+
+        from napari_alnet.engine.volume.memory import reused_memory
+
+        with reused_memory() if args.reused_memory else contextlib.nullcontext():
+            result = strip_speed(Path(args.source), model=args.model, planes=args.planes, rounds=args.rounds,
+                                 precision=args.precision,
+                                 shapes=[tuple(int(v) for v in text.split(":")) for text in args.variants])
+        result |= {"reused_memory": args.reused_memory, "load_average": os.getloadavg()}
+        print(json.dumps(result, indent=2), flush=True)
     elif args.command == "generate":
         generate(Path(args.out), args.gb, args.plane)
     else:

@@ -70,3 +70,28 @@ def test_the_encoder_halo_covers_the_striped_stages_reach():
     assert encoder_halo(net, 3) == 64  # 35 px
     with pytest.raises(ValueError, match="multiple of 32"):
         StripedNetwork(net, rows=100)
+
+
+def test_a_run_keeps_big_buffers_for_reuse_and_gives_them_back(monkeypatch):
+    from napari_alnet.engine.volume import memory
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, option, value):
+            calls.append((option, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            calls.append(("trim", pad))
+            return 1
+
+    monkeypatch.setattr(memory, "_glibc", FakeLibc)
+    with memory.reused_memory() as held:
+        assert held
+        assert sorted(calls) == sorted([(memory.M_MMAP_THRESHOLD, memory.HELD_BYTES),
+                                        (memory.M_TRIM_THRESHOLD, memory.HELD_BYTES)])
+    assert sorted(calls[2:], key=str) == sorted([*memory.RESTORED.items(), ("trim", 0)], key=str)
+    monkeypatch.setattr(memory, "_glibc", lambda: None)  # not glibc: nothing to change
+    with memory.reused_memory() as held:
+        assert held is False

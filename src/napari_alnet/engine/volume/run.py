@@ -16,6 +16,7 @@ from ..progress import Job, StopRequested, run_job
 from ..segmenter import Segmenter
 from ..tiling import WHOLE_IMAGE_PIXELS
 from .executors import Placement, place_run, start_executor
+from .memory import reused_memory
 from .phases import Todo, Tracker, finish, run_phases, todo_of
 from .prepare import VolumeRun, VolumeSummary, prepare_volume_run
 from .settings import Settings
@@ -40,7 +41,7 @@ def _drive(run: VolumeRun, client, scheduler: str | None, placement: Placement) 
             logger.info("alnet volume run: %s", placement.note)
         yield tracker.report("start", f"{len(run.plan)} blocks of {run.plan.block}, {summary.blocks_resumed} done"
                              + (f"; {placement.note}" if placement.note else ""))
-        with disk_full_said(summary.labels):
+        with disk_full_said(summary.labels), reused_memory():
             yield from run_phases(run, ex, todo, tracker)
             finish(run)
     except StopRequested:
