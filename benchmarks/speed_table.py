@@ -13,7 +13,8 @@ Sections (``--rows``), in this order, each measured as its own benchmark measure
   the full run adds libgomp ACTIVE, the issue's regression check), printed beside the inference figures.
 - ``startup``: ``startup.py --json`` (fresh processes): ``alnet --help``, ``alnet segment`` of one 512² image and
   ``import torch``.
-- ``stack``: ``stack.end_to_end_runs``: the ``alnet segment`` command on a 100 x 512² TIFF stack, end to end.
+- ``stack``: ``stack.py --end-to-end --json`` (``stack.end_to_end_runs``): the ``alnet segment`` command on a
+  100 x 512² TIFF stack, end to end.
 - ``big``: ``big_planes.run_one`` (a fresh process per plane): ms/MP of planes over the whole-plane limit against a
   2048² whole plane, and peak RSS (``--quick``: 3072²; else 4096², 8192², 12000²).
 - ``volume``: ``volume.py generate`` and ``volume.py run --json``: an OME-Zarr of 2048² planes, ms/MP.
@@ -88,12 +89,11 @@ def measure_startup(quick: bool) -> dict:
 
 
 def measure_stack(quick: bool) -> dict:
-    """``alnet segment`` of a 100 x 512² uint8 TIFF stack (labels + probabilities), end to end."""
-    import stack
-
-    runs = stack.end_to_end_runs(size=512, depths=[100], precisions=["auto"], repeats=1 if quick else 3,
-                                 model="em", labels_only=False, threads=2)
-    return {"rows": stack.end_to_end_medians(runs)}
+    """``stack.py --end-to-end --json`` (``stack.end_to_end_runs``): the ``alnet segment`` command on a 100 x 512²
+    uint8 TIFF stack (labels + probabilities), end to end. A process of its own: generating the EM-like slices
+    peaks at ~2 GB, which the big-plane processes would inherit."""
+    return run_json([str(HERE / "stack.py"), "--end-to-end", "--json", "--depths", "100", "--precisions", "auto",
+                     "--repeats", "1" if quick else "3", "--threads", "2"])
 
 
 def measure_big(quick: bool) -> dict:
