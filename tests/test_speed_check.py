@@ -41,3 +41,11 @@ def test_figures_are_kept_per_wait_policy_and_the_background_run_waits_for_idle(
     quantized._measure_later(str(tmp_path / "m.safetensors"), ("fp32", "int8"), 2)
     assert started and started[0][-2:] == ["--wait-idle", str(quantized.IDLE_WAIT)]
     quantized._measure_later.cache_clear()
+
+
+def test_a_machine_that_stays_busy_is_not_measured(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(speed_check, "wait_until_idle", lambda seconds: False)
+    monkeypatch.setattr(speed_check, "measure", lambda *a: pytest.fail("timed on a busy machine"))
+    monkeypatch.setattr(speed_check.os, "nice", lambda n: 0)
+    assert speed_check.main([str(tmp_path / "m.safetensors"), "--wait-idle", "5"]) == 0
+    assert "stayed busy for 5 s; not measured" in capsys.readouterr().out

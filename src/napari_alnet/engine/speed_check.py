@@ -3,9 +3,11 @@
 ``python -m napari_alnet.engine.speed_check WEIGHTS --candidates fp32,bf16,int8 --threads N`` is what
 ``quantized.measure_fastest`` starts, detached, when a model's int8 graph has not been timed here yet: at the lowest
 scheduling priority it waits (``--wait-idle`` seconds at most) until no other task is running — the run that
-started it is usually still segmenting —, loads the model as the engine does (fused, channels-last, fp32), times
-each candidate (``quantized._measured``) and keeps the figures in ``quantized.speed_cache()``, under the OpenMP
-wait policy it inherited. The run that started it goes on without int8; later ones choose by the figures.
+started it is usually still segmenting; a machine that stays busy is not measured (a later run starts another
+check), since contended figures would be kept for good —, loads the model as the engine does (fused,
+channels-last, fp32), times each candidate (``quantized._measured``) and keeps the figures in
+``quantized.speed_cache()``, under the OpenMP wait policy it inherited. The run that started it goes on without
+int8; later ones choose by the figures.
 """
 
 from __future__ import annotations
@@ -62,7 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with contextlib.suppress(OSError, AttributeError):  # lowest priority: the user's own work goes first
         os.nice(19)
-    wait_until_idle(args.wait_idle)
+    if args.wait_idle > 0 and not wait_until_idle(args.wait_idle):
+        # figures timed beside other work would be kept for good and mislead every later auto: measure another time
+        print(f"{Path(args.weights).name}: the machine stayed busy for {args.wait_idle:g} s; not measured")
+        return 0
     found = measure(args.weights, args.candidates.split(","), max(1, args.threads))
     print(f"{Path(args.weights).name}: {found} -> {found.precision}")
     return 0
