@@ -129,11 +129,18 @@ def measure(config: ALNetConfig, size: tuple[int, int], channels_last: bool = Tr
     return out
 
 
+#: Seconds between two candidates' calls: ONNX Runtime's and libgomp's idle threads spin for a while after a call
+#: (where not told to sleep), and a torch call right after an ONNX Runtime one shared the cores with them (idle,
+#: the same bf16 predict measured 69 ms after int8's call and 30 ms after fp32's).
+PAUSE = 0.05
+
+
 def round_robin(candidates: dict[str, Callable[[], object]], runs: int, warmup: int = 2,
                 limits: dict[str, int] | None = None,
-                clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Median ms per call of each candidate, timed one call each per round (``limits``: fewer runs for some);
-    ``clock``: wall time, or ``time.process_time`` (CPU time of the process: robust to other load at 1 thread)."""
+                clock: Callable[[], float] = time.perf_counter, pause: float = PAUSE) -> dict[str, float]:
+    """Median ms per call of each candidate, timed one call each per round (``limits``: fewer runs for some), with
+    ``pause`` seconds before each call; ``clock``: wall time, or ``time.process_time`` (CPU time of the process:
+    robust to other load at 1 thread)."""
     limits = limits or {}
     for name, call in candidates.items():
         for _ in range(min(warmup, limits.get(name, warmup))):
@@ -142,6 +149,7 @@ def round_robin(candidates: dict[str, Callable[[], object]], runs: int, warmup: 
     for round_ in range(runs):
         for name, call in candidates.items():
             if round_ < limits.get(name, runs):
+                time.sleep(pause)
                 start = clock()
                 call()
                 times[name].append(clock() - start)
