@@ -55,6 +55,9 @@ def test_the_run_queue_counts_the_most_other_tasks_over_its_samples(tmp_path, mo
 
 
 def test_recent_load_counts_as_busy_and_no_figures_as_idle(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.9, 1.0, 1.0))  # under half of 2 cores
+    assert machine_busy(_loadavg(tmp_path, 1))[0] is False
     monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 1.0))
     assert machine_busy(_loadavg(tmp_path, 1))[0] is True
     assert machine_busy(tmp_path / "missing") == (True, "load average 1.50 when the command started")

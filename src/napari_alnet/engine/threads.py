@@ -11,9 +11,9 @@ other project module):
   command starts (``machine_busy``). On an idle machine libgomp's default, a bounded spin (~0.1 ms, then sleep):
   the network's parallel regions follow each other within microseconds, and a thread woken by a futex at each
   doubled the time of a 512² bf16 forward (30 ms spinning, 55-75 ms sleeping on an idle AMD EPYC Zen 5). When
-  other tasks are running, or the last minute's load average says they were, ``PASSIVE``: a spinning thread then
-  holds a core that the descheduled worker thread needs (100-slice stack with two busy programs beside it:
-  10.9 slices/s passive, 6.2 spinning).
+  other tasks are running, or the last minute's load average says half the cores were busy, ``PASSIVE``: a
+  spinning thread then holds a core that the descheduled worker thread needs (100-slice stack with two busy
+  programs beside it: 10.9 slices/s passive, 6.2 spinning).
 - ``viewer`` (napari with the plugin's docks): the bounded spin, so fine-tuning in the dock trains at nearly
   full speed and an idle viewer's threads go to sleep within a millisecond instead of spinning for seconds.
 - ``library`` (``import napari_alnet`` in a script): nothing is changed.
@@ -40,10 +40,11 @@ TRAINING_COMMANDS = frozenset({"train", "finetune"})
 MARKER = "NAPARI_ALNET_OMP_KIND"
 #: Why the policy in effect was chosen (one line, set beside ``MARKER``; the CLI's ``--verbose`` log prints it).
 REASON = "NAPARI_ALNET_OMP_REASON"
-#: Samples of the run queue ``machine_busy`` takes, and the seconds between them; and the 1-minute load average
-#: from which a machine counts as busy. Spinning under load costs far more (2-6x per forward) than sleeping on an
-#: idle machine (1.2-2x), so the test leans to "busy": any other task seen running, or recent load.
-LOAD_SAMPLES, LOAD_INTERVAL, BUSY_LOAD = 3, 0.004, 0.7
+#: Samples of the run queue ``machine_busy`` takes, and the seconds between them; and the 1-minute load average per
+#: core from which a machine counts as busy. Spinning under load costs far more (2-6x per forward) than sleeping on
+#: an idle machine (1.2-2x), so the test leans to "busy": any other task seen running, or half the cores' worth of
+#: recent load (which counts this command's own earlier runs too: a 10 s run adds ~0.3 to a 1-minute average).
+LOAD_SAMPLES, LOAD_INTERVAL, BUSY_LOAD_PER_CORE = 3, 0.004, 0.5
 
 
 def openmp_loaded() -> bool:
@@ -69,7 +70,8 @@ def other_running_tasks(loadavg: str | Path = "/proc/loadavg", *, samples: int =
 
 def machine_busy(loadavg: str | Path = "/proc/loadavg") -> tuple[bool, str]:
     """Whether other work runs on this machine now or ran in the last minute, and why it is thought so (one line):
-    another task in the run queue (``other_running_tasks``) or a 1-minute load average of ``BUSY_LOAD`` or more."""
+    another task in the run queue (``other_running_tasks``) or a 1-minute load average of ``BUSY_LOAD_PER_CORE``
+    per core or more."""
     others = other_running_tasks(loadavg)
     try:
         load: float | None = os.getloadavg()[0]
@@ -79,7 +81,7 @@ def machine_busy(loadavg: str | Path = "/proc/loadavg") -> tuple[bool, str]:
         return False, "no load figures on this system: assumed idle"
     seen = [] if others is None else [f"{others} other task(s) running"]
     seen += [] if load is None else [f"load average {load:.2f}"]
-    busy = bool(others) or (load is not None and load >= BUSY_LOAD)
+    busy = bool(others) or (load is not None and load >= BUSY_LOAD_PER_CORE * (os.cpu_count() or 1))
     return busy, " and ".join(seen) + " when the command started"
 
 
