@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,28 +72,9 @@ def _slices(array: np.ndarray, path: Path) -> list[np.ndarray]:
     raise ImageReadError(f"{path}: unsupported image shape {array.shape}")
 
 
-def raw_pairs(file_pairs: Sequence[tuple[Path, Path]], *, invert: bool = False
-              ) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, image, foreground) of each 2D image of (image file, mask file) pairs, as read — not normalized or
-    resampled — in ``load_pairs``' order (what a model's own predict is scored on)."""
-    found = []
-    for image_file, mask_file in file_pairs:
-        ims, ms = _slices(read_image(image_file), image_file), _slices(read_image(mask_file), mask_file)
-        if len(ims) != len(ms):
-            raise ValueError(f"{image_file.name} has {len(ims)} slices but {mask_file.name} has {len(ms)}")
-        for z, (im, m) in enumerate(zip(ims, ms, strict=True)):
-            name = image_file.stem if len(ims) == 1 else f"{image_file.stem}[{z}]"
-            foreground = mask_foreground(mask_plane(m), mask_file) > 0
-            found.append((name, np.asarray(im), ~foreground if invert else foreground))
-    return found
-
-
-def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normalization, *, in_channels: int,
-               invert: bool = False, resize: int | None = None, scale: float = 1.0) -> list[Pair]:
-    """Normalized pairs from (image file, mask file) pairs (see ``io.images.pair_files``); TIFF stacks give one
-    pair per slice; foreground: ``io.images.mask_foreground`` (unless ``invert``). ``resize`` trains at a fixed
-    resolution (every image resized to ``resize`` squared), ``scale`` on zoomed images (see ``engine.resolution``)."""
-    pairs: list[Pair] = []
+def file_slices(file_pairs: Sequence[tuple[Path, Path]]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, image, mask) of each 2D image of (image file, mask file) pairs as read (TIFF stacks: one per slice,
+    named ``stem[z]``); mask: ``io.images.mask_foreground`` as uint8 0/1, its shape checked against the image's."""
     for image_file, mask_file in file_pairs:
         ims, ms = _slices(read_image(image_file), image_file), _slices(read_image(mask_file), mask_file)
         if len(ims) != len(ms):
@@ -103,9 +84,26 @@ def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normaliza
             m = mask_foreground(mask_plane(m), mask_file).astype(np.uint8)
             if m.shape != im.shape[:2]:  # checked before any resampling could hide it
                 raise ValueError(f"{name}: mask shape {m.shape} does not match image shape {im.shape[:2]}")
-            shape = network_shape(im.shape[:2], (resize, resize) if resize else None, scale)
-            im, m = resample_image(im, shape), resample_mask(m, shape)
-            pairs.append(make_pair(im, m, normalization, in_channels, invert, name=name))
+            yield name, np.asarray(im), m
+
+
+def raw_pairs(file_pairs: Sequence[tuple[Path, Path]], *, invert: bool = False
+              ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, image, foreground) of each 2D image of (image file, mask file) pairs, as read — not normalized or
+    resampled — in ``load_pairs``' order (what a model's own predict is scored on)."""
+    return [(name, im, (m == 0) if invert else (m > 0)) for name, im, m in file_slices(file_pairs)]
+
+
+def load_pairs(file_pairs: Sequence[tuple[Path, Path]], normalization: Normalization, *, in_channels: int,
+               invert: bool = False, resize: int | None = None, scale: float = 1.0) -> list[Pair]:
+    """Normalized pairs from (image file, mask file) pairs (see ``io.images.pair_files``); TIFF stacks give one
+    pair per slice; foreground: ``io.images.mask_foreground`` (unless ``invert``). ``resize`` trains at a fixed
+    resolution (every image resized to ``resize`` squared), ``scale`` on zoomed images (see ``engine.resolution``)."""
+    pairs: list[Pair] = []
+    for name, im, m in file_slices(file_pairs):
+        shape = network_shape(im.shape[:2], (resize, resize) if resize else None, scale)
+        im, m = resample_image(im, shape), resample_mask(m, shape)
+        pairs.append(make_pair(im, m, normalization, in_channels, invert, name=name))
     return pairs
 
 
