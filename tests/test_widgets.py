@@ -118,6 +118,29 @@ def test_runner_reports_errors_and_hands_partial_results_on_cancel(qtbot, notes)
     assert done == ["result"] and runner.last.status == "done"
 
 
+def test_a_late_signal_of_the_last_worker_does_not_end_the_next_run(qtbot, notes):
+    """The previous worker's ``finished`` still queued when the next run starts (seen under load in CI) must not
+    mark the new run as failed; nor may its other signals reach the new run."""
+    runner = JobRunner("Test")
+    first: list = []
+    assert runner.start(iter_job([1]), first.append)
+    wait(qtbot, runner)
+    old = runner.worker
+    second: list = []
+
+    def slow():
+        time.sleep(0.3)
+        yield Progress(1, 1)
+        return "second"
+
+    assert runner.start(slow(), second.append)
+    old.finished.emit()  # what a late delivery of the first worker's signals looks like
+    old.returned.emit("stale")
+    assert runner.running and runner.last.status == "done" and first == ["result"]
+    wait(qtbot, runner)
+    assert runner.last.status == "done" and second == ["second"], notes
+
+
 def iter_job(steps):
     for step in steps:
         yield Progress(step, len(steps))

@@ -110,10 +110,13 @@ class JobRunner:
             return True
         worker = create_worker(_drive, job, self._stop_event, _start_thread=False, _ignore_errors=True,
                                _progress={"desc": self.name, "total": 0})
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(lambda exc: self._on_returned(Outcome("failed", error=exc)))
-        worker.finished.connect(self._on_finished)
+        # each signal is taken from this worker only: an earlier worker's ``finished`` can still be queued when the
+        # next run starts, and would end that run as failed
+        worker.yielded.connect(lambda report, w=worker: self._is_current(w) and self._on_progress(report))
+        worker.returned.connect(lambda outcome, w=worker: self._is_current(w) and self._on_returned(outcome))
+        worker.errored.connect(lambda exc, w=worker: self._is_current(w)
+                               and self._on_returned(Outcome("failed", error=exc)))
+        worker.finished.connect(lambda w=worker: self._is_current(w) and self._on_finished())
         self.worker = worker
         worker.start()
         return True
@@ -159,6 +162,10 @@ class JobRunner:
             pbar.update(0)
             if report.message:
                 pbar.set_description(f"{self.name}: {report.message}")
+
+    def _is_current(self, worker: GeneratorWorker) -> bool:
+        """Whether ``worker`` runs this runner's current job (signals of earlier workers are dropped)."""
+        return worker is self.worker
 
     def _on_returned(self, outcome: Outcome) -> None:
         if not self._running:
